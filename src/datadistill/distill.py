@@ -1,0 +1,253 @@
+"""Algorithm 1 with many steps and epochs: learn distilled images and learning rates.
+
+One commented loop, top to bottom; the only place with side effects (progress,
+evaluation, checkpoints, artifacts).
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import __version__
+from .artifacts import CHECKPOINT_FILE, GRID_FILE, Distilled, load_tensors, save_tensors
+from .baselines import random_real_images
+from .config import DistillConfig
+from .data import Dataset, load_dataset
+from .errors import DistillError
+from .evaluate import EvalResult, evaluate_steps
+from .functional import FunctionalModel
+from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
+from .inner_loop import DistilledSteps, meta_gradient
+from .models import build_model
+from .runtime import generator, resolve_device
+
+# settings that may change when a run is resumed; the others must match the checkpoint
+RESUMABLE = {"epochs", "eval_every", "eval_nets", "checkpoint_every", "progress", "device"}
+BASELINE_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+
+
+def inverse_softplus(value: float) -> float:
+    """The raw value whose softplus is ``value`` (stable for large values)."""
+    return value + math.log(-math.expm1(-value))
+
+
+def distill(
+    config: DistillConfig | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    module: nn.Module | None = None,
+    data: Dataset | None = None,
+    **settings: Any,
+) -> Distilled:
+    """Distill a dataset into a few GD steps of synthetic images with learned lrs.
+
+    Settings are ``DistillConfig`` fields (e.g. ``dataset="mnist", epochs=30``). ``module``
+    may be any ``nn.Module`` (default: the registered ``model``), ``data`` a ``Dataset``
+    already loaded (default: the registered ``dataset``). With ``out``, checkpoints and the artifact are written
+    there; ``resume=True`` continues a run from its last checkpoint in ``out``.
+    """
+    config = replace(config or DistillConfig(), **settings)
+    checkpoint = None
+    if resume:
+        if out is None:
+            raise DistillError("resume needs the run folder: pass --out DIR")
+        checkpoint, config = _read_checkpoint(Path(out), config, settings)
+    config.validate()
+    if config.init == "fixed" and config.nets_per_iteration != 1:
+        raise DistillError("--init fixed has one initial net; drop --nets-per-iteration")
+    device = resolve_device(config.device)
+    start_time = time.perf_counter()
+
+    # ---- data, model, initial-weight distribution
+    if data is None:
+        data = load_dataset(config.dataset, config.data_root, config.download)
+    data = data.to(device)
+    if module is None:
+        module = build_model(config.model or data.default_model, data.image_shape,
+                             data.num_classes)
+    module = module.to(device)
+    fmodel = FunctionalModel(module)
+    data_gen = generator(config.seed, "data")
+    init_gen = generator(config.seed, "init")
+    steps_gen = generator(config.seed, "distilled")
+    fixed_params = None
+    if config.init == "fixed":
+        fixed_params = initial_parameters(module, config.init_scheme, init_gen)
+        init_dist: InitDistribution = FixedInit(fixed_params)
+    else:
+        init_dist = RandomInit(module, config.init_scheme)
+
+    # ---- distilled steps: standard-normal images, fixed labels, lrs through softplus
+    n_classes, ipc = data.num_classes, config.images_per_class
+    images = torch.randn(config.steps, n_classes * ipc, *data.image_shape, generator=steps_gen)
+    labels = torch.arange(n_classes).repeat_interleave(ipc).repeat(config.steps, 1)
+    raw_lrs = torch.full((config.steps * config.distill_epochs,),
+                         inverse_softplus(config.distill_lr))
+    steps = DistilledSteps(images.to(device).requires_grad_(), labels.to(device),
+                           raw_lrs.to(device).requires_grad_())
+    optimizer = torch.optim.Adam([steps.images, steps.raw_lrs], lr=config.lr, betas=(0.5, 0.999))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.decay_epochs, config.decay_factor)
+
+    n_train = data.train_images.shape[0]
+    per_epoch = math.ceil(n_train / config.batch_size)
+    first_epoch, history, elapsed_before = 0, [], 0.0
+    if checkpoint is not None:
+        first_epoch, history, elapsed_before = _restore(
+            checkpoint, steps, optimizer, scheduler, data_gen, init_gen)
+
+    # ---- the outer loop
+    bar = tqdm(total=config.epochs * per_epoch, initial=first_epoch * per_epoch,
+               disable=not config.progress, unit="it", dynamic_ncols=True)
+    for epoch in range(first_epoch, config.epochs):
+        order = torch.randperm(n_train, generator=data_gen).to(device)
+        for it in range(per_epoch):
+            batch = order[it * config.batch_size:(it + 1) * config.batch_size]
+            params = {k: v.to(device) for k, v in
+                      init_dist.sample(config.nets_per_iteration, init_gen).items()}
+            optimizer.zero_grad(set_to_none=True)
+            losses = meta_gradient(fmodel, params, steps, data.train_images[batch],
+                                   data.train_labels[batch], config.backward,
+                                   config.backgrad_keep_every, config.outer_chunk)
+            meta_loss = float(losses.mean())
+            if not math.isfinite(meta_loss):
+                raise DistillError(
+                    f"distillation diverged: meta-loss is {meta_loss} at epoch {epoch + 1}, "
+                    f"iteration {it + 1}; lower --lr (now {config.lr}) or --distill-lr "
+                    f"(now {config.distill_lr})")
+            optimizer.step()
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, meta_loss=f"{meta_loss:.4f}")
+        scheduler.step()
+
+        done = epoch + 1
+        if config.eval_every and done % config.eval_every == 0 and done < config.epochs:
+            result = _evaluate(fmodel, init_dist, steps, data, config)
+            history.append({"epoch": done, **result.summary()})
+            bar.write(f"epoch {done}: {result}")
+        if out is not None and (done % config.checkpoint_every == 0 or done == config.epochs):
+            _write_checkpoint(Path(out), config, done, history,
+                              elapsed_before + time.perf_counter() - start_time,
+                              steps, optimizer, scheduler, data_gen, init_gen)
+    bar.close()
+
+    # ---- final evaluation beside random real images, and the artifact
+    final = _evaluate(fmodel, init_dist, steps, data, config)
+    real = _random_real(fmodel, init_dist, steps, data, config)
+    metrics = {"final": final.summary(), "random_real": real, "history": history,
+               "wall_time_s": elapsed_before + time.perf_counter() - start_time}
+    result = Distilled(
+        images=steps.images.detach().cpu(), labels=steps.labels.cpu(),
+        lrs=torch.nn.functional.softplus(steps.raw_lrs.detach()).cpu(),
+        init=fixed_params, meta=_meta(config, data, module, metrics))
+    if out is not None:
+        from .plots import save_grid
+
+        result.save(out)
+        save_grid(result, Path(out) / GRID_FILE, data.mean, data.std, data.class_names)
+    return result
+
+
+def _eval_nets(config: DistillConfig) -> int:
+    return 1 if config.init == "fixed" else config.eval_nets
+
+
+def _evaluate(fmodel: FunctionalModel, init_dist: InitDistribution, steps: DistilledSteps,
+              data: Dataset, config: DistillConfig) -> EvalResult:
+    """Fresh nets (seeds disjoint from distillation's) trained on the distilled steps."""
+    gen = generator(config.seed, "evaluation")
+    step_list = [tuple(x.detach() for x in steps.step(t)) for t in range(steps.num_steps)]
+    return evaluate_steps(fmodel, init_dist, step_list, data.test_images, data.test_labels,
+                          _eval_nets(config), gen)
+
+
+def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: DistilledSteps,
+                 data: Dataset, config: DistillConfig) -> dict[str, Any]:
+    """As many random real images in the same steps; the best of the learned and fixed lrs."""
+    gen = generator(config.seed, "random-real")
+    images, labels = random_real_images(data, config.steps, config.images_per_class, gen)
+    learned = torch.nn.functional.softplus(steps.raw_lrs.detach())
+    candidates: dict[str, list[float]] = {"learned": learned.tolist()}
+    candidates.update({str(lr): [lr] * steps.num_steps for lr in BASELINE_LRS})
+    best: dict[str, Any] = {}
+    for name, lrs in candidates.items():
+        step_list = [(images[t % config.steps], labels[t % config.steps], lrs[t])
+                     for t in range(steps.num_steps)]
+        result = evaluate_steps(fmodel, init_dist, step_list, data.test_images, data.test_labels,
+                                _eval_nets(config), generator(config.seed, "evaluation"))
+        if not best or result.mean > best["accuracy_mean"]:
+            best = {**result.summary(), "lr": name}
+    return best
+
+
+def _meta(config: DistillConfig, data: Dataset, module: nn.Module,
+          metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": "datadistill/1",
+        "config": config.to_dict(),
+        "dataset": {"name": data.name, "mean": list(data.mean), "std": list(data.std),
+                    "class_names": list(data.class_names), "image_shape": list(data.image_shape),
+                    "train_size": int(data.train_images.shape[0]),
+                    "test_size": int(data.test_images.shape[0])},
+        "model": {"name": config.model or data.default_model, "class": type(module).__name__,
+                  "parameters": sum(p.numel() for p in module.parameters())},
+        "versions": {"datadistill": __version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+        "metrics": metrics,
+    }
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _write_checkpoint(out: Path, config: DistillConfig, epoch: int, history: list,
+                      elapsed: float, steps: DistilledSteps, optimizer: torch.optim.Optimizer,
+                      scheduler: Any, data_gen: torch.Generator, init_gen: torch.Generator,
+                      ) -> None:
+    """Everything needed to continue exactly where this epoch ended, in one atomic file."""
+    tensors = {"images": steps.images, "raw_lrs": steps.raw_lrs,
+               "rng.data": data_gen.get_state(), "rng.init": init_gen.get_state(),
+               "rng.torch": torch.get_rng_state()}
+    opt_state = optimizer.state_dict()
+    for index, state in opt_state["state"].items():
+        for key, value in state.items():
+            tensors[f"adam.{index}.{key}"] = torch.as_tensor(value)
+    info = {"config": config.to_dict(), "epoch": epoch, "history": history, "elapsed_s": elapsed,
+            "scheduler": scheduler.state_dict(), "param_groups": opt_state["param_groups"]}
+    save_tensors(out / CHECKPOINT_FILE, tensors, info)
+
+
+def _read_checkpoint(out: Path, config: DistillConfig, settings: dict[str, Any]):
+    tensors, info = load_tensors(out / CHECKPOINT_FILE)
+    stored = DistillConfig.from_dict(info["config"])
+    changed = sorted(k for k, v in settings.items() if k not in RESUMABLE and getattr(stored, k) != v)
+    if changed:
+        raise DistillError(f"cannot change {', '.join(changed)} when resuming {out}; only "
+                           f"{', '.join(sorted(RESUMABLE))} may change")
+    resumed = replace(stored, **{k: v for k, v in settings.items() if k in RESUMABLE})
+    return (tensors, info), resumed
+
+
+def _restore(checkpoint, steps: DistilledSteps, optimizer: torch.optim.Optimizer,
+             scheduler: Any, data_gen: torch.Generator, init_gen: torch.Generator):
+    tensors, info = checkpoint
+    with torch.no_grad():
+        steps.images.copy_(tensors["images"])
+        steps.raw_lrs.copy_(tensors["raw_lrs"])
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("adam."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    scheduler.load_state_dict(info["scheduler"])
+    data_gen.set_state(tensors["rng.data"])
+    init_gen.set_state(tensors["rng.init"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return info["epoch"], info["history"], info["elapsed_s"]

@@ -1,0 +1,60 @@
+"""Run any ``nn.Module`` as a pure function of a batch of parameter dicts.
+
+Parameters carry a leading "net" dimension N, so N networks (different initial
+weights) run as one vectorized computation (``torch.func.vmap`` over
+``torch.func.functional_call``). Buffers are treated as constants.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from .errors import DistillError
+
+Params = dict[str, Tensor]
+
+
+def check_supported(module: nn.Module) -> None:
+    """Refuse modules whose buffers change during training (their gradients would be wrong)."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.modules.batchnorm._NormBase) and sub.track_running_stats:
+            raise DistillError(
+                f"module {name or type(module).__name__!r} is a {type(sub).__name__} that tracks "
+                "running statistics, which the unrolled inner steps cannot differentiate; build it "
+                "with track_running_stats=False or use GroupNorm/LayerNorm"
+            )
+
+
+class FunctionalModel:
+    """A module evaluated functionally on N stacked parameter sets."""
+
+    def __init__(self, module: nn.Module) -> None:
+        check_supported(module)
+        self.module = module
+        self.buffers = dict(module.named_buffers())
+        self.param_names = [name for name, _ in module.named_parameters()]
+
+    def logits(self, params: Params, images: Tensor, train: bool) -> Tensor:
+        """Logits (N, B, classes) of N nets on one shared batch ``images`` (B, ...)."""
+        self.module.train(train)
+
+        def one_net(p: Params, x: Tensor) -> Tensor:
+            return functional_call(self.module, (p, self.buffers), (x,))
+
+        if num_nets(params) == 1:  # vmap's per-op overhead is not worth it for one net
+            return one_net({k: v[0] for k, v in params.items()}, images).unsqueeze(0)
+        return vmap(one_net, in_dims=(0, None), randomness="different")(params, images)
+
+    def losses(self, params: Params, images: Tensor, labels: Tensor, train: bool) -> Tensor:
+        """Mean cross-entropy of each of the N nets on the batch: shape (N,)."""
+        logits = self.logits(params, images, train)
+        n, b = logits.shape[:2]
+        per_example = F.cross_entropy(logits.reshape(n * b, -1), labels.repeat(n), reduction="none")
+        return per_example.view(n, b).mean(dim=1)
+
+
+def num_nets(params: Params) -> int:
+    """The size N of the leading net dimension."""
+    return next(iter(params.values())).shape[0]

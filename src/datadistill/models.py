@@ -1,0 +1,112 @@
+"""The paper's networks, a small MLP, and the registry that builds them.
+
+Any ``nn.Module`` works with the engine: it is run functionally on a parameter dict
+(``torch.func.functional_call``), so no special base class is needed.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import DistillError
+from .registry import Registry
+
+ModelFactory = Callable[[tuple[int, int, int], int], nn.Module]
+MODELS: Registry[ModelFactory] = Registry("model")
+
+
+def list_models() -> list[str]:
+    """Names of the registered architectures."""
+    return MODELS.names()
+
+
+def build_model(name: str, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Build a registered architecture for images of ``image_shape`` (C, H, W)."""
+    return MODELS.get(name)(tuple(image_shape), num_classes)
+
+
+class LeNet(nn.Module):
+    """LeNet as in the paper's code: 28 px inputs get padding 2 in the first conv."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10):
+        super().__init__()
+        if image_size not in (28, 32):
+            raise DistillError(
+                f"LeNet takes 28x28 or 32x32 images, got {image_size}x{image_size}; "
+                "pick another --model (for example mlp)"
+            )
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=2 if image_size == 28 else 0),  # 6x28x28
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 6x14x14
+            nn.Conv2d(6, 16, 5),  # 16x10x10
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 16x5x5
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(400, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class AlexCifarNet(nn.Module):
+    """The paper's CIFAR-10 network; local response norm comes before the second pool."""
+
+    def __init__(self, in_channels: int = 3, image_size: int = 32, num_classes: int = 10):
+        super().__init__()
+        if image_size != 32:
+            raise DistillError(f"AlexCifarNet takes 32x32 images, got {image_size}x{image_size}")
+        lrn = lambda: nn.LocalResponseNorm(4, alpha=0.001 / 9.0, beta=0.75, k=1.0)  # noqa: E731
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 5, padding=2),  # 64x32x32
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2, padding=1),  # 64x16x16
+            lrn(),
+            nn.Conv2d(64, 64, 5, padding=2),  # 64x16x16
+            nn.ReLU(),
+            lrn(),
+            nn.MaxPool2d(3, stride=2, padding=1),  # 64x8x8
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(4096, 384),
+            nn.ReLU(),
+            nn.Linear(384, 192),
+            nn.ReLU(),
+            nn.Linear(192, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class MLP(nn.Module):
+    """A two-hidden-layer perceptron for small images (e.g. the 8x8 digits)."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+MODELS.register("lenet")(lambda shape, k: LeNet(shape[0], shape[1], k))
+MODELS.register("alexcifarnet")(lambda shape, k: AlexCifarNet(shape[0], shape[1], k))
+MODELS.register("mlp")(lambda shape, k: MLP(shape[0] * shape[1] * shape[2], k))

@@ -1,0 +1,51 @@
+"""Pictures of distilled data."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .artifacts import Distilled, atomic_write  # noqa: E402
+
+
+def save_grid(
+    distilled: Distilled, path: str | Path, mean: Sequence[float], std: Sequence[float],
+    class_names: Sequence[str],
+) -> None:
+    """PNG grid: rows = steps, columns = images of each step (class order), lrs per row."""
+    images = distilled.images.float().cpu()
+    n_steps, per_step = images.shape[:2]
+    mean_t = torch.tensor(mean).view(-1, 1, 1)
+    std_t = torch.tensor(std).view(-1, 1, 1)
+    lrs = distilled.lrs.float().cpu().view(-1, n_steps)  # (epochs, steps)
+    fig, axes = plt.subplots(n_steps, per_step, squeeze=False,
+                             figsize=(1.1 * per_step + 1.6, 1.15 * n_steps + 0.5))
+    for s in range(n_steps):
+        for j in range(per_step):
+            ax = axes[s][j]
+            pixels = (images[s, j] * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).numpy()
+            if pixels.shape[2] == 1:
+                ax.imshow(pixels[:, :, 0], cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(pixels)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if s == 0:
+                ax.set_title(class_names[int(distilled.labels[0, j])], fontsize=9)
+        lr_text = ", ".join(f"{float(v):.3g}" for v in lrs[:, s])
+        axes[s][0].set_ylabel(f"step {s + 1}\nlr {lr_text}", fontsize=7, rotation=0,
+                              ha="right", va="center")
+    fig.suptitle(f"{distilled.meta.get('dataset', {}).get('name', '')} distilled: "
+                 f"{n_steps} steps x {lrs.shape[0]} epochs", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    atomic_write(path, tmp.read_bytes())
+    tmp.unlink()

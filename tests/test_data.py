@@ -1,0 +1,54 @@
+"""Datasets: shipped data, torchvision files, and clear errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from datadistill import list_datasets, load_dataset
+from datadistill.errors import DistillError
+
+
+def test_registry_lists_every_dataset():
+    assert set(list_datasets()) >= {"mnist", "mnist-5k", "fashion-mnist", "cifar10", "digits"}
+
+
+def test_mnist_5k_is_real_split_and_normalized():
+    data = load_dataset("mnist-5k")
+    assert data.train_images.shape == (4000, 1, 28, 28)
+    assert data.test_images.shape == (1000, 1, 28, 28)
+    assert data.num_classes == 10
+    assert torch.bincount(data.train_labels).min() > 300  # every class is well represented
+    # normalized with MNIST's statistics: the mean pixel maps near 0, std near 1
+    assert abs(data.train_images.mean().item()) < 0.1
+    assert abs(data.train_images.std().item() - 1) < 0.1
+    again = load_dataset("mnist-5k")
+    assert torch.equal(again.test_labels, data.test_labels)  # deterministic split
+
+
+def test_digits_statistics_come_from_the_training_split():
+    data = load_dataset("digits")
+    assert data.train_images.shape == (1437, 1, 8, 8) and data.test_images.shape[0] == 360
+    assert abs(data.train_images.mean().item()) < 1e-4
+    assert data.denormalize(data.train_images[:5]).min() >= 0
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST"),
+                                         ("cifar10", "CIFAR10")])
+def test_missing_files_name_the_files_and_the_place(tmp_path, name, folder):
+    with pytest.raises(DistillError) as info:
+        load_dataset(name, root=tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(tmp_path) in message and folder in message and "--download" in message
+
+
+def test_unknown_dataset_lists_the_choices():
+    with pytest.raises(DistillError, match="unknown dataset 'imagenet'; choose one of: .*mnist-5k"):
+        load_dataset("imagenet")
+
+
+def test_full_mnist_from_shared_data(mnist_root):
+    data = load_dataset("mnist", root=mnist_root)
+    assert data.train_images.shape == (60000, 1, 28, 28)
+    assert data.test_images.shape == (10000, 1, 28, 28)
+    assert data.default_model == "lenet"
