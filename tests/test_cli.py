@@ -22,7 +22,8 @@ def test_distill_show_evaluate(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(out), "--nets", "4", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["nets"] == 4 and 0 <= result["accuracy_mean"] <= 1
+    assert result["after"]["nets"] == 4 and 0 <= result["after"]["accuracy_mean"] <= 1
+    assert result["before"]["nets"] == 4 and result["epochs"] == 1 and result["lr"] == "learned"
 
 
 def test_resume_extends_a_run(tmp_path, capsys):
@@ -56,3 +57,9 @@ def test_list(capsys):
     assert main(["list"]) == 0
     printed = capsys.readouterr().out
     assert "mnist-5k" in printed and "lenet" in printed and "xavier-normal" in printed
+
+
+def test_linreg_prints_the_table(capsys):
+    assert main(["linreg", "--dim", "2", "--iterations", "300"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["M", "D"] and len(lines) >= 3

@@ -1,4 +1,4 @@
-"""Command line: distill | evaluate | show | list."""
+"""Command line: distill | evaluate | baseline | linreg | show | list."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
+from .baselines.run import METHODS
 from .config import DistillConfig
 from .errors import DistillError
 
@@ -40,11 +41,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="train fresh nets on an artifact's steps and test them")
-    p.add_argument("run", help="run folder written by distill")
+    p.add_argument("run", help="run folder written by distill or baseline")
     p.add_argument("--nets", type=int, default=200, help="held-out nets (default: 200)")
+    p.add_argument("--lr", type=float, default=None, help="constant lr instead of the learned ones")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the steps (default: as distilled)")
     p.add_argument("--data-root", default=None, help="override the stored data root")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("baseline", help="real-image baselines with the paper's lr x epochs grid")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--like", default=None,
+                   help="a distill run folder: take its dataset, model, init, steps and learned lrs")
+    p.add_argument("--out", required=True, help="folder for the baseline's artifact")
+    p.add_argument("--nets", type=int, default=200, help="held-out nets for the final figure")
+    p.add_argument("--search-nets", type=int, default=20, help="held-out nets per grid cell")
+    p.add_argument("--sets", type=int, default=10, help="random draws (optimized real, k-NN)")
+    for name in ("dataset", "data_root", "model", "init_scheme", "steps", "images_per_class",
+                 "seed", "device"):
+        default = getattr(DistillConfig(), name)
+        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+                       help=f"when not --like (default: {default})")
+
+    p = sub.add_parser("linreg", help="Section 3.3: one GD step on linear regression needs M >= D")
+    p.add_argument("--dim", type=int, default=8, help="features D (default: 8)")
+    p.add_argument("--iterations", type=int, default=3000)
 
     p = sub.add_parser("show", help="re-render the picture of an artifact")
     p.add_argument("run", help="run folder written by distill")
@@ -74,10 +95,41 @@ def _distill(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
-    result = evaluate(args.run, nets=args.nets, data_root=args.data_root, device=args.device)
-    print(json.dumps(result, indent=2) if args.json else
-          f"{100 * result['accuracy_mean']:.2f}% ± {100 * result['accuracy_std']:.2f} "
-          f"over {result['nets']} held-out nets ({result['dataset']} test set)")
+    result = evaluate(args.run, nets=args.nets, lr=args.lr, epochs=args.epochs,
+                      data_root=args.data_root, device=args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    before, after = result["before"], result["after"]
+    print(f"{after['nets']} held-out nets, {result['dataset']} test set, lr {result['lr']}, "
+          f"{result['epochs']} epochs")
+    print(f"  before training: {100 * before['accuracy_mean']:.2f}% ± "
+          f"{100 * before['accuracy_std']:.2f} (loss {before['loss_mean']:.3f})")
+    print(f"  after training:  {100 * after['accuracy_mean']:.2f}% ± "
+          f"{100 * after['accuracy_std']:.2f} (loss {after['loss_mean']:.3f})")
+    print("  per class:       " + " ".join(f"{100 * a:.1f}" for a in after["per_class_accuracy"]))
+
+
+def _baseline(args: argparse.Namespace) -> None:
+    from .baselines.write import baseline_artifact
+
+    report = baseline_artifact(args.method, args.out, like=args.like, nets=args.nets,
+                               search_nets=args.search_nets, sets=args.sets,
+                               settings={k: getattr(args, k) for k in (
+                                   "dataset", "data_root", "model", "init_scheme", "steps",
+                                   "images_per_class", "seed", "device")})
+    final, best = report["final"], report["best"]
+    print(f"{args.method}: {100 * final['accuracy_mean']:.2f}% ± {100 * final['accuracy_std']:.2f} "
+          f"(best {', '.join(f'{k} {v}' for k, v in best.items())}); wrote {args.out}")
+
+
+def _linreg(args: argparse.Namespace) -> None:
+    from .linear_regression import analysis
+
+    print(f"{'M':>4} {'D':>4} {'excess loss (mean)':>20} {'lower bound':>12} {'no step':>10}")
+    for row in analysis(dim=args.dim, iterations=args.iterations):
+        print(f"{row['M']:>4} {row['D']:>4} {row['excess_mean']:>20.3e} "
+              f"{row['lower_bound']:>12.3e} {row['no_step']:>10.3f}")
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -105,7 +157,8 @@ def _list(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"distill": _distill, "evaluate": _evaluate, "show": _show, "list": _list}
+    commands = {"distill": _distill, "evaluate": _evaluate, "baseline": _baseline,
+                "linreg": _linreg, "show": _show, "list": _list}
     try:
         commands[args.command](args)
     except DistillError as exc:

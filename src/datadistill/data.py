@@ -30,6 +30,7 @@ class Dataset:
     std: tuple[float, ...]
     class_names: tuple[str, ...]
     default_model: str
+    augment: bool = False  # random crop (reflect-pad 4) + horizontal flip of real batches
 
     @property
     def num_classes(self) -> int:
@@ -44,7 +45,7 @@ class Dataset:
         return Dataset(
             self.name, move(self.train_images), move(self.train_labels),
             move(self.test_images), move(self.test_labels),
-            self.mean, self.std, self.class_names, self.default_model,
+            self.mean, self.std, self.class_names, self.default_model, self.augment,
         )
 
     def denormalize(self, images: Tensor) -> Tensor:
@@ -72,6 +73,7 @@ class DatasetSpec:
     class_names: tuple[str, ...]
     default_model: str
     description: str
+    augment: bool = False
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -110,7 +112,23 @@ def load_dataset(
         std=std,
         class_names=spec.class_names,
         default_model=spec.default_model,
+        augment=spec.augment,
     )
+
+
+def crop_flip(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """Random crops of the reflect-padded images and random horizontal flips, per image."""
+    n, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="reflect")
+    dev = images.device
+    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
+    rows = top[:, None] + torch.arange(height, device=dev)
+    cols = left[:, None] + torch.arange(width, device=dev)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    picked = padded[torch.arange(n, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return picked.permute(0, 3, 1, 2).contiguous()  # advanced indexing put channels last
 
 
 # --------------------------------------------------------------------------- helpers
@@ -202,7 +220,7 @@ _register("cifar10", DatasetSpec(
     lambda root, dl: _torchvision_splits("CIFAR10", root, dl),
     (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261),
     ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-    "alexcifarnet", "CIFAR-10 50k/10k 32x32x3 via torchvision (--data-root)"))
+    "alexcifarnet", "CIFAR-10 50k/10k 32x32x3 via torchvision (--data-root)", augment=True))
 _register("digits", DatasetSpec(
     _digits, None, None, DIGIT_NAMES, "mlp",
     "scikit-learn's 1,797 8x8 digits, split 1,437/360 (no download)"))

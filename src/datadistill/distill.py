@@ -18,11 +18,11 @@ from tqdm import tqdm
 
 from . import __version__
 from .artifacts import CHECKPOINT_FILE, GRID_FILE, Distilled, load_tensors, save_tensors
-from .baselines import random_real_images
+from .baselines.images import random_real
 from .config import DistillConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, crop_flip, load_dataset
 from .errors import DistillError
-from .evaluate import EvalResult, evaluate_steps
+from .evaluate import EvalResult, best_of_grid, evaluate_steps, schedule
 from .functional import FunctionalModel
 from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
 from .inner_loop import DistilledSteps, meta_gradient
@@ -31,7 +31,6 @@ from .runtime import generator, resolve_device
 
 # settings that may change when a run is resumed; the others must match the checkpoint
 RESUMABLE = {"epochs", "eval_every", "eval_nets", "checkpoint_every", "progress", "device"}
-BASELINE_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 
 
 def inverse_softplus(value: float) -> float:
@@ -114,7 +113,10 @@ def distill(
             params = {k: v.to(device) for k, v in
                       init_dist.sample(config.nets_per_iteration, init_gen).items()}
             optimizer.zero_grad(set_to_none=True)
-            losses = meta_gradient(fmodel, params, steps, data.train_images[batch],
+            real_images = data.train_images[batch]
+            if data.augment:
+                real_images = crop_flip(real_images, data_gen)
+            losses = meta_gradient(fmodel, params, steps, real_images,
                                    data.train_labels[batch], config.backward,
                                    config.backgrad_keep_every, config.outer_chunk)
             meta_loss = float(losses.mean())
@@ -163,28 +165,25 @@ def _eval_nets(config: DistillConfig) -> int:
 def _evaluate(fmodel: FunctionalModel, init_dist: InitDistribution, steps: DistilledSteps,
               data: Dataset, config: DistillConfig) -> EvalResult:
     """Fresh nets (seeds disjoint from distillation's) trained on the distilled steps."""
-    gen = generator(config.seed, "evaluation")
-    step_list = [tuple(x.detach() for x in steps.step(t)) for t in range(steps.num_steps)]
+    lrs = torch.nn.functional.softplus(steps.raw_lrs.detach())
+    step_list = schedule(steps.images.detach(), steps.labels, lrs, config.distill_epochs)
     return evaluate_steps(fmodel, init_dist, step_list, data.test_images, data.test_labels,
-                          _eval_nets(config), gen)
+                          _eval_nets(config), generator(config.seed, "evaluation")).after
 
 
 def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: DistilledSteps,
                  data: Dataset, config: DistillConfig) -> dict[str, Any]:
     """As many random real images in the same steps; the best of the learned and fixed lrs."""
-    gen = generator(config.seed, "random-real")
-    images, labels = random_real_images(data, config.steps, config.images_per_class, gen)
-    learned = torch.nn.functional.softplus(steps.raw_lrs.detach())
-    candidates: dict[str, list[float]] = {"learned": learned.tolist()}
-    candidates.update({str(lr): [lr] * steps.num_steps for lr in BASELINE_LRS})
-    best: dict[str, Any] = {}
-    for name, lrs in candidates.items():
-        step_list = [(images[t % config.steps], labels[t % config.steps], lrs[t])
-                     for t in range(steps.num_steps)]
-        result = evaluate_steps(fmodel, init_dist, step_list, data.test_images, data.test_labels,
-                                _eval_nets(config), generator(config.seed, "evaluation"))
-        if not best or result.mean > best["accuracy_mean"]:
-            best = {**result.summary(), "lr": name}
+    images, labels = random_real(data, config.steps, config.images_per_class,
+                                 generator(config.seed, "random-real"))
+
+    def run(lr: torch.Tensor | float, epochs: int) -> EvalResult:
+        return evaluate_steps(fmodel, init_dist, schedule(images, labels, lr, epochs),
+                              data.test_images, data.test_labels, _eval_nets(config),
+                              generator(config.seed, "evaluation")).after
+
+    best, _ = best_of_grid(run, torch.nn.functional.softplus(steps.raw_lrs.detach()),
+                           epochs=(config.distill_epochs,))
     return best
 
 

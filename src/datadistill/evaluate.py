@@ -1,15 +1,21 @@
-"""Train fresh networks on a sequence of GD steps and test them, many nets at once."""
+"""Train fresh networks on a sequence of GD steps and test them, many nets at once.
+
+The protocol of the paper: K held-out nets from the initialization distribution,
+trained on the steps with the learned (or a constant) lr for some epochs, tested on the
+full test set; mean ± std over the nets. Baselines take the best of an lr × epochs grid.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .artifacts import load
-from .data import load_dataset
+from .artifacts import Distilled, load
+from .data import Dataset, load_dataset
 from .functional import FunctionalModel, Params, num_nets
 from .init_distributions import FixedInit, InitDistribution, RandomInit
 from .inner_loop import gd_step
@@ -17,14 +23,17 @@ from .models import build_model
 from .runtime import generator, resolve_device
 
 Step = tuple[Tensor, Tensor, float | Tensor]  # (images, labels, lr)
+GRID_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # the paper's constant lrs for baselines
+GRID_EPOCHS = (1, 3, 5)
 
 
 @dataclass
 class EvalResult:
-    """Test accuracy and loss of each evaluated net."""
+    """Test accuracy, loss and per-class accuracy of each evaluated net."""
 
-    accuracies: Tensor
-    losses: Tensor
+    accuracies: Tensor  # (N,)
+    losses: Tensor  # (N,)
+    class_accuracies: Tensor  # (N, classes)
 
     @property
     def mean(self) -> float:
@@ -34,12 +43,34 @@ class EvalResult:
     def std(self) -> float:
         return float(self.accuracies.std()) if len(self.accuracies) > 1 else 0.0
 
-    def summary(self) -> dict[str, float | int]:
+    def summary(self) -> dict[str, Any]:
         return {"accuracy_mean": self.mean, "accuracy_std": self.std,
-                "loss_mean": float(self.losses.mean()), "nets": len(self.accuracies)}
+                "loss_mean": float(self.losses.mean()),
+                "loss_std": float(self.losses.std()) if len(self.losses) > 1 else 0.0,
+                "per_class_accuracy": self.class_accuracies.mean(0).tolist(),
+                "nets": len(self.accuracies)}
+
+    @staticmethod
+    def cat(parts: Sequence["EvalResult"]) -> "EvalResult":
+        return EvalResult(torch.cat([p.accuracies for p in parts]),
+                          torch.cat([p.losses for p in parts]),
+                          torch.cat([p.class_accuracies for p in parts]))
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.2f}% ± {100 * self.std:.2f} over {len(self.accuracies)} nets"
+
+
+def schedule(images: Tensor, labels: Tensor, lrs: Tensor | Sequence[float] | float,
+             epochs: int) -> list[Step]:
+    """GD steps over ``epochs`` passes of the S batches; lr t is ``lrs[t]`` (cycled) or a constant."""
+    n_batches = images.shape[0]
+    total = n_batches * epochs
+    if isinstance(lrs, (int, float)):
+        lr_list = [float(lrs)] * total
+    else:
+        values = [float(v) for v in lrs]
+        lr_list = [values[t % len(values)] for t in range(total)]
+    return [(images[t % n_batches], labels[t % n_batches], lr_list[t]) for t in range(total)]
 
 
 def train_nets(fmodel: FunctionalModel, params: Params, steps: Sequence[Step]) -> Params:
@@ -57,21 +88,41 @@ def train_nets(fmodel: FunctionalModel, params: Params, steps: Sequence[Step]) -
 def test_nets(
     fmodel: FunctionalModel, params: Params, images: Tensor, labels: Tensor, chunk_size: int = 512
 ) -> EvalResult:
-    """Accuracy and mean loss of each of the N nets on (images, labels), in eval mode.
+    """Accuracy, mean loss and per-class accuracy of each of the N nets, in eval mode.
 
     Nets are tested one after another: on large test batches a vectorized conv over
     N weight sets is slower on CPU than N plain convs.
     """
-    correct = torch.zeros(num_nets(params), device=images.device)
-    loss_sum = torch.zeros_like(correct)
-    for i in range(len(correct)):
+    n = num_nets(params)
+    classes = int(labels.max()) + 1
+    class_sizes = torch.bincount(labels, minlength=classes).clamp(min=1)
+    correct = torch.zeros(n, classes, device=images.device)
+    loss_sum = torch.zeros(n, device=images.device)
+    for i in range(n):
         one = {k: v[i:i + 1] for k, v in params.items()}
         for start in range(0, images.shape[0], chunk_size):
             x, y = images[start:start + chunk_size], labels[start:start + chunk_size]
             logits = fmodel.logits(one, x, train=False)[0]
-            correct[i] += (logits.argmax(-1) == y).sum()
-            loss_sum[i] += torch.nn.functional.cross_entropy(logits, y, reduction="sum")
-    return EvalResult((correct / images.shape[0]).cpu(), (loss_sum / images.shape[0]).cpu())
+            hits = y[logits.argmax(-1) == y]
+            correct[i] += torch.bincount(hits, minlength=classes)[:classes]
+            loss_sum[i] += F.cross_entropy(logits, y, reduction="sum")
+    total = images.shape[0]
+    return EvalResult((correct.sum(1) / total).cpu(), (loss_sum / total).cpu(),
+                      (correct / class_sizes).cpu())
+
+
+@dataclass
+class Evaluation:
+    """Held-out nets after training on the steps, and (optionally) before it."""
+
+    after: EvalResult
+    before: EvalResult | None = None
+
+    def summary(self) -> dict[str, Any]:
+        out = {"after": self.after.summary()}
+        if self.before is not None:
+            out["before"] = self.before.summary()
+        return out
 
 
 def evaluate_steps(
@@ -83,34 +134,67 @@ def evaluate_steps(
     nets: int,
     generator: torch.Generator,
     nets_per_batch: int = 25,
-) -> EvalResult:
+    test_before: bool = False,
+) -> Evaluation:
     """Sample ``nets`` initial weights, train each on ``steps``, and test them."""
-    results = []
+    after, before = [], []
     for start in range(0, nets, nets_per_batch):
         n = min(nets_per_batch, nets - start)
         params = {k: v.to(test_images.device) for k, v in init.sample(n, generator).items()}
-        results.append(test_nets(fmodel, train_nets(fmodel, params, steps),
-                                 test_images, test_labels))
-    return EvalResult(torch.cat([r.accuracies for r in results]),
-                      torch.cat([r.losses for r in results]))
+        if test_before:
+            before.append(test_nets(fmodel, params, test_images, test_labels))
+        after.append(test_nets(fmodel, train_nets(fmodel, params, steps),
+                               test_images, test_labels))
+    return Evaluation(EvalResult.cat(after), EvalResult.cat(before) if before else None)
 
 
-def evaluate(run: str | Path, nets: int = 200, data_root: str | None = None,
-             device: str = "auto") -> dict[str, Any]:
-    """Held-out evaluation of a run folder: ``nets`` fresh nets from its init distribution.
+def best_of_grid(
+    evaluate_schedule: Callable[[Tensor | float, int], EvalResult],
+    learned_lrs: Tensor | None,
+    lrs: Sequence[float] = GRID_LRS,
+    epochs: Sequence[int] = GRID_EPOCHS,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Try every lr (the learned ones first, when given) × epochs; return the best and all rows."""
+    options: list[tuple[str, Tensor | float]] = [("learned", learned_lrs)] if learned_lrs is not None else []
+    options += [(str(lr), lr) for lr in lrs]
+    rows = []
+    for name, lr in options:
+        for n_epochs in epochs:
+            result = evaluate_schedule(lr, n_epochs)
+            rows.append({"lr": name, "epochs": n_epochs, **result.summary()})
+    best = max(rows, key=lambda row: row["accuracy_mean"])
+    return best, rows
 
-    Nets of a random-init artifact are drawn with seeds disjoint from distillation's; a
-    fixed-init artifact is evaluated on its stored initial weights.
-    """
-    distilled = load(run)
+
+def context_for(distilled: Distilled, data_root: str | None = None, device: str = "auto",
+                data: Dataset | None = None) -> tuple[Dataset, FunctionalModel, InitDistribution]:
+    """The dataset, model and initial-weight distribution an artifact was made for."""
     meta, config = distilled.meta, distilled.meta["config"]
     dev = resolve_device(device)
-    data = load_dataset(meta["dataset"]["name"], data_root or config["data_root"]).to(dev)
+    data = (data or load_dataset(meta["dataset"]["name"], data_root or config["data_root"])).to(dev)
     module = build_model(meta["model"]["name"], data.image_shape, data.num_classes).to(dev)
     init: InitDistribution = (FixedInit(distilled.init) if distilled.init is not None
                               else RandomInit(module, config["init_scheme"]))
-    steps = [(x.to(dev), y.to(dev), lr) for x, y, lr in distilled.steps()]
-    result = evaluate_steps(FunctionalModel(module), init, steps, data.test_images,
-                            data.test_labels, 1 if distilled.init is not None else nets,
-                            generator(config["seed"], "held-out"))
-    return {"run": str(run), "dataset": data.name, **result.summary()}
+    return data, FunctionalModel(module), init
+
+
+def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: int | None = None,
+             data_root: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """Held-out evaluation of a run folder: ``nets`` fresh nets from its init distribution.
+
+    The steps are applied with the learned lrs (or the constant ``lr``) for the distilled
+    number of epochs (or ``epochs``). Nets of a random-init artifact are drawn with seeds
+    disjoint from distillation's; a fixed-init artifact is evaluated on its stored weights.
+    """
+    distilled = load(run)
+    data, fmodel, init = context_for(distilled, data_root, device)
+    dev = data.test_images.device
+    config = distilled.meta["config"]
+    n_epochs = epochs or distilled.num_steps // distilled.images.shape[0]
+    steps = schedule(distilled.images.to(dev), distilled.labels.to(dev),
+                     distilled.lrs if lr is None else lr, n_epochs)
+    result = evaluate_steps(fmodel, init, steps, data.test_images, data.test_labels,
+                            1 if distilled.init is not None else nets,
+                            generator(config["seed"], "held-out"), test_before=True)
+    return {"run": str(run), "dataset": data.name, "lr": "learned" if lr is None else lr,
+            "epochs": n_epochs, **result.summary()}

@@ -1,0 +1,90 @@
+"""Evaluation speed: datadistill's evaluator beside a straightforward one, same work, one run.
+
+    .venv/bin/python benchmarks/bench_evaluate.py --run runs/mnist-random --data-root ../shared/data
+
+The straightforward evaluator trains one net at a time on the steps (plain autograd and an
+in-place GD update), then tests it on the full test set in batches of 1,024. Both evaluate
+the same initial weights, so their accuracies must agree.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import datadistill
+from datadistill.evaluate import context_for, evaluate_steps, schedule
+from datadistill.init_distributions import stack
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_meta_iteration import machine  # noqa: E402
+
+
+@torch.no_grad()
+def straightforward(module, inits, steps, test_x, test_y, batch=1024):
+    accuracies = []
+    for params in inits:
+        net = copy.deepcopy(module)
+        net.load_state_dict(params, strict=False)
+        net.train()
+        for x, y, lr in steps:
+            with torch.enable_grad():
+                net.zero_grad()
+                F.cross_entropy(net(x), y).backward()
+            for p in net.parameters():
+                p -= lr * p.grad
+        net.eval()
+        correct = 0
+        for start in range(0, len(test_y), batch):
+            correct += (net(test_x[start:start + batch]).argmax(1) == test_y[start:start + batch]).sum()
+        accuracies.append(float(correct) / len(test_y))
+    return torch.tensor(accuracies)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--nets", type=int, default=200)
+    args = parser.parse_args()
+    distilled = datadistill.load(args.run)
+    data, fmodel, init = context_for(distilled, args.data_root, "cpu")
+    steps = schedule(distilled.images, distilled.labels, distilled.lrs,
+                     distilled.num_steps // distilled.images.shape[0])
+    gen = torch.Generator().manual_seed(0)
+    inits = [{k: v[0] for k, v in init.sample(1, gen).items()} for _ in range(args.nets)]
+
+    start = time.perf_counter()
+    ours = evaluate_steps(fmodel, FixedPool(inits), steps, data.test_images, data.test_labels,
+                          args.nets, gen).after.accuracies
+    ours_s = time.perf_counter() - start
+    start = time.perf_counter()
+    plain = straightforward(fmodel.module, inits, steps, data.test_images, data.test_labels)
+    plain_s = time.perf_counter() - start
+    assert torch.allclose(ours, plain, atol=2e-4), (ours - plain).abs().max()
+    print(f"{args.nets} nets, {len(data.test_labels)} test images, {len(steps)} steps")
+    print(f"straightforward: {plain_s:7.1f} s  ({plain_s / args.nets:.3f} s/net)")
+    print(f"datadistill:     {ours_s:7.1f} s  ({ours_s / args.nets:.3f} s/net)")
+    print(f"speed-up: x{plain_s / ours_s:.2f}   mean accuracy {100 * ours.mean():.2f}% (both)")
+    print(machine())
+
+
+class FixedPool:
+    """The same list of initial weights, handed out in order."""
+
+    def __init__(self, inits):
+        self.inits, self.next = inits, 0
+
+    def sample(self, n, generator):
+        chunk = self.inits[self.next:self.next + n]
+        self.next += n
+        return stack(chunk)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Image baselines: random real, average real, k-means centroids, herding."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import Dataset
+from ..registry import Registry
+
+ImageBaseline = Callable[[Dataset, int, int, torch.Generator], tuple[Tensor, Tensor]]
+IMAGE_BASELINES: Registry[ImageBaseline] = Registry("baseline")
+
+
+def _class_images(data: Dataset, c: int) -> Tensor:
+    return data.train_images[data.train_labels == c]
+
+
+def _arrange(per_class: list[Tensor], steps: int, ipc: int, data: Dataset) -> tuple[Tensor, Tensor]:
+    """Per-class stacks of steps*ipc images -> (steps, classes*ipc, ...) with class-major steps."""
+    stacked = torch.stack([imgs.reshape(steps, ipc, *imgs.shape[1:]) for imgs in per_class], 1)
+    images = stacked.reshape(steps, len(per_class) * ipc, *stacked.shape[3:])
+    labels = torch.arange(len(per_class)).repeat_interleave(ipc).repeat(steps, 1)
+    return images.contiguous(), labels.to(images.device)
+
+
+@IMAGE_BASELINES.register("random")
+def random_real(data: Dataset, steps: int, ipc: int, generator: torch.Generator):
+    """The same number of random real training images per class."""
+    per_class = []
+    for c in range(data.num_classes):
+        members = _class_images(data, c)
+        pick = torch.randperm(len(members), generator=generator)[: steps * ipc]
+        per_class.append(members[pick.to(members.device)])
+    return _arrange(per_class, steps, ipc, data)
+
+
+@IMAGE_BASELINES.register("average")
+def average_real(data: Dataset, steps: int, ipc: int, generator: torch.Generator):
+    """The per-class mean image, reused in every step (and slot)."""
+    per_class = [_class_images(data, c).mean(0, keepdim=True).expand(steps * ipc, -1, -1, -1)
+                 for c in range(data.num_classes)]
+    return _arrange(per_class, steps, ipc, data)
+
+
+@IMAGE_BASELINES.register("kmeans")
+def kmeans_centroids(data: Dataset, steps: int, ipc: int, generator: torch.Generator):
+    """Per class, k = steps*ipc k-means centroids (scikit-learn) as images."""
+    from sklearn.cluster import KMeans
+
+    per_class = []
+    for c in range(data.num_classes):
+        members = _class_images(data, c)
+        flat = members.reshape(len(members), -1).cpu().numpy().astype(np.float64)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        model = KMeans(n_clusters=steps * ipc, n_init=3, random_state=seed).fit(flat)
+        centroids = torch.as_tensor(model.cluster_centers_, dtype=members.dtype)
+        per_class.append(centroids.view(-1, *members.shape[1:]).to(members.device))
+    return _arrange(per_class, steps, ipc, data)
+
+
+@IMAGE_BASELINES.register("herding")
+def herding(data: Dataset, steps: int, ipc: int, generator: torch.Generator):
+    """Per class, greedily pick real images whose running mean tracks the class mean (pixels)."""
+    per_class = []
+    for c in range(data.num_classes):
+        members = _class_images(data, c)
+        flat = members.reshape(len(members), -1).double()
+        target = flat.mean(0)
+        chosen: list[int] = []
+        running = torch.zeros_like(target)
+        available = torch.ones(len(flat), dtype=torch.bool, device=flat.device)
+        for k in range(1, steps * ipc + 1):
+            gaps = ((running * (k - 1) + flat) / k - target).norm(dim=1)
+            gaps[~available] = float("inf")
+            best = int(gaps.argmin())
+            chosen.append(best)
+            available[best] = False
+            running = (running * (k - 1) + flat[best]) / k
+        per_class.append(members[torch.tensor(chosen, device=members.device)])
+    return _arrange(per_class, steps, ipc, data)

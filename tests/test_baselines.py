@@ -1,0 +1,72 @@
+"""Baselines: image layouts, the lr x epochs grid, k-NN, and artifacts that evaluate/show accept."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from datadistill.baselines import IMAGE_BASELINES, knn_accuracy, run_baseline
+from datadistill.baselines.run import METHODS
+from datadistill.cli import main
+from datadistill.functional import FunctionalModel
+from datadistill.init_distributions import RandomInit
+from datadistill.models import build_model
+
+from .conftest import make_dataset
+
+
+@pytest.mark.parametrize("name", IMAGE_BASELINES.names())
+def test_image_baselines_have_the_distilled_layout(name):
+    data = make_dataset()
+    images, labels = IMAGE_BASELINES.get(name)(data, 2, 2, torch.Generator().manual_seed(0))
+    assert images.shape == (2, 6, 1, 4, 4)
+    assert torch.equal(labels, torch.tensor([[0, 0, 1, 1, 2, 2]] * 2))
+    if name in ("random", "herding"):  # real images of the right class
+        for img, label in zip(images.flatten(0, 1), labels.flatten()):
+            same = (data.train_images == img).flatten(1).all(1)
+            assert same.any() and (data.train_labels[same] == label).all()
+
+
+def test_average_is_the_class_mean_and_herding_tracks_it():
+    data = make_dataset()
+    gen = torch.Generator().manual_seed(0)
+    average, _ = IMAGE_BASELINES.get("average")(data, 1, 1, gen)
+    assert torch.allclose(average[0, 1], data.train_images[data.train_labels == 1].mean(0))
+    herded, _ = IMAGE_BASELINES.get("herding")(data, 4, 1, gen)
+    randoms, _ = IMAGE_BASELINES.get("random")(data, 4, 1, gen)
+    mean0 = data.train_images[data.train_labels == 0].mean(0)
+    assert (herded[:, 0].mean(0) - mean0).norm() < (randoms[:, 0].mean(0) - mean0).norm()
+
+
+def test_knn_on_prototypes_is_accurate():
+    data = make_dataset()
+    assert knn_accuracy(data.train_images, data.train_labels, data.test_images,
+                        data.test_labels, 1, "l2") > 0.9
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_reports_a_best_cell(method):
+    data = make_dataset()
+    module = build_model("mlp", (1, 4, 4), 3)
+    images, labels, lrs, report = run_baseline(
+        method, data, FunctionalModel(module), RandomInit(module), steps=2, images_per_class=1,
+        learned_lrs=torch.full((4,), 0.05), nets=4, search_nets=2, sets=5)
+    assert images.shape[:2] == (2, 3)
+    assert 0 <= report["final"]["accuracy_mean"] <= 1
+    if not method.startswith("knn"):
+        assert len(report["grid"]) == 7 * 3  # learned + 6 constant lrs, x 3 epoch counts
+        assert len(lrs) == 2 * report["best"]["epochs"]
+        assert report["final"]["accuracy_mean"] > 0.5  # separable prototypes
+
+
+def test_baseline_cli_writes_an_artifact_evaluate_accepts(tmp_path, capsys):
+    out = tmp_path / "kmeans"
+    assert main(["baseline", "--method", "kmeans", "--dataset", "digits", "--steps", "2",
+                 "--nets", "3", "--search-nets", "2", "--out", str(out), "--device", "cpu"]) == 0
+    assert (out / "distilled.png").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--nets", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["after"]["accuracy_mean"] > result["before"]["accuracy_mean"]
+    assert len(result["after"]["per_class_accuracy"]) == 10
