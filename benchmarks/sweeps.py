@@ -1,6 +1,6 @@
 """The paper's Figures 4 and 5: sweeps of steps, epochs, and one big step vs many steps.
 
-    .venv/bin/python benchmarks/sweeps.py --dataset mnist-5k --epochs 60 --decay-epochs 20
+    .venv/bin/python benchmarks/sweeps.py --dataset mnist-5k --epochs 150 --decay-epochs 50
 
 Random init; each point distils afresh and is evaluated on --nets fresh nets (mean ± std).
 Figure 4a: steps 1..10, 2 epochs, 1 image per class per step. Figure 4b: 10 steps, 1..5
@@ -60,8 +60,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist-5k")
     parser.add_argument("--data-root", default="data")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--decay-epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--decay-epochs", type=int, default=50)
     parser.add_argument("--nets", type=int, default=20)
     parser.add_argument("--docs", default="docs")
     args = parser.parse_args()

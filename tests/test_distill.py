@@ -69,10 +69,13 @@ def test_artifacts_round_trip(tmp_path, tiny_data):
     assert len(list(loaded.steps())) == 4
 
 
-def test_any_user_module_and_backgrad(tiny_data):
-    result = datadistill.distill(data=tiny_data, module=TinyConvNet(), backward="backgrad",
-                                 backgrad_keep_every=2, **TINY)
-    assert result.meta["model"]["class"] == "TinyConvNet"
+@pytest.mark.parametrize("keep_every", [0, 2])
+def test_backgrad_run_equals_full_run_for_any_user_module(tiny_data, keep_every):
+    full = datadistill.distill(data=tiny_data, module=TinyConvNet(), **TINY)
+    backgrad = datadistill.distill(data=tiny_data, module=TinyConvNet(), backward="backgrad",
+                                   backgrad_keep_every=keep_every, **TINY)
+    assert backgrad.meta["model"]["class"] == "TinyConvNet"
+    assert torch.allclose(backgrad.images, full.images, atol=1e-4)
 
 
 def test_divergence_is_a_one_line_error(tiny_data):
@@ -85,6 +88,8 @@ def test_bad_settings_are_one_line_errors(tiny_data):
         datadistill.distill(data=tiny_data, **{**TINY, "steps": 0})
     with pytest.raises(DistillError, match="--init must be one of"):
         datadistill.distill(data=tiny_data, **{**TINY, "init": "pretrained"})
+    with pytest.raises(DistillError, match="--backgrad-keep-every must be 0"):
+        datadistill.distill(data=tiny_data, **{**TINY, "backgrad_keep_every": -1})
     with pytest.raises(DistillError, match="unknown initialization scheme"):
         datadistill.distill(data=tiny_data, **{**TINY, "init_scheme": "zeros"})
 

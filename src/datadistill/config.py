@@ -40,7 +40,8 @@ class DistillConfig:
     decay_epochs: int = _opt(40, "multiply the Adam lr by --decay-factor every this many epochs")
     decay_factor: float = _opt(0.5, "lr decay factor")
     backward: str = _opt("full", "reverse pass through the inner steps", ("full", "backgrad"))
-    backgrad_keep_every: int = _opt(1, "backgrad: keep every k-th weight, recompute the rest")
+    backgrad_keep_every: int = _opt(
+        1, "backgrad: keep every k-th weight and recompute the rest (0: k = ceil(sqrt(T)))")
     outer_chunk: int = _opt(512, "real images per chunk of the outer gradient (memory/speed)")
     # run
     seed: int = _opt(0, "random seed (same seed -> same result on CPU)")
@@ -53,12 +54,15 @@ class DistillConfig:
     def validate(self) -> None:
         """Raise a one-line DistillError for a setting that cannot work."""
         positive = ["nets_per_iteration", "steps", "distill_epochs", "images_per_class", "epochs",
-                    "batch_size", "decay_epochs", "backgrad_keep_every", "outer_chunk",
+                    "batch_size", "decay_epochs", "outer_chunk",
                     "eval_nets", "checkpoint_every"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise DistillError(f"--{name.replace('_', '-')} must be at least 1, "
                                    f"got {getattr(self, name)}")
+        if self.backgrad_keep_every < 0:
+            raise DistillError(f"--backgrad-keep-every must be 0 (auto) or more, "
+                               f"got {self.backgrad_keep_every}")
         for name in ("distill_lr", "lr", "decay_factor"):
             if not getattr(self, name) > 0:
                 raise DistillError(f"--{name.replace('_', '-')} must be positive, "

@@ -51,8 +51,8 @@ def distill(
 
     Settings are ``DistillConfig`` fields (e.g. ``dataset="mnist", epochs=30``). ``module``
     may be any ``nn.Module`` (default: the registered ``model``), ``data`` a ``Dataset``
-    already loaded (default: the registered ``dataset``). With ``out``, checkpoints and the artifact are written
-    there; ``resume=True`` continues a run from its last checkpoint in ``out``.
+    already loaded (default: the registered ``dataset``). With ``out``, checkpoints and the
+    artifact are written there; ``resume=True`` continues the run saved in ``out``.
     """
     config = replace(config or DistillConfig(), **settings)
     checkpoint = None
@@ -96,6 +96,7 @@ def distill(
     optimizer = torch.optim.Adam([steps.images, steps.raw_lrs], lr=config.lr, betas=(0.5, 0.999))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.decay_epochs, config.decay_factor)
 
+    keep_every = config.backgrad_keep_every or math.ceil(math.sqrt(steps.num_steps))
     n_train = data.train_images.shape[0]
     per_epoch = math.ceil(n_train / config.batch_size)
     first_epoch, history, elapsed_before = 0, [], 0.0
@@ -118,7 +119,7 @@ def distill(
                 real_images = crop_flip(real_images, data_gen)
             losses = meta_gradient(fmodel, params, steps, real_images,
                                    data.train_labels[batch], config.backward,
-                                   config.backgrad_keep_every, config.outer_chunk)
+                                   keep_every, config.outer_chunk)
             meta_loss = float(losses.mean())
             if not math.isfinite(meta_loss):
                 raise DistillError(
