@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from . import __version__
+from .data import Dataset
 from .errors import DistillError
 from .functional import Params
 
@@ -23,6 +25,24 @@ GRID_FILE = "distilled.png"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 _META_KEY = "datadistill"
 _INIT_PREFIX = "init."
+
+
+def run_meta(config: dict[str, Any], data: Dataset, model: dict[str, Any],
+             metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The JSON record stored with every artifact: config, dataset, model, versions, metrics."""
+    import torch
+
+    return {
+        "format": "datadistill/1", **extra, "config": config,
+        "dataset": {"name": data.name, "mean": list(data.mean), "std": list(data.std),
+                    "class_names": list(data.class_names), "image_shape": list(data.image_shape),
+                    "train_size": int(data.train_images.shape[0]),
+                    "test_size": int(data.test_images.shape[0])},
+        "model": model,
+        "versions": {"datadistill": __version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+        "metrics": metrics,
+    }
 
 
 def atomic_write(path: Path, data: bytes) -> None:

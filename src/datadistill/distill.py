@@ -6,7 +6,6 @@ evaluation, checkpoints, artifacts).
 from __future__ import annotations
 
 import math
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,8 +15,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__
-from .artifacts import CHECKPOINT_FILE, GRID_FILE, Distilled, load_tensors, save_tensors
+from .artifacts import (CHECKPOINT_FILE, GRID_FILE, Distilled, load_tensors, run_meta,
+                        save_tensors)
 from .baselines.images import random_real
 from .config import DistillConfig
 from .data import Dataset, crop_flip, load_dataset
@@ -190,19 +189,9 @@ def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Di
 
 def _meta(config: DistillConfig, data: Dataset, module: nn.Module,
           metrics: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "format": "datadistill/1",
-        "config": config.to_dict(),
-        "dataset": {"name": data.name, "mean": list(data.mean), "std": list(data.std),
-                    "class_names": list(data.class_names), "image_shape": list(data.image_shape),
-                    "train_size": int(data.train_images.shape[0]),
-                    "test_size": int(data.test_images.shape[0])},
-        "model": {"name": config.model or data.default_model, "class": type(module).__name__,
-                  "parameters": sum(p.numel() for p in module.parameters())},
-        "versions": {"datadistill": __version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
-        "metrics": metrics,
-    }
+    model = {"name": config.model or data.default_model, "class": type(module).__name__,
+             "parameters": sum(p.numel() for p in module.parameters())}
+    return run_meta(config.to_dict(), data, model, metrics)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -6,7 +6,6 @@ weights) run as one vectorized computation (``torch.func.vmap`` over
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap

@@ -1,14 +1,12 @@
 """Baselines as artifacts: the same files as a distillation run, so evaluate/show apply."""
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import __version__
-from ..artifacts import GRID_FILE, Distilled, load
+from ..artifacts import GRID_FILE, Distilled, load, run_meta
 from ..config import DistillConfig
 from ..data import load_dataset
 from ..evaluate import context_for
@@ -41,15 +39,8 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
     images, labels, lrs, report = run_baseline(
         method, data, fmodel, init, config.steps, config.images_per_class, learned,
         nets=nets, search_nets=search_nets, sets=sets, seed=config.seed)
-    meta = {
-        "format": "datadistill/1", "baseline": method, "config": config.to_dict(),
-        "dataset": {"name": data.name, "mean": list(data.mean), "std": list(data.std),
-                    "class_names": list(data.class_names), "image_shape": list(data.image_shape)},
-        "model": model_meta,
-        "versions": {"datadistill": __version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
-        "metrics": {"final": report["final"], "baseline": report},
-    }
+    meta = run_meta(config.to_dict(), data, model_meta,
+                    {"final": report["final"], "baseline": report}, baseline=method)
     artifact = Distilled(images.cpu(), labels.cpu(), torch.tensor(lrs, dtype=torch.float32),
                          None, meta)
     artifact.save(out)
