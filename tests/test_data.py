@@ -52,3 +52,27 @@ def test_full_mnist_from_shared_data(mnist_root):
     assert data.train_images.shape == (60000, 1, 28, 28)
     assert data.test_images.shape == (10000, 1, 28, 28)
     assert data.default_model == "lenet"
+
+
+def test_gzipped_idx_files_are_unpacked(tmp_path):
+    """Fashion-MNIST as Debian ships it: gzipped IDX files, read after unpacking in place."""
+    import gzip
+
+    import numpy as np
+
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+
+    def idx(path, array, code):
+        header = bytes([0, 0, code, array.ndim]) + b"".join(
+            int(n).to_bytes(4, "big") for n in array.shape)
+        with gzip.open(path, "wb") as handle:
+            handle.write(header + array.tobytes())
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("t10k", 20)):
+        idx(raw / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 8)
+        idx(raw / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, dtype=np.uint8), 8)
+    data = load_dataset("fashion-mnist", root=tmp_path)
+    assert data.train_images.shape == (30, 1, 28, 28) and data.test_images.shape == (20, 1, 28, 28)
+    assert data.class_names[0] == "T-shirt"

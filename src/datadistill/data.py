@@ -158,6 +158,22 @@ _TORCHVISION_FILES = {
 }
 
 
+def _gunzip_idx_files(folder: Path) -> None:
+    """Unpack ``*-ubyte.gz`` files (as Debian's dataset packages ship them) beside themselves."""
+    import gzip
+    import shutil
+
+    if not folder.is_dir():
+        return
+    for packed in folder.glob("*-ubyte.gz"):
+        target = packed.with_suffix("")
+        if not target.exists():
+            tmp = target.with_name(f".{target.name}.tmp")
+            with gzip.open(packed, "rb") as source, open(tmp, "wb") as sink:
+                shutil.copyfileobj(source, sink)
+            tmp.replace(target)
+
+
 def _torchvision_splits(class_name: str, root: Path | None, download: bool) -> RawSplits:
     import torchvision
 
@@ -165,6 +181,11 @@ def _torchvision_splits(class_name: str, root: Path | None, download: bool) -> R
         root = Path("data")
     folder = root / class_name / "raw" if class_name != "CIFAR10" else root
     dataset_cls = getattr(torchvision.datasets, class_name)
+    try:
+        _gunzip_idx_files(root / class_name / "raw")
+    except OSError as exc:
+        raise DistillError(f"cannot unpack the .gz files in {root / class_name / 'raw'} ({exc}); "
+                           "copy them to a writable --data-root") from None
     try:
         train = dataset_cls(str(root), train=True, download=download)
         test = dataset_cls(str(root), train=False, download=download)
@@ -174,7 +195,7 @@ def _torchvision_splits(class_name: str, root: Path | None, download: bool) -> R
             "pass --download where the internet is reachable"
         raise DistillError(
             f"{class_name} not found under {folder}: place {files} there "
-            f"(uncompressed), or {how}"
+            f"(or their .gz files), or {how}"
         ) from None
     scale = 255.0
     return RawSplits(
