@@ -21,7 +21,7 @@ from .baselines.images import random_real
 from .config import DistillConfig
 from .data import Dataset, crop_flip, load_dataset
 from .errors import DistillError
-from .evaluate import EvalResult, best_of_grid, evaluate_steps, schedule
+from .evaluate import EvalResult, best_of_grid, evaluate_steps, schedule, schedule_evaluator
 from .functional import FunctionalModel
 from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
 from .inner_loop import DistilledSteps, meta_gradient
@@ -176,12 +176,8 @@ def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Di
     """As many random real images in the same steps; the best of the learned and fixed lrs."""
     images, labels = random_real(data, config.steps, config.images_per_class,
                                  generator(config.seed, "random-real"))
-
-    def run(lr: torch.Tensor | float, epochs: int) -> EvalResult:
-        return evaluate_steps(fmodel, init_dist, schedule(images, labels, lr, epochs),
-                              data.test_images, data.test_labels, _eval_nets(config),
-                              generator(config.seed, "evaluation")).after
-
+    run = schedule_evaluator(fmodel, init_dist, images, labels, data.test_images,
+                             data.test_labels, _eval_nets(config), config.seed, "evaluation")
     best, _ = best_of_grid(run, torch.nn.functional.softplus(steps.raw_lrs.detach()),
                            epochs=(config.distill_epochs,))
     return best

@@ -148,6 +148,18 @@ def evaluate_steps(
     return Evaluation(EvalResult.cat(after), EvalResult.cat(before) if before else None)
 
 
+def schedule_evaluator(
+    fmodel: FunctionalModel, init: InitDistribution, images: Tensor, labels: Tensor,
+    test_images: Tensor, test_labels: Tensor, nets: int, seed: int, purpose: str,
+) -> Callable[[Tensor | float, int], EvalResult]:
+    """``(lr, epochs) -> EvalResult`` for fixed images, the same ``nets`` held-out nets each call."""
+    def run(lr: Tensor | float, epochs: int) -> EvalResult:
+        return evaluate_steps(fmodel, init, schedule(images, labels, lr, epochs), test_images,
+                              test_labels, nets, generator(seed, purpose)).after
+
+    return run
+
+
 def best_of_grid(
     evaluate_schedule: Callable[[Tensor | float, int], EvalResult],
     learned_lrs: Tensor | None,

@@ -1,6 +1,7 @@
 """Pictures of distilled data."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
@@ -43,9 +44,7 @@ def save_grid(
     fig.suptitle(f"{distilled.meta.get('dataset', {}).get('name', '')} distilled: "
                  f"{n_steps} steps x {lrs.shape[0]} epochs", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=90)
     plt.close(fig)
-    atomic_write(path, tmp.read_bytes())
-    tmp.unlink()
+    atomic_write(Path(path), png.getvalue())

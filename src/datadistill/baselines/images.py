@@ -26,23 +26,28 @@ def _arrange(per_class: list[Tensor], steps: int, ipc: int, data: Dataset) -> tu
     return images.contiguous(), labels.to(images.device)
 
 
+def _each_class(data: Dataset, steps: int, ipc: int,
+                select: Callable[[Tensor, int], Tensor]) -> tuple[Tensor, Tensor]:
+    """Apply ``select(class_images, steps * ipc)`` to every class; arrange like distilled steps."""
+    per_class = [select(_class_images(data, c), steps * ipc) for c in range(data.num_classes)]
+    return _arrange(per_class, steps, ipc, data)
+
+
 @IMAGE_BASELINES.register("random")
 def random_real(data: Dataset, steps: int, ipc: int, generator: torch.Generator):
     """The same number of random real training images per class."""
-    per_class = []
-    for c in range(data.num_classes):
-        members = _class_images(data, c)
-        pick = torch.randperm(len(members), generator=generator)[: steps * ipc]
-        per_class.append(members[pick.to(members.device)])
-    return _arrange(per_class, steps, ipc, data)
+    def select(members: Tensor, k: int) -> Tensor:
+        pick = torch.randperm(len(members), generator=generator)[:k]
+        return members[pick.to(members.device)]
+
+    return _each_class(data, steps, ipc, select)
 
 
 @IMAGE_BASELINES.register("average")
 def average_real(data: Dataset, steps: int, ipc: int, generator: torch.Generator):
     """The per-class mean image, reused in every step (and slot)."""
-    per_class = [_class_images(data, c).mean(0, keepdim=True).expand(steps * ipc, -1, -1, -1)
-                 for c in range(data.num_classes)]
-    return _arrange(per_class, steps, ipc, data)
+    return _each_class(data, steps, ipc,
+                       lambda members, k: members.mean(0, keepdim=True).expand(k, -1, -1, -1))
 
 
 @IMAGE_BASELINES.register("kmeans")
@@ -50,34 +55,32 @@ def kmeans_centroids(data: Dataset, steps: int, ipc: int, generator: torch.Gener
     """Per class, k = steps*ipc k-means centroids (scikit-learn) as images."""
     from sklearn.cluster import KMeans
 
-    per_class = []
-    for c in range(data.num_classes):
-        members = _class_images(data, c)
+    def select(members: Tensor, k: int) -> Tensor:
         flat = members.reshape(len(members), -1).cpu().numpy().astype(np.float64)
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-        model = KMeans(n_clusters=steps * ipc, n_init=3, random_state=seed).fit(flat)
+        model = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(flat)
         centroids = torch.as_tensor(model.cluster_centers_, dtype=members.dtype)
-        per_class.append(centroids.view(-1, *members.shape[1:]).to(members.device))
-    return _arrange(per_class, steps, ipc, data)
+        return centroids.view(-1, *members.shape[1:]).to(members.device)
+
+    return _each_class(data, steps, ipc, select)
 
 
 @IMAGE_BASELINES.register("herding")
 def herding(data: Dataset, steps: int, ipc: int, generator: torch.Generator):
     """Per class, greedily pick real images whose running mean tracks the class mean (pixels)."""
-    per_class = []
-    for c in range(data.num_classes):
-        members = _class_images(data, c)
+    def select(members: Tensor, count: int) -> Tensor:
         flat = members.reshape(len(members), -1).double()
         target = flat.mean(0)
         chosen: list[int] = []
         running = torch.zeros_like(target)
         available = torch.ones(len(flat), dtype=torch.bool, device=flat.device)
-        for k in range(1, steps * ipc + 1):
+        for k in range(1, count + 1):
             gaps = ((running * (k - 1) + flat) / k - target).norm(dim=1)
             gaps[~available] = float("inf")
             best = int(gaps.argmin())
             chosen.append(best)
             available[best] = False
             running = (running * (k - 1) + flat[best]) / k
-        per_class.append(members[torch.tensor(chosen, device=members.device)])
-    return _arrange(per_class, steps, ipc, data)
+        return members[torch.tensor(chosen, device=members.device)]
+
+    return _each_class(data, steps, ipc, select)

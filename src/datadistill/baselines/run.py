@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..data import Dataset
-from ..evaluate import EvalResult, best_of_grid, evaluate_steps, schedule
+from ..evaluate import EvalResult, best_of_grid, schedule, schedule_evaluator
 from ..functional import FunctionalModel
 from ..init_distributions import InitDistribution
 from ..runtime import generator
@@ -44,13 +44,9 @@ def run_baseline(
     gen = generator(seed, f"baseline-{method}")
     make = random_real if method == "optimized" else IMAGE_BASELINES.get(method)
     images, labels = make(data, steps, images_per_class, gen)
-
     def on_test(imgs: Tensor, lbls: Tensor, n: int, purpose: str):
-        def run(lr: Tensor | float, n_epochs: int) -> EvalResult:
-            return evaluate_steps(fmodel, init, schedule(imgs, lbls, lr, n_epochs),
-                                  data.test_images, data.test_labels, n,
-                                  generator(seed, purpose)).after
-        return run
+        return schedule_evaluator(fmodel, init, imgs, lbls, data.test_images, data.test_labels,
+                                  n, seed, purpose)
 
     best, grid = best_of_grid(on_test(images, labels, search_nets, "held-out-search"), learned_lrs)
     lr = learned_lrs if best["lr"] == "learned" else float(best["lr"])
@@ -75,15 +71,15 @@ def _optimized(data, fmodel, init, steps, ipc, lr, n_epochs, nets, search_nets, 
     candidates = []
     for _ in range(sets):
         images, labels = random_real(data, steps, ipc, gen)
-        score = evaluate_steps(fmodel, init, schedule(images, labels, lr, n_epochs),
-                               data.train_images[subset], data.train_labels[subset],
-                               search_nets, generator(seed, "optimized-score")).after.mean
+        score = schedule_evaluator(fmodel, init, images, labels, data.train_images[subset],
+                                   data.train_labels[subset], search_nets, seed,
+                                   "optimized-score")(lr, n_epochs).mean
         candidates.append((score, images, labels))
     candidates.sort(key=lambda c: c[0], reverse=True)
     kept = candidates[: max(1, round(0.2 * sets))]
     per_set = max(1, nets // len(kept))
-    results = [evaluate_steps(fmodel, init, schedule(imgs, lbls, lr, n_epochs), data.test_images,
-                              data.test_labels, per_set, generator(seed, f"held-out-{i}")).after
+    results = [schedule_evaluator(fmodel, init, imgs, lbls, data.test_images, data.test_labels,
+                                  per_set, seed, f"held-out-{i}")(lr, n_epochs)
                for i, (_, imgs, lbls) in enumerate(kept)]
     return kept[0][1], kept[0][2], EvalResult.cat(results)
 
