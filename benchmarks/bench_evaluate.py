@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/bench_evaluate.py --run runs/mnist-random --data-root ../shared/data
 
 The straightforward evaluator trains one net at a time on the steps (plain autograd and an
-in-place GD update), then tests it on the full test set in batches of 1,024. Both evaluate
-the same initial weights, so their mean accuracies must agree.
+in-place GD update), then tests it on the full test set in batches of 1,024, with the
+network as a user writes it (``nn.MaxPool2d``). Both evaluate the same initial weights,
+so their mean accuracies must agree.
 """
 from __future__ import annotations
 
@@ -16,20 +17,32 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import datadistill
 from datadistill.evaluate import context_for, evaluate_steps, schedule
 from datadistill.init_distributions import stack
+from datadistill.models import StridedMaxPool2d
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_meta_iteration import machine  # noqa: E402
+
+
+def textbook(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with torch's own max-pool layers in place of datadistill's."""
+    module = copy.deepcopy(module)
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, StridedMaxPool2d):
+                setattr(parent, name, nn.MaxPool2d(child.kernel_size, child.stride, child.padding))
+    return module
 
 
 @torch.no_grad()
 def straightforward(module, inits, steps, test_x, test_y, batch=1024):
     accuracies = []
     for params in inits:
-        net = copy.deepcopy(module)
+        net = textbook(module)
         net.load_state_dict(params, strict=False)
         net.train()
         for x, y, lr in steps:

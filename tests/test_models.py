@@ -32,7 +32,7 @@ def test_alexcifarnet_matches_the_paper():
     assert sum(p.numel() for p in net.parameters()) == (
         64 * 3 * 25 + 64 + 64 * 64 * 25 + 64 + 4096 * 384 + 384 + 384 * 192 + 192 + 1920 + 10)
     kinds = [type(m).__name__ for m in net.features]
-    assert kinds.index("LocalResponseNorm", 4) < kinds.index("MaxPool2d", 4)  # LRN before pool 2
+    assert kinds.index("LocalResponseNorm", 4) < kinds.index("StridedMaxPool2d", 4)  # LRN before pool 2
 
 
 @pytest.mark.parametrize("scheme", list_init_schemes())
@@ -62,3 +62,15 @@ def test_samplers_stack_nets():
     assert not torch.equal(random["net.1.weight"][0], random["net.1.weight"][1])
     fixed = FixedInit({k: v[0] for k, v in random.items()}).sample(2, gen)
     assert torch.equal(fixed["net.1.weight"][1], random["net.1.weight"][0])
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(2, None, 0), (3, 2, 1), (3, 3, 0), (2, 1, 1)])
+def test_strided_max_pool_equals_the_native_kernel(kernel, stride, padding):
+    from datadistill.models import StridedMaxPool2d
+    x = torch.randn(3, 4, 13, 16)
+    native = torch.nn.MaxPool2d(kernel, stride, padding)(x)
+    with torch.no_grad():
+        assert torch.equal(StridedMaxPool2d(kernel, stride, padding)(x), native)
+    x.requires_grad_()
+    StridedMaxPool2d(kernel, stride, padding)(x).sum().backward()
+    assert x.grad.sum() == native.numel()  # the native backward: one winner per window
