@@ -1,4 +1,4 @@
-"""Command line: distill | evaluate | baseline | linreg | show | list."""
+"""Command line: distill | evaluate | baseline | pretrain | pool-import | linreg | show | list."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="constant lr instead of the learned ones")
     p.add_argument("--epochs", type=int, default=None, help="passes over the steps (default: as distilled)")
     p.add_argument("--data-root", default=None, help="override the stored data root")
+    p.add_argument("--pool", default=None, help="override the stored pool folder (pretrained-random)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -57,11 +58,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nets", type=int, default=200, help="held-out nets for the final figure")
     p.add_argument("--search-nets", type=int, default=20, help="held-out nets per grid cell")
     p.add_argument("--sets", type=int, default=10, help="random draws (optimized real, k-NN)")
-    for name in ("dataset", "data_root", "model", "init_scheme", "steps", "images_per_class",
-                 "seed", "device"):
+    for name in ("dataset", "data_root", "model", "init_scheme", "pool", "steps",
+                 "images_per_class", "seed", "device"):
         default = getattr(DistillConfig(), name)
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
                        help=f"when not --like (default: {default})")
+
+    p = sub.add_parser("pretrain", help="train a pool of models (pretrained-init settings, attacks)")
+    p.add_argument("--dataset", required=True, help="registered dataset to train on")
+    p.add_argument("--arch", default="", help="architecture (default: the dataset's)")
+    p.add_argument("--models", type=int, required=True, help="models in the pool")
+    p.add_argument("--out", required=True, help="pool folder")
+    p.add_argument("--held-out", type=int, default=None,
+                   help="models kept for evaluation only (default: 1 in 11, as the paper's 2000+200)")
+    p.add_argument("--epochs", type=int, default=None, help="default: the dataset's recommended schedule")
+    p.add_argument("--lr", type=float, default=None, help="Adam lr (default: recommended)")
+    p.add_argument("--decay-epochs", type=int, default=None, help="lr x0.1 every this many epochs")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--group", type=int, default=10, help="models trained together in one batch")
+    p.add_argument("--init-scheme", default="xavier-normal")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("pool-import", help="make a pool of your own trained models (state dicts)")
+    p.add_argument("folder", help="folder of *.safetensors / *.pt / *.pth state dicts, one architecture")
+    p.add_argument("--dataset", required=True, help="dataset the models classify")
+    p.add_argument("--arch", default="", help="architecture (default: the dataset's)")
+    p.add_argument("--out", required=True, help="pool folder")
+    p.add_argument("--held-out", type=int, default=None, help="models kept for evaluation only")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("linreg", help="Section 3.3: one GD step on linear regression needs M >= D")
     p.add_argument("--dim", type=int, default=8, help="features D (default: 8)")
@@ -96,7 +123,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
     result = evaluate(args.run, nets=args.nets, lr=args.lr, epochs=args.epochs,
-                      data_root=args.data_root, device=args.device)
+                      data_root=args.data_root, device=args.device, pool=args.pool)
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -108,6 +135,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"  after training:  {100 * after['accuracy_mean']:.2f}% ± "
           f"{100 * after['accuracy_std']:.2f} (loss {after['loss_mean']:.3f})")
     print("  per class:       " + " ".join(f"{100 * a:.1f}" for a in after["per_class_accuracy"]))
+    if "attack_ratio_mean" in after:
+        print(f"  attack: accuracy w.r.t. modified labels {100 * after['modified_accuracy_mean']:.2f}% "
+              f"± {100 * after['modified_accuracy_std']:.2f}, class K predicted as T "
+              f"{100 * after['attack_ratio_mean']:.2f}% ± {100 * after['attack_ratio_std']:.2f}")
 
 
 def _baseline(args: argparse.Namespace) -> None:
@@ -121,6 +152,35 @@ def _baseline(args: argparse.Namespace) -> None:
     final, best = report["final"], report["best"]
     print(f"{args.method}: {100 * final['accuracy_mean']:.2f}% ± {100 * final['accuracy_std']:.2f} "
           f"(best {', '.join(f'{k} {v}' for k, v in best.items())}); wrote {args.out}")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from .pools import DEFAULT_SCHEDULE, SCHEDULES, Schedule, pretrain
+
+    base = SCHEDULES.get(args.dataset, DEFAULT_SCHEDULE)
+    schedule = Schedule(args.epochs or base.epochs, args.lr or base.lr,
+                        args.decay_epochs or base.decay_epochs, base.decay_factor)
+    pool = pretrain(args.dataset, args.models, args.out, arch=args.arch, schedule=schedule,
+                    batch_size=args.batch_size, held_out=args.held_out,
+                    init_scheme=args.init_scheme, seed=args.seed, data_root=args.data_root,
+                    device=args.device, group=args.group)
+    _print_pool(pool, args.out)
+
+
+def _pool_import(args: argparse.Namespace) -> None:
+    from .pools import import_pool
+
+    pool = import_pool(args.folder, args.dataset, args.out, arch=args.arch,
+                       held_out=args.held_out, data_root=args.data_root, device=args.device)
+    _print_pool(pool, args.out)
+
+
+def _print_pool(pool, out: str) -> None:
+    acc = pool.manifest["accuracies"]
+    print(f"pool of {len(acc)} {pool.manifest['arch']} models on {pool.manifest['dataset']}: "
+          f"test accuracy {100 * min(acc):.2f}-{100 * max(acc):.2f}% "
+          f"(mean {100 * sum(acc) / len(acc):.2f}%), {len(pool.manifest['distill'])} for distilling, "
+          f"{len(pool.manifest['held_out'])} held out; wrote {out}")
 
 
 def _linreg(args: argparse.Namespace) -> None:
@@ -158,7 +218,8 @@ def _list(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"distill": _distill, "evaluate": _evaluate, "baseline": _baseline,
-                "linreg": _linreg, "show": _show, "list": _list}
+                "linreg": _linreg,
+                "pretrain": _pretrain, "pool-import": _pool_import, "show": _show, "list": _list}
     try:
         commands[args.command](args)
     except DistillError as exc:

@@ -25,9 +25,17 @@ class DistillConfig:
     download: bool = _opt(False, "let torchvision download missing files (needs the internet)")
     model: str = _opt("", "architecture (default: the dataset's, e.g. lenet for MNIST)")
     # initial weights p(θ0)
-    init: str = _opt("random", "distribution of initial weights", ("random", "fixed"))
+    init: str = _opt("random", "distribution of initial weights",
+                     ("random", "fixed", "pretrained-random", "pretrained-fixed"))
     init_scheme: str = _opt("xavier-normal", "weight initialization scheme (biases are zero)")
-    nets_per_iteration: int = _opt(1, "initial weights sampled per meta-iteration (averaged)")
+    pool: str = _opt("", "pool folder of trained models, for the pretrained-* inits")
+    nets_per_iteration: int = _opt(
+        0, "initial weights sampled per meta-iteration, averaged (0: 4 for pretrained-random, else 1)")
+    # objective
+    objective: str = _opt("task", "final loss: the task's labels, or an attack (class K -> T)",
+                          ("task", "attack"))
+    attack_class: int = _opt(-1, "attack: the class K whose images should be misclassified")
+    target_class: int = _opt(-1, "attack: the class T they should be classified as")
     # distilled data
     steps: int = _opt(10, "distilled GD steps, each with its own batch of images")
     distill_epochs: int = _opt(3, "passes over the distilled steps (inner steps = steps x epochs)")
@@ -53,13 +61,30 @@ class DistillConfig:
 
     def validate(self) -> None:
         """Raise a one-line DistillError for a setting that cannot work."""
-        positive = ["nets_per_iteration", "steps", "distill_epochs", "images_per_class", "epochs",
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise DistillError(f"--{f.name.replace('_', '-')} must be one of "
+                                   f"{', '.join(choices)}, got {getattr(self, f.name)!r}")
+        positive = ["steps", "distill_epochs", "images_per_class", "epochs",
                     "batch_size", "decay_epochs", "outer_chunk",
                     "eval_nets", "checkpoint_every"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise DistillError(f"--{name.replace('_', '-')} must be at least 1, "
                                    f"got {getattr(self, name)}")
+        if self.nets_per_iteration < 0:
+            raise DistillError(f"--nets-per-iteration must be 0 (auto) or more, "
+                               f"got {self.nets_per_iteration}")
+        if self.init.startswith("pretrained") and not self.pool:
+            raise DistillError(f"--init {self.init} needs --pool POOL (make one with "
+                               "`datadistill pretrain`)")
+        if self.init in ("fixed", "pretrained-fixed") and self.nets_per_iteration > 1:
+            raise DistillError(f"--init {self.init} has one initial net; drop --nets-per-iteration")
+        if self.objective == "attack" and (
+                min(self.attack_class, self.target_class) < 0 or self.attack_class == self.target_class):
+            raise DistillError("--objective attack needs two different classes: "
+                               "--attack-class K --target-class T")
         if self.backgrad_keep_every < 0:
             raise DistillError(f"--backgrad-keep-every must be 0 (auto) or more, "
                                f"got {self.backgrad_keep_every}")
@@ -67,11 +92,16 @@ class DistillConfig:
             if not getattr(self, name) > 0:
                 raise DistillError(f"--{name.replace('_', '-')} must be positive, "
                                    f"got {getattr(self, name)}")
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise DistillError(f"--{f.name.replace('_', '-')} must be one of "
-                                   f"{', '.join(choices)}, got {getattr(self, f.name)!r}")
+
+    @property
+    def nets_per_draw(self) -> int:
+        """Initial weights per meta-iteration, with 0 resolved."""
+        return self.nets_per_iteration or (4 if self.init == "pretrained-random" else 1)
+
+    @property
+    def attack(self) -> tuple[int, int] | None:
+        """(K, T) for the attack objective, else None."""
+        return (self.attack_class, self.target_class) if self.objective == "attack" else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

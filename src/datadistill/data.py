@@ -116,6 +116,13 @@ def load_dataset(
     )
 
 
+def relabel(labels: Tensor, attack: tuple[int, int] | None) -> Tensor:
+    """Labels with class K replaced by T for an ``attack`` (K, T); unchanged for None."""
+    if attack is None:
+        return labels
+    return torch.where(labels == attack[0], torch.full_like(labels, attack[1]), labels)
+
+
 def crop_flip(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
     """Random crops of the reflect-padded images and random horizontal flips, per image."""
     n, _, height, width = images.shape
@@ -155,6 +162,8 @@ _TORCHVISION_FILES = {
     "FashionMNIST": ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                      "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"],
     "CIFAR10": ["cifar-10-batches-py/data_batch_1..5", "cifar-10-batches-py/test_batch"],
+    "USPS": ["usps.bz2", "usps.t.bz2"],
+    "SVHN": ["train_32x32.mat", "test_32x32.mat"],
 }
 
 
@@ -177,31 +186,47 @@ def _gunzip_idx_files(folder: Path) -> None:
 def _torchvision_splits(class_name: str, root: Path | None, download: bool) -> RawSplits:
     import torchvision
 
-    if root is None:
-        root = Path("data")
-    folder = root / class_name / "raw" if class_name != "CIFAR10" else root
-    dataset_cls = getattr(torchvision.datasets, class_name)
+    root = root or Path("data")
     try:
         _gunzip_idx_files(root / class_name / "raw")
     except OSError as exc:
         raise DistillError(f"cannot unpack the .gz files in {root / class_name / 'raw'} ({exc}); "
                            "copy them to a writable --data-root") from None
+    dataset_cls = getattr(torchvision.datasets, class_name)
+    if class_name == "SVHN":
+        make = lambda train: dataset_cls(str(root), split="train" if train else "test",  # noqa: E731
+                                         download=download)
+    else:
+        make = lambda train: dataset_cls(str(root), train=train, download=download)  # noqa: E731
     try:
-        train = dataset_cls(str(root), train=True, download=download)
-        test = dataset_cls(str(root), train=False, download=download)
+        train, test = make(True), make(False)
     except (RuntimeError, OSError) as exc:  # missing files, or no internet for download
-        files = ", ".join(_TORCHVISION_FILES[class_name])
+        idx = class_name in ("MNIST", "FashionMNIST")
+        files = ", ".join(_TORCHVISION_FILES[class_name]) + (" (or their .gz files)" if idx else "")
+        folder = root / class_name / "raw" if idx else root
         how = "the download failed (" + str(exc).splitlines()[0] + ")" if download else \
             "pass --download where the internet is reachable"
         raise DistillError(
-            f"{class_name} not found under {folder}: place {files} there "
-            f"(or their .gz files), or {how}"
+            f"{class_name} not found under {folder}: place {files} there, or {how}"
         ) from None
-    scale = 255.0
-    return RawSplits(
-        _as_images(train.data, scale), torch.as_tensor(np.asarray(train.targets)),
-        _as_images(test.data, scale), torch.as_tensor(np.asarray(test.targets)),
-    )
+
+    def split(part) -> tuple[Tensor, Tensor]:
+        if class_name == "SVHN":  # (N, C, H, W) already, labels in .labels
+            return torch.as_tensor(part.data).float().div(255.0), torch.as_tensor(part.labels)
+        labels = torch.as_tensor(np.asarray(part.targets), dtype=torch.int64)
+        return _as_images(part.data, 255.0), labels
+
+    return RawSplits(*split(train), *split(test))
+
+
+def _resized(raw: RawSplits, size: int, channels: int = 1) -> RawSplits:
+    """Bicubic resize to ``size``×``size`` (clamped to [0, 1]), channels repeated to ``channels``."""
+    def resize(x: Tensor) -> Tensor:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+        return x.clamp(0, 1).repeat(1, channels // x.shape[1], 1, 1).contiguous()
+
+    return RawSplits(resize(raw.train_images), raw.train_labels,
+                     resize(raw.test_images), raw.test_labels)
 
 
 # --------------------------------------------------------------------------- registry
@@ -242,6 +267,21 @@ _register("cifar10", DatasetSpec(
     (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261),
     ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     "alexcifarnet", "CIFAR-10 50k/10k 32x32x3 via torchvision (--data-root)", augment=True))
+_register("digits28", DatasetSpec(
+    lambda root, dl: _resized(_digits(root, dl), 28), None, None, DIGIT_NAMES, "lenet",
+    "scikit-learn's 8x8 digits resized to 28x28 (bicubic), split 1,437/360: a second "
+    "digit domain for adaptation to/from MNIST (no download)"))
+_register("usps", DatasetSpec(
+    lambda root, dl: _resized(_torchvision_splits("USPS", root, dl), 28), (0.1597,), (0.2573,),
+    DIGIT_NAMES, "lenet", "USPS 7,291/2,007 resized to 28x28 (bicubic) via torchvision (--data-root)"))
+_register("svhn", DatasetSpec(
+    lambda root, dl: _torchvision_splits("SVHN", root, dl), (0.4379, 0.4440, 0.4729),
+    (0.1980, 0.2010, 0.1970), DIGIT_NAMES, "lenet",
+    "SVHN 73,257/26,032 32x32x3 via torchvision (--data-root)"))
+_register("mnist-32x3", DatasetSpec(
+    lambda root, dl: _resized(_torchvision_splits("MNIST", root, dl), 32, channels=3),
+    (0.1307,) * 3, (0.3081,) * 3, DIGIT_NAMES, "lenet",
+    "MNIST resized to 32x32 with 3 channels: the target shape for SVHN -> MNIST adaptation"))
 _register("digits", DatasetSpec(
     _digits, None, None, DIGIT_NAMES, "mlp",
     "scikit-learn's 1,797 8x8 digits, split 1,437/360 (no download)"))

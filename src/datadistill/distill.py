@@ -19,13 +19,14 @@ from .artifacts import (CHECKPOINT_FILE, GRID_FILE, Distilled, load_tensors, run
                         save_tensors)
 from .baselines.images import random_real
 from .config import DistillConfig
-from .data import Dataset, crop_flip, load_dataset
+from .data import Dataset, crop_flip, load_dataset, relabel
 from .errors import DistillError
 from .evaluate import EvalResult, best_of_grid, evaluate_steps, schedule, schedule_evaluator
 from .functional import FunctionalModel
 from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
 from .inner_loop import DistilledSteps, meta_gradient
 from .models import build_model
+from .pools import check_pool_fits, load_pool
 from .runtime import generator, resolve_device
 
 # settings that may change when a run is resumed; the others must match the checkpoint
@@ -60,8 +61,6 @@ def distill(
             raise DistillError("resume needs the run folder: pass --out DIR")
         checkpoint, config = _read_checkpoint(Path(out), config, settings)
     config.validate()
-    if config.init == "fixed" and config.nets_per_iteration != 1:
-        raise DistillError("--init fixed has one initial net; drop --nets-per-iteration")
     device = resolve_device(config.device)
     start_time = time.perf_counter()
 
@@ -77,12 +76,11 @@ def distill(
     data_gen = generator(config.seed, "data")
     init_gen = generator(config.seed, "init")
     steps_gen = generator(config.seed, "distilled")
-    fixed_params = None
-    if config.init == "fixed":
-        fixed_params = initial_parameters(module, config.init_scheme, init_gen)
-        init_dist: InitDistribution = FixedInit(fixed_params)
-    else:
-        init_dist = RandomInit(module, config.init_scheme)
+    init_dist, eval_dist, fixed_params = _init_distributions(config, module, data, init_gen)
+    attack = config.attack
+    if attack is not None and max(attack) >= data.num_classes:
+        raise DistillError(f"--attack-class/--target-class must be below {data.num_classes} "
+                           f"(the classes of {data.name}), got {attack}")
 
     # ---- distilled steps: standard-normal images, fixed labels, lrs through softplus
     n_classes, ipc = data.num_classes, config.images_per_class
@@ -111,13 +109,13 @@ def distill(
         for it in range(per_epoch):
             batch = order[it * config.batch_size:(it + 1) * config.batch_size]
             params = {k: v.to(device) for k, v in
-                      init_dist.sample(config.nets_per_iteration, init_gen).items()}
+                      init_dist.sample(config.nets_per_draw, init_gen).items()}
             optimizer.zero_grad(set_to_none=True)
             real_images = data.train_images[batch]
             if data.augment:
                 real_images = crop_flip(real_images, data_gen)
             losses = meta_gradient(fmodel, params, steps, real_images,
-                                   data.train_labels[batch], config.backward,
+                                   relabel(data.train_labels[batch], attack), config.backward,
                                    keep_every, config.outer_chunk)
             meta_loss = float(losses.mean())
             if not math.isfinite(meta_loss):
@@ -132,7 +130,7 @@ def distill(
 
         done = epoch + 1
         if config.eval_every and done % config.eval_every == 0 and done < config.epochs:
-            result = _evaluate(fmodel, init_dist, steps, data, config)
+            result = _evaluate(fmodel, eval_dist, steps, data, config)
             history.append({"epoch": done, **result.summary()})
             bar.write(f"epoch {done}: {result}")
         if out is not None and (done % config.checkpoint_every == 0 or done == config.epochs):
@@ -142,8 +140,8 @@ def distill(
     bar.close()
 
     # ---- final evaluation beside random real images, and the artifact
-    final = _evaluate(fmodel, init_dist, steps, data, config)
-    real = _random_real(fmodel, init_dist, steps, data, config)
+    final = _evaluate(fmodel, eval_dist, steps, data, config)
+    real = _random_real(fmodel, eval_dist, steps, data, config)
     metrics = {"final": final.summary(), "random_real": real, "history": history,
                "wall_time_s": elapsed_before + time.perf_counter() - start_time}
     result = Distilled(
@@ -158,8 +156,30 @@ def distill(
     return result
 
 
+def _init_distributions(config: DistillConfig, module: nn.Module, data: Dataset,
+                        init_gen: torch.Generator
+                        ) -> tuple[InitDistribution, InitDistribution, dict | None]:
+    """p(θ0) to distill with, the one to evaluate on, and the fixed weights (if any).
+
+    Random init is evaluated on fresh draws, a pool on its held-out models, a fixed init
+    (random or pretrained) on itself.
+    """
+    if config.init == "fixed":
+        fixed = initial_parameters(module, config.init_scheme, init_gen)
+        return FixedInit(fixed), FixedInit(fixed), fixed
+    if config.init == "random":
+        random_init = RandomInit(module, config.init_scheme)
+        return random_init, random_init, None
+    pool = load_pool(config.pool)
+    check_pool_fits(pool, data, module)
+    if config.init == "pretrained-fixed":
+        fixed = pool.model(pool.manifest["distill"][0])
+        return FixedInit(fixed), FixedInit(fixed), fixed
+    return pool.split("distill"), pool.split("held_out"), None
+
+
 def _eval_nets(config: DistillConfig) -> int:
-    return 1 if config.init == "fixed" else config.eval_nets
+    return 1 if config.init in ("fixed", "pretrained-fixed") else config.eval_nets
 
 
 def _evaluate(fmodel: FunctionalModel, init_dist: InitDistribution, steps: DistilledSteps,
@@ -168,16 +188,21 @@ def _evaluate(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Disti
     lrs = torch.nn.functional.softplus(steps.raw_lrs.detach())
     step_list = schedule(steps.images.detach(), steps.labels, lrs, config.distill_epochs)
     return evaluate_steps(fmodel, init_dist, step_list, data.test_images, data.test_labels,
-                          _eval_nets(config), generator(config.seed, "evaluation")).after
+                          _eval_nets(config), generator(config.seed, "evaluation"),
+                          attack=config.attack).after
 
 
 def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: DistilledSteps,
                  data: Dataset, config: DistillConfig) -> dict[str, Any]:
-    """As many random real images in the same steps; the best of the learned and fixed lrs."""
+    """As many random real images in the same steps; the best of the learned and fixed lrs.
+
+    For an attack these are real images with class K labelled T.
+    """
     images, labels = random_real(data, config.steps, config.images_per_class,
                                  generator(config.seed, "random-real"))
-    run = schedule_evaluator(fmodel, init_dist, images, labels, data.test_images,
-                             data.test_labels, _eval_nets(config), config.seed, "evaluation")
+    run = schedule_evaluator(fmodel, init_dist, images, relabel(labels, config.attack),
+                             data.test_images, data.test_labels, _eval_nets(config), config.seed,
+                             "evaluation", attack=config.attack)
     best, _ = best_of_grid(run, torch.nn.functional.softplus(steps.raw_lrs.detach()),
                            epochs=(config.distill_epochs,))
     return best

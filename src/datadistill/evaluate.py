@@ -17,7 +17,7 @@ from torch import Tensor
 from .artifacts import Distilled, load
 from .data import Dataset, load_dataset
 from .functional import FunctionalModel, Params, num_nets
-from .init_distributions import FixedInit, InitDistribution, RandomInit
+from .init_distributions import FixedInit, InitDistribution, PooledInit, RandomInit
 from .inner_loop import gd_step
 from .models import build_model
 from .runtime import generator, resolve_device
@@ -29,11 +29,19 @@ GRID_EPOCHS = (1, 3, 5)
 
 @dataclass
 class EvalResult:
-    """Test accuracy, loss and per-class accuracy of each evaluated net."""
+    """Test loss and confusion counts (true class × predicted class) of each evaluated net."""
 
-    accuracies: Tensor  # (N,)
     losses: Tensor  # (N,)
-    class_accuracies: Tensor  # (N, classes)
+    confusion: Tensor  # (N, classes, classes)
+    attack: tuple[int, int] | None = None  # (K, T): also report Figure 6's metrics
+
+    @property
+    def accuracies(self) -> Tensor:
+        return self.confusion.diagonal(dim1=1, dim2=2).sum(1) / self.confusion.sum((1, 2))
+
+    @property
+    def class_accuracies(self) -> Tensor:
+        return self.confusion.diagonal(dim1=1, dim2=2) / self.confusion.sum(2).clamp(min=1)
 
     @property
     def mean(self) -> float:
@@ -41,23 +49,39 @@ class EvalResult:
 
     @property
     def std(self) -> float:
-        return float(self.accuracies.std()) if len(self.accuracies) > 1 else 0.0
+        return _std(self.accuracies)
+
+    def attack_metrics(self) -> dict[str, float]:
+        """Figure 6's metrics: accuracy w.r.t. labels with K → T, and the fraction of class K
+        predicted as T (mean ± std over nets)."""
+        if self.attack is None:
+            return {}
+        attacked, target = self.attack
+        as_target = self.confusion[:, attacked, target]
+        modified = self.confusion.diagonal(dim1=1, dim2=2).sum(1) - self.confusion[:, attacked, attacked]
+        modified_acc = (modified + as_target) / self.confusion.sum((1, 2))
+        ratio = as_target / self.confusion[:, attacked].sum(1).clamp(min=1)
+        return {"modified_accuracy_mean": float(modified_acc.mean()),
+                "modified_accuracy_std": _std(modified_acc),
+                "attack_ratio_mean": float(ratio.mean()), "attack_ratio_std": _std(ratio)}
 
     def summary(self) -> dict[str, Any]:
         return {"accuracy_mean": self.mean, "accuracy_std": self.std,
-                "loss_mean": float(self.losses.mean()),
-                "loss_std": float(self.losses.std()) if len(self.losses) > 1 else 0.0,
+                "loss_mean": float(self.losses.mean()), "loss_std": _std(self.losses),
                 "per_class_accuracy": self.class_accuracies.mean(0).tolist(),
-                "nets": len(self.accuracies)}
+                "nets": len(self.losses), **self.attack_metrics()}
 
     @staticmethod
     def cat(parts: Sequence["EvalResult"]) -> "EvalResult":
-        return EvalResult(torch.cat([p.accuracies for p in parts]),
-                          torch.cat([p.losses for p in parts]),
-                          torch.cat([p.class_accuracies for p in parts]))
+        return EvalResult(torch.cat([p.losses for p in parts]),
+                          torch.cat([p.confusion for p in parts]), parts[0].attack)
 
     def __str__(self) -> str:
-        return f"{100 * self.mean:.2f}% ± {100 * self.std:.2f} over {len(self.accuracies)} nets"
+        return f"{100 * self.mean:.2f}% ± {100 * self.std:.2f} over {len(self.losses)} nets"
+
+
+def _std(values: Tensor) -> float:
+    return float(values.std()) if len(values) > 1 else 0.0
 
 
 def schedule(images: Tensor, labels: Tensor, lrs: Tensor | Sequence[float] | float,
@@ -88,27 +112,27 @@ def train_nets(fmodel: FunctionalModel, params: Params, steps: Sequence[Step]) -
 def test_nets(
     fmodel: FunctionalModel, params: Params, images: Tensor, labels: Tensor, chunk_size: int = 512
 ) -> EvalResult:
-    """Accuracy, mean loss and per-class accuracy of each of the N nets, in eval mode.
+    """Mean loss and confusion counts of each of the N nets, in eval mode.
 
     Nets are tested one after another: on large test batches a vectorized conv over
     N weight sets is slower on CPU than N plain convs.
     """
     n = num_nets(params)
-    classes = int(labels.max()) + 1
-    class_sizes = torch.bincount(labels, minlength=classes).clamp(min=1)
-    correct = torch.zeros(n, classes, device=images.device)
+    classes = 0
     loss_sum = torch.zeros(n, device=images.device)
     for i in range(n):
         one = {k: v[i:i + 1] for k, v in params.items()}
         for start in range(0, images.shape[0], chunk_size):
             x, y = images[start:start + chunk_size], labels[start:start + chunk_size]
             logits = fmodel.logits(one, x, train=False)[0]
-            hits = y[logits.argmax(-1) == y]
-            correct[i] += torch.bincount(hits, minlength=classes)[:classes]
+            if not classes:  # the model's outputs set the size of the confusion matrix
+                classes = logits.shape[-1]
+                confusion = torch.zeros(n, classes * classes, dtype=torch.long, device=x.device)
+            pairs = y * classes + logits.argmax(-1)
+            confusion[i] += torch.bincount(pairs, minlength=classes * classes)
             loss_sum[i] += F.cross_entropy(logits, y, reduction="sum")
-    total = images.shape[0]
-    return EvalResult((correct.sum(1) / total).cpu(), (loss_sum / total).cpu(),
-                      (correct / class_sizes).cpu())
+    return EvalResult((loss_sum / images.shape[0]).cpu(),
+                      confusion.view(n, classes, classes).cpu())
 
 
 @dataclass
@@ -135,27 +159,38 @@ def evaluate_steps(
     generator: torch.Generator,
     nets_per_batch: int = 25,
     test_before: bool = False,
+    attack: tuple[int, int] | None = None,
 ) -> Evaluation:
-    """Sample ``nets`` initial weights, train each on ``steps``, and test them."""
+    """Sample ``nets`` initial weights, train each on ``steps``, and test them.
+
+    From a pool of trained models, each model is taken once, in order (at most ``nets``).
+    """
+    finite = isinstance(init, PooledInit)
+    if finite:
+        nets = min(nets, len(init))
     after, before = [], []
     for start in range(0, nets, nets_per_batch):
         n = min(nets_per_batch, nets - start)
-        params = {k: v.to(test_images.device) for k, v in init.sample(n, generator).items()}
+        drawn = init.take(start, n) if finite else init.sample(n, generator)
+        params = {k: v.to(test_images.device) for k, v in drawn.items()}
         if test_before:
             before.append(test_nets(fmodel, params, test_images, test_labels))
         after.append(test_nets(fmodel, train_nets(fmodel, params, steps),
                                test_images, test_labels))
+    for result in after + before:
+        result.attack = attack
     return Evaluation(EvalResult.cat(after), EvalResult.cat(before) if before else None)
 
 
 def schedule_evaluator(
     fmodel: FunctionalModel, init: InitDistribution, images: Tensor, labels: Tensor,
     test_images: Tensor, test_labels: Tensor, nets: int, seed: int, purpose: str,
+    attack: tuple[int, int] | None = None,
 ) -> Callable[[Tensor | float, int], EvalResult]:
     """``(lr, epochs) -> EvalResult`` for fixed images, the same ``nets`` held-out nets each call."""
     def run(lr: Tensor | float, epochs: int) -> EvalResult:
         return evaluate_steps(fmodel, init, schedule(images, labels, lr, epochs), test_images,
-                              test_labels, nets, generator(seed, purpose)).after
+                              test_labels, nets, generator(seed, purpose), attack=attack).after
 
     return run
 
@@ -166,7 +201,10 @@ def best_of_grid(
     lrs: Sequence[float] = GRID_LRS,
     epochs: Sequence[int] = GRID_EPOCHS,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Try every lr (the learned ones first, when given) × epochs; return the best and all rows."""
+    """Try every lr (the learned ones first, when given) × epochs; return the best and all rows.
+
+    The best is the highest accuracy, or for an attack the accuracy w.r.t. modified labels.
+    """
     options: list[tuple[str, Tensor | float]] = [("learned", learned_lrs)] if learned_lrs is not None else []
     options += [(str(lr), lr) for lr in lrs]
     rows = []
@@ -174,32 +212,54 @@ def best_of_grid(
         for n_epochs in epochs:
             result = evaluate_schedule(lr, n_epochs)
             rows.append({"lr": name, "epochs": n_epochs, **result.summary()})
-    best = max(rows, key=lambda row: row["accuracy_mean"])
+    best = max(rows, key=lambda row: row.get("modified_accuracy_mean", row["accuracy_mean"]))
     return best, rows
 
 
 def context_for(distilled: Distilled, data_root: str | None = None, device: str = "auto",
-                data: Dataset | None = None) -> tuple[Dataset, FunctionalModel, InitDistribution]:
-    """The dataset, model and initial-weight distribution an artifact was made for."""
+                data: Dataset | None = None, pool: str | None = None,
+                ) -> tuple[Dataset, FunctionalModel, InitDistribution]:
+    """The dataset, model and held-out initial-weight distribution an artifact was made for.
+
+    A fixed init (random or pretrained) is its stored weights; a pretrained-random artifact is
+    evaluated on the held-out models of its pool (``pool`` overrides the stored path).
+    """
+    from .pools import check_pool_fits, load_pool
+
     meta, config = distilled.meta, distilled.meta["config"]
     dev = resolve_device(device)
     data = (data or load_dataset(meta["dataset"]["name"], data_root or config["data_root"])).to(dev)
     module = build_model(meta["model"]["name"], data.image_shape, data.num_classes).to(dev)
-    init: InitDistribution = (FixedInit(distilled.init) if distilled.init is not None
-                              else RandomInit(module, config["init_scheme"]))
+    init: InitDistribution
+    if distilled.init is not None:
+        init = FixedInit(distilled.init)
+    elif config.get("init") == "pretrained-random":
+        models = load_pool(pool or config["pool"])
+        check_pool_fits(models, data, module)
+        init = models.split("held_out")
+    else:
+        init = RandomInit(module, config["init_scheme"])
     return data, FunctionalModel(module), init
 
 
+def _attack_of(config: dict[str, Any]) -> tuple[int, int] | None:
+    if config.get("objective") == "attack":
+        return config["attack_class"], config["target_class"]
+    return None
+
+
 def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: int | None = None,
-             data_root: str | None = None, device: str = "auto") -> dict[str, Any]:
+             data_root: str | None = None, device: str = "auto",
+             pool: str | None = None) -> dict[str, Any]:
     """Held-out evaluation of a run folder: ``nets`` fresh nets from its init distribution.
 
     The steps are applied with the learned lrs (or the constant ``lr``) for the distilled
     number of epochs (or ``epochs``). Nets of a random-init artifact are drawn with seeds
-    disjoint from distillation's; a fixed-init artifact is evaluated on its stored weights.
+    disjoint from distillation's; a fixed-init artifact is evaluated on its stored weights, a
+    pretrained-random one on the held-out models of its pool (at most ``nets``).
     """
     distilled = load(run)
-    data, fmodel, init = context_for(distilled, data_root, device)
+    data, fmodel, init = context_for(distilled, data_root, device, pool=pool)
     dev = data.test_images.device
     config = distilled.meta["config"]
     n_epochs = epochs or distilled.num_steps // distilled.images.shape[0]
@@ -207,6 +267,7 @@ def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: 
                      distilled.lrs if lr is None else lr, n_epochs)
     result = evaluate_steps(fmodel, init, steps, data.test_images, data.test_labels,
                             1 if distilled.init is not None else nets,
-                            generator(config["seed"], "held-out"), test_before=True)
+                            generator(config["seed"], "held-out"), test_before=True,
+                            attack=_attack_of(config))
     return {"run": str(run), "dataset": data.name, "lr": "learned" if lr is None else lr,
             "epochs": n_epochs, **result.summary()}

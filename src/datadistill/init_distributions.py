@@ -2,6 +2,7 @@
 
 ``random``: a fresh draw of an initialization scheme per call (Xavier, He, ...).
 ``fixed``: one stored set of weights, returned every time.
+``pretrained-random``: models drawn from a pool of trained networks (see ``pools``).
 """
 from __future__ import annotations
 
@@ -90,6 +91,33 @@ class FixedInit:
 
     def sample(self, n: int, generator: torch.Generator) -> Params:
         return {k: v.unsqueeze(0).expand(n, *v.shape).clone() for k, v in self.params.items()}
+
+
+class PooledInit:
+    """Trained models of a pool: random draws for distillation, or each in turn (``take``)."""
+
+    def __init__(self, params: Params, indices: list[int]) -> None:
+        if not indices:
+            raise ValueError("a pool split needs at least one model")
+        self.params, self.indices = params, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def sample(self, n: int, generator: torch.Generator) -> Params:
+        """``n`` models, distinct within a draw while the pool is large enough."""
+        order = torch.randperm(len(self.indices), generator=generator)
+        picks = torch.cat([order, torch.randint(len(self.indices), (max(0, n - len(order)),),
+                                                generator=generator)])[:n]
+        return self._stacked([self.indices[i] for i in picks.tolist()])
+
+    def take(self, start: int, n: int) -> Params:
+        """Models ``start`` .. ``start + n - 1`` of this split, in order."""
+        return self._stacked(self.indices[start:start + n])
+
+    def _stacked(self, rows: list[int]) -> Params:
+        index = torch.tensor(rows)
+        return {k: v[index].clone() for k, v in self.params.items()}
 
 
 def init_weights(module: nn.Module, scheme: str = "xavier-normal", seed: int = 0) -> nn.Module:

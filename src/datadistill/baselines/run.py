@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data import Dataset
+from ..data import Dataset, relabel
+from ..errors import DistillError
 from ..evaluate import EvalResult, best_of_grid, schedule, schedule_evaluator
 from ..functional import FunctionalModel
 from ..init_distributions import InitDistribution
@@ -31,22 +32,29 @@ def run_baseline(
     search_nets: int = 20,
     sets: int = 10,
     seed: int = 0,
+    attack: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor, list[float], dict[str, Any]]:
     """Images, labels, chosen lrs and a report (best grid cell, all cells, final mean ± std).
 
     The lr × epochs grid is searched on ``search_nets`` held-out nets; the best cell is then
     evaluated on ``nets`` other held-out nets. ``optimized`` draws ``sets`` random real sets,
     keeps the best 20 % by accuracy on training data, and evaluates those; the k-NN methods
-    report the best of l1/l2 × K∈{1,3}, mean ± std over ``sets`` draws.
+    report the best of l1/l2 × K∈{1,3}, mean ± std over ``sets`` draws. With an ``attack``
+    (K, T) the chosen real images of class K are labelled T (label flipping), and cells are
+    ranked by accuracy w.r.t. the modified labels.
     """
     if method.startswith("knn-"):
+        if attack is not None:
+            raise DistillError("k-NN baselines take no GD step, so they do not apply to an attack")
         return _knn(method, data, steps, images_per_class, sets, seed)
     gen = generator(seed, f"baseline-{method}")
     make = random_real if method == "optimized" else IMAGE_BASELINES.get(method)
     images, labels = make(data, steps, images_per_class, gen)
+    labels = relabel(labels, attack)
+
     def on_test(imgs: Tensor, lbls: Tensor, n: int, purpose: str):
         return schedule_evaluator(fmodel, init, imgs, lbls, data.test_images, data.test_labels,
-                                  n, seed, purpose)
+                                  n, seed, purpose, attack)
 
     best, grid = best_of_grid(on_test(images, labels, search_nets, "held-out-search"), learned_lrs)
     lr = learned_lrs if best["lr"] == "learned" else float(best["lr"])
@@ -54,7 +62,8 @@ def run_baseline(
                               "grid": grid, "search_nets": search_nets}
     if method == "optimized":
         images, labels, final = _optimized(data, fmodel, init, steps, images_per_class, lr,
-                                           best["epochs"], nets, search_nets, sets, gen, seed)
+                                           best["epochs"], nets, search_nets, sets, gen, seed,
+                                           attack)
         report["sets"] = sets
     else:
         final = on_test(images, labels, nets, "held-out")(lr, best["epochs"])
@@ -63,7 +72,8 @@ def run_baseline(
     return images, labels, lrs, report
 
 
-def _optimized(data, fmodel, init, steps, ipc, lr, n_epochs, nets, search_nets, sets, gen, seed):
+def _optimized(data, fmodel, init, steps, ipc, lr, n_epochs, nets, search_nets, sets, gen, seed,
+               attack):
     """Best 20 % of random real sets by training-set accuracy, evaluated on the test set."""
     score_gen = torch.Generator().manual_seed(seed)
     subset = torch.randperm(len(data.train_labels), generator=score_gen)[:5000]
@@ -71,15 +81,17 @@ def _optimized(data, fmodel, init, steps, ipc, lr, n_epochs, nets, search_nets, 
     candidates = []
     for _ in range(sets):
         images, labels = random_real(data, steps, ipc, gen)
-        score = schedule_evaluator(fmodel, init, images, labels, data.train_images[subset],
-                                   data.train_labels[subset], search_nets, seed,
-                                   "optimized-score")(lr, n_epochs).mean
+        labels = relabel(labels, attack)
+        summary = schedule_evaluator(fmodel, init, images, labels, data.train_images[subset],
+                                     data.train_labels[subset], search_nets, seed,
+                                     "optimized-score", attack)(lr, n_epochs).summary()
+        score = summary.get("modified_accuracy_mean", summary["accuracy_mean"])
         candidates.append((score, images, labels))
     candidates.sort(key=lambda c: c[0], reverse=True)
     kept = candidates[: max(1, round(0.2 * sets))]
     per_set = max(1, nets // len(kept))
     results = [schedule_evaluator(fmodel, init, imgs, lbls, data.test_images, data.test_labels,
-                                  per_set, seed, f"held-out-{i}")(lr, n_epochs)
+                                  per_set, seed, f"held-out-{i}", attack)(lr, n_epochs)
                for i, (_, imgs, lbls) in enumerate(kept)]
     return kept[0][1], kept[0][2], EvalResult.cat(results)
 

@@ -25,7 +25,8 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
         reference = load(like)
         config = DistillConfig.from_dict(reference.meta["config"])
         root = (settings or {}).get("data_root") or config.data_root
-        data, fmodel, init = context_for(reference, root, (settings or {}).get("device", "auto"))
+        data, fmodel, init = context_for(reference, root, (settings or {}).get("device", "auto"),
+                                         pool=(settings or {}).get("pool"))
         learned = reference.lrs
         model_meta = reference.meta["model"]
     else:
@@ -38,7 +39,7 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
         model_meta = {"name": config.model or data.default_model, "class": type(module).__name__}
     images, labels, lrs, report = run_baseline(
         method, data, fmodel, init, config.steps, config.images_per_class, learned,
-        nets=nets, search_nets=search_nets, sets=sets, seed=config.seed)
+        nets=nets, search_nets=search_nets, sets=sets, seed=config.seed, attack=config.attack)
     meta = run_meta(config.to_dict(), data, model_meta,
                     {"final": report["final"], "baseline": report}, baseline=method)
     artifact = Distilled(images.cpu(), labels.cpu(), torch.tensor(lrs, dtype=torch.float32),

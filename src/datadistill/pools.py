@@ -1,0 +1,210 @@
+"""Pools of trained models: train many at once, store, split, or bring your own.
+
+A pool is a folder with ``pool.safetensors`` (every parameter stacked along a leading
+model dimension) and ``manifest.json`` (architecture, dataset, per-model test accuracy,
+seeds, and which models are for distilling and which are held out). Held-out models
+are never drawn while distilling; evaluation uses them, each once.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from .artifacts import atomic_write, load_tensors, save_tensors
+from .data import Dataset, crop_flip, load_dataset
+from .errors import DistillError
+from .evaluate import test_nets
+from .functional import FunctionalModel, Params, num_nets
+from .init_distributions import PooledInit, RandomInit
+from .models import build_model
+from .runtime import generator, resolve_device
+
+POOL_FILE = "pool.safetensors"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Adam training of pool models: epochs, lr, and ×``decay_factor`` every ``decay_epochs``."""
+
+    epochs: int
+    lr: float
+    decay_epochs: int
+    decay_factor: float = 0.1
+
+
+# the schedules the paper's authors recommend for their pools (reference facts)
+SCHEDULES = {"mnist": Schedule(40, 2e-4, 20), "usps": Schedule(130, 2e-4, 40),
+             "svhn": Schedule(65, 2e-4, 20), "cifar10": Schedule(50, 1e-3, 7)}
+DEFAULT_SCHEDULE = Schedule(20, 1e-3, 10)
+
+
+@dataclass
+class Pool:
+    """Trained models of one architecture, stacked, with their manifest."""
+
+    params: Params
+    manifest: dict[str, Any]
+
+    def __len__(self) -> int:
+        return num_nets(self.params)
+
+    def split(self, part: str) -> PooledInit:
+        """The ``distill`` or ``held_out`` models as an initial-weight distribution."""
+        return PooledInit(self.params, self.manifest[part])
+
+    def model(self, index: int) -> Params:
+        """One model's parameters (no model dimension)."""
+        return {k: v[index].clone() for k, v in self.params.items()}
+
+    def save(self, out: str | Path) -> None:
+        out = Path(out)
+        save_tensors(out / POOL_FILE, self.params, {"manifest": self.manifest})
+        atomic_write(out / MANIFEST_FILE, json.dumps(self.manifest, indent=2).encode())
+
+
+def load_pool(path: str | Path) -> Pool:
+    """Read a pool folder written by ``pretrain`` or ``import_pool``."""
+    path = Path(path)
+    if not (path / POOL_FILE).is_file():
+        raise DistillError(f"no pool in {path}: create one with `datadistill pretrain --out {path}` "
+                           "or `datadistill pool-import`")
+    params, info = load_tensors(path / POOL_FILE)
+    return Pool(params, info["manifest"])
+
+
+def check_pool_fits(pool: Pool, data: Dataset, module: torch.nn.Module) -> None:
+    """Refuse a pool whose models do not have ``module``'s parameters or ``data``'s shape."""
+    names = {name: p.shape for name, p in module.named_parameters()}
+    stored = {name: v.shape[1:] for name, v in pool.params.items()}
+    if names != stored:
+        raise DistillError(f"the pool's models ({pool.manifest['arch']}) do not match the model "
+                           f"{type(module).__name__}; pass the --model the pool was trained as")
+    if list(pool.manifest["image_shape"]) != list(data.image_shape):
+        raise DistillError(f"the pool was trained on {pool.manifest['image_shape']} images but "
+                           f"{data.name} has {list(data.image_shape)}; use a dataset of that shape")
+
+
+def train_models(fmodel: FunctionalModel, params: Params, data: Dataset, schedule: Schedule,
+                 batch_size: int, gen: torch.Generator, progress: bool = True) -> Params:
+    """Train N stacked models together with Adam (one independent Adam per model).
+
+    The loss is the sum of the models' mean losses, so each model gets its own gradient;
+    Adam is elementwise, so one optimizer over the stacked tensors is N optimizers. All
+    models see the same batches; they differ by their initial weights.
+    """
+    params = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+    optimizer = torch.optim.Adam(params.values(), lr=schedule.lr)
+    decay = torch.optim.lr_scheduler.StepLR(optimizer, schedule.decay_epochs, schedule.decay_factor)
+    n_train = data.train_images.shape[0]
+    per_epoch = math.ceil(n_train / batch_size)
+    bar = tqdm(total=schedule.epochs * per_epoch, disable=not progress, unit="it",
+               dynamic_ncols=True, desc=f"training {num_nets(params)} models")
+    for _ in range(schedule.epochs):
+        order = torch.randperm(n_train, generator=gen).to(data.train_images.device)
+        for it in range(per_epoch):
+            batch = order[it * batch_size:(it + 1) * batch_size]
+            images = data.train_images[batch]
+            if data.augment:
+                images = crop_flip(images, gen)
+            loss = fmodel.losses(params, images, data.train_labels[batch], train=True).sum()
+            if not torch.isfinite(loss):
+                raise DistillError(f"pool training diverged (loss {float(loss)}); lower --lr "
+                                   f"(now {schedule.lr})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            bar.update()
+        decay.step()
+    bar.close()
+    return {k: v.detach() for k, v in params.items()}
+
+
+def _split_indices(n: int, held_out: int | None) -> tuple[list[int], list[int]]:
+    held = max(1, round(n / 11)) if held_out is None else held_out  # the paper: 2,000 + 200
+    if not 0 < held < n:
+        raise DistillError(f"--held-out must leave models on both sides: got {held} of {n} models")
+    return list(range(n - held)), list(range(n - held, n))
+
+
+def _accuracies(fmodel: FunctionalModel, params: Params, data: Dataset) -> list[float]:
+    return test_nets(fmodel, params, data.test_images, data.test_labels).accuracies.tolist()
+
+
+def pretrain(dataset: str, models: int, out: str | Path, arch: str = "",
+             schedule: Schedule | None = None, batch_size: int = 128, held_out: int | None = None,
+             init_scheme: str = "xavier-normal", seed: int = 0, data_root: str | None = "data",
+             device: str = "auto", group: int = 40, progress: bool = True) -> Pool:
+    """Train ``models`` networks on ``dataset`` (``group`` at a time, batched) into a pool."""
+    if models < 2:
+        raise DistillError(f"--models must be at least 2 (distill + held-out), got {models}")
+    dev = resolve_device(device)
+    data = load_dataset(dataset, data_root).to(dev)
+    arch = arch or data.default_model
+    module = build_model(arch, data.image_shape, data.num_classes).to(dev)
+    fmodel = FunctionalModel(module)
+    schedule = schedule or SCHEDULES.get(dataset, DEFAULT_SCHEDULE)
+    distill_part, held_part = _split_indices(models, held_out)
+    init_gen, data_gen = generator(seed, "pool-init"), generator(seed, "pool-data")
+    trained = []
+    for start in range(0, models, group):
+        params = {k: v.to(dev) for k, v in
+                  RandomInit(module, init_scheme).sample(min(group, models - start), init_gen).items()}
+        trained.append(train_models(fmodel, params, data, schedule, batch_size, data_gen, progress))
+    params = {k: torch.cat([t[k] for t in trained]) for k in trained[0]}
+    manifest = {
+        "arch": arch, "dataset": dataset, "image_shape": list(data.image_shape),
+        "num_classes": data.num_classes, "accuracies": _accuracies(fmodel, params, data),
+        "seed": seed, "init_scheme": init_scheme, "distill": distill_part, "held_out": held_part,
+        "training": {"optimizer": "adam", "epochs": schedule.epochs, "lr": schedule.lr,
+                     "decay_epochs": schedule.decay_epochs, "decay_factor": schedule.decay_factor,
+                     "batch_size": batch_size, "models_per_group": group},
+    }
+    pool = Pool({k: v.cpu() for k, v in params.items()}, manifest)
+    pool.save(out)
+    return pool
+
+
+def import_pool(folder: str | Path, dataset: str, out: str | Path, arch: str = "",
+                held_out: int | None = None, data_root: str | None = "data",
+                device: str = "auto") -> Pool:
+    """Make a pool of a folder of state dicts (``*.safetensors``, or ``*.pt``/``*.pth`` read
+    with ``weights_only=True``) of one architecture; their test accuracy is measured."""
+    from safetensors.torch import load_file
+
+    files = sorted(p for p in Path(folder).glob("*") if p.suffix in (".safetensors", ".pt", ".pth"))
+    if len(files) < 2:
+        raise DistillError(f"{folder} holds {len(files)} state dict files (*.safetensors, *.pt, "
+                           "*.pth); a pool needs at least 2")
+    dev = resolve_device(device)
+    data = load_dataset(dataset, data_root).to(dev)
+    arch = arch or data.default_model
+    module = build_model(arch, data.image_shape, data.num_classes).to(dev)
+    shapes = {name: p.shape for name, p in module.named_parameters()}
+    states = []
+    for path in files:
+        try:
+            state = (load_file(path) if path.suffix == ".safetensors"
+                     else torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:  # any unreadable file: say which one
+            raise DistillError(f"cannot read {path} as a state dict ({exc})") from None
+        wrong = [n for n, shape in shapes.items() if n not in state or state[n].shape != shape]
+        if wrong:
+            raise DistillError(f"{path} is not a {arch} state dict for {dataset}: "
+                               f"{', '.join(wrong[:3])} missing or of another shape")
+        states.append({n: state[n].float() for n in shapes})
+    params = {n: torch.stack([s[n] for s in states]).to(dev) for n in shapes}
+    fmodel = FunctionalModel(module)
+    distill_part, held_part = _split_indices(len(files), held_out)
+    pool = Pool({k: v.cpu() for k, v in params.items()}, {
+        "arch": arch, "dataset": dataset, "image_shape": list(data.image_shape),
+        "num_classes": data.num_classes, "accuracies": _accuracies(fmodel, params, data),
+        "files": [p.name for p in files], "distill": distill_part, "held_out": held_part})
+    pool.save(out)
+    return pool
