@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -24,11 +23,11 @@ from datadistill.baselines.write import baseline_artifact
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_meta_iteration import machine  # noqa: E402
+from report import percent as fmt, write_block  # noqa: E402
 
 PAPER = {"fixed": "96.6", "random": "79.5 ± 8.1", "random-real": "68.6 ± 9.8",
          "optimized": "73.0 ± 7.6", "kmeans": "76.4 ± 9.5", "average": "77.1 ± 2.7",
          "knn-random": "71.5 ± 2.1", "knn-kmeans": "92.2 ± 0.1"}
-BEGIN, END = "<!-- table1:begin -->", "<!-- table1:end -->"
 
 
 def distilled_run(out: Path, init: str, args: argparse.Namespace) -> Path:
@@ -42,11 +41,6 @@ def distilled_run(out: Path, init: str, args: argparse.Namespace) -> Path:
     resume = (run / "checkpoint.safetensors").is_file()
     datadistill.distill(out=run, resume=resume, **({} if resume else settings))
     return run
-
-
-def fmt(summary: dict) -> str:
-    mean, std = 100 * summary["accuracy_mean"], 100 * summary["accuracy_std"]
-    return f"{mean:.1f}" if summary.get("nets") == 1 else f"{mean:.1f} ± {std:.1f}"
 
 
 def main() -> None:
@@ -87,7 +81,6 @@ def main() -> None:
     header = ("| | Ours fixed init | Ours random init | Random real | Optimized real | k-means "
               "| Average real | k-NN random real | k-NN k-means |")
     lines = [
-        BEGIN,
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, {minutes:.0f} min in all.",
         f"Budget: {args.epochs} passes over MNIST, lr decay every {args.decay_epochs}; "
         f"{args.nets} held-out nets per figure (fixed init: its own init); baselines' lr x epochs "
@@ -104,16 +97,8 @@ def main() -> None:
         "| datadistill | " + " | ".join(cells[k] for k in order) + " |",
         "| best lr, epochs / K, metric | learned | learned | "
         + " | ".join(notes.get(k, "") for k in order[2:]) + " |",
-        END,
     ]
-    block = "\n".join(lines)
-    results = Path(args.results)
-    text = results.read_text() if results.is_file() else "# Measured results\n"
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text += "\n## Table 1, MNIST row\n\n" + block + "\n"
-    results.write_text(text)
+    block = write_block(Path(args.results), "table1", "Table 1, MNIST row", lines)
     (out / "table1.json").write_text(json.dumps({"cells": cells, "notes": notes,
                                                  "minutes": minutes}, indent=2))
     print(block)
