@@ -89,7 +89,7 @@ def main() -> None:
     minutes = (time.perf_counter() - start) / 60
     record = {"pair": pair, "cells": cells, "notes": notes, "minutes": minutes,
               "epochs": args.epochs, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-              "command": " ".join(sys.argv)}
+              "command": ".venv/bin/python " + " ".join(sys.argv)}
     (Path(args.out) / f"{pair}.json").write_text(json.dumps(record, indent=2))
 
     rows = [json.loads(p.read_text()) for p in sorted(Path(args.out).glob("*.json"))]

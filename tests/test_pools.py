@@ -115,3 +115,36 @@ def test_pretrained_fixed_adapts_its_own_model(tmp_path, digits_pool):
     pool = load_pool(digits_pool)
     assert torch.equal(result.init["net.1.weight"], pool.params["net.1.weight"][0])
     assert result.meta["metrics"]["final"]["accuracy_mean"] > 0.8
+
+
+def _image_folder(root, classes=2, per_class=2, size=40):
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = (torch.rand(size, size, 3, generator=gen) * 255).to(torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    return root
+
+
+def test_imagenet_alexnet_setting_runs_on_an_image_folder(tmp_path):
+    from torchvision.models import alexnet
+
+    weights = tmp_path / "alexnet-imagenet.pth"
+    torch.save(alexnet(weights=None, num_classes=1000).state_dict(), weights)  # stands in for torchvision's file
+    dataset = "folder:" + str(_image_folder(tmp_path / "images"))
+    result = datadistill.distill(dataset=dataset, init="pretrained-fixed", weights=str(weights),
+                                 steps=1, distill_epochs=3, images_per_class=1, epochs=1,
+                                 batch_size=4, progress=False, out=tmp_path / "run")
+    assert result.images.shape == (1, 2, 3, 224, 224)
+    assert result.init["classifier.6.weight"].abs().sum() == 0  # the reset last layer
+    assert torch.equal(result.init["classifier.6.bias"], torch.ones(2))
+    stored = torch.load(weights, weights_only=True)
+    assert torch.equal(result.init["features.0.weight"], stored["features.0.weight"])
+    assert evaluate(tmp_path / "run")["after"]["nets"] == 1
+    with pytest.raises(DistillError, match="needs train/ and test/"):
+        datadistill.distill(dataset="folder:" + str(tmp_path), progress=False)

@@ -29,6 +29,8 @@ class DistillConfig:
                      ("random", "fixed", "pretrained-random", "pretrained-fixed"))
     init_scheme: str = _opt("xavier-normal", "weight initialization scheme (biases are zero)")
     pool: str = _opt("", "pool folder of trained models, for the pretrained-* inits")
+    weights: str = _opt("", "pretrained-fixed: a state dict file instead of a pool (e.g. "
+                            "torchvision's AlexNet); a last layer of another size starts at 0, bias 1")
     nets_per_iteration: int = _opt(
         0, "initial weights sampled per meta-iteration, averaged (0: 4 for pretrained-random, else 1)")
     # objective
@@ -76,9 +78,11 @@ class DistillConfig:
         if self.nets_per_iteration < 0:
             raise DistillError(f"--nets-per-iteration must be 0 (auto) or more, "
                                f"got {self.nets_per_iteration}")
-        if self.init.startswith("pretrained") and not self.pool:
+        if self.init.startswith("pretrained") and not self.pool and not (
+                self.init == "pretrained-fixed" and self.weights):
             raise DistillError(f"--init {self.init} needs --pool POOL (make one with "
-                               "`datadistill pretrain`)")
+                               "`datadistill pretrain`)"
+                               + (" or --weights FILE" if self.init == "pretrained-fixed" else ""))
         if self.init in ("fixed", "pretrained-fixed") and self.nets_per_iteration > 1:
             raise DistillError(f"--init {self.init} has one initial net; drop --nets-per-iteration")
         if self.objective == "attack" and (

@@ -77,6 +77,8 @@ class DatasetSpec:
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
+FOLDER = "folder:"  # "folder:PATH": PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 DIGIT_NAMES = tuple(str(i) for i in range(10))
 
 
@@ -93,7 +95,7 @@ def load_dataset(
     ``root`` is the torchvision data root for datasets read from files; ``download``
     lets torchvision fetch missing files (needs the internet).
     """
-    spec = DATASETS.get(name)
+    spec = _folder_spec(Path(name[len(FOLDER):])) if name.startswith(FOLDER) else DATASETS.get(name)
     raw = spec.load(Path(root) if root is not None else None, download)
     mean, std = spec.mean, spec.std
     if mean is None or std is None:
@@ -227,6 +229,29 @@ def _resized(raw: RawSplits, size: int, channels: int = 1) -> RawSplits:
 
     return RawSplits(resize(raw.train_images), raw.train_labels,
                      resize(raw.test_images), raw.test_labels)
+
+
+def _folder_spec(path: Path, size: int = 224) -> DatasetSpec:
+    """An ImageFolder-style dataset (e.g. PASCAL-VOC or CUB-200 crops for ImageNet AlexNet):
+    images resized to 256 and center-cropped to ``size``, ImageNet normalization."""
+    import torchvision
+    from torchvision import transforms
+
+    splits = [path / "train", next((path / s for s in ("test", "val") if (path / s).is_dir()), None)]
+    if not splits[0].is_dir() or splits[1] is None:
+        raise DistillError(f"folder dataset {path} needs train/ and test/ (or val/) subfolders "
+                           "with one folder of images per class")
+    prepare = transforms.Compose([transforms.Resize(256 * size // 224),
+                                  transforms.CenterCrop(size), transforms.ToTensor()])
+
+    def read(folder: Path) -> tuple[Tensor, Tensor]:
+        items = torchvision.datasets.ImageFolder(str(folder), transform=prepare)
+        images, labels = zip(*items)
+        return torch.stack(images), torch.tensor(labels)
+
+    classes = tuple(sorted(d.name for d in splits[0].iterdir() if d.is_dir()))
+    return DatasetSpec(lambda root, dl: RawSplits(*read(splits[0]), *read(splits[1])),
+                       *IMAGENET_STATS, classes, "alexnet", f"images under {path}")
 
 
 # --------------------------------------------------------------------------- registry

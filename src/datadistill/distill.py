@@ -26,7 +26,7 @@ from .functional import FunctionalModel
 from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
 from .inner_loop import DistilledSteps, meta_gradient
 from .models import build_model
-from .pools import check_pool_fits, load_pool
+from .pools import check_pool_fits, load_pool, load_pretrained
 from .runtime import generator, resolve_device
 
 # settings that may change when a run is resumed; the others must match the checkpoint
@@ -170,6 +170,9 @@ def _init_distributions(config: DistillConfig, module: nn.Module, data: Dataset,
     if config.init == "random":
         random_init = RandomInit(module, config.init_scheme)
         return random_init, random_init, None
+    if config.init == "pretrained-fixed" and config.weights:
+        fixed = load_pretrained(module, config.weights)
+        return FixedInit(fixed), FixedInit(fixed), fixed
     pool = load_pool(config.pool)
     check_pool_fits(pool, data, module)
     if config.init == "pretrained-fixed":

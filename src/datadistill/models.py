@@ -135,4 +135,14 @@ class MLP(nn.Module):
 
 MODELS.register("lenet")(lambda shape, k: LeNet(shape[0], shape[1], k))
 MODELS.register("alexcifarnet")(lambda shape, k: AlexCifarNet(shape[0], shape[1], k))
+def _alexnet(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """torchvision's AlexNet (for ImageNet-pretrained weights: ``--weights``)."""
+    from torchvision.models import alexnet
+
+    if shape[0] != 3:
+        raise DistillError(f"AlexNet takes 3-channel images, got {shape[0]}")
+    return alexnet(weights=None, num_classes=num_classes)
+
+
+MODELS.register("alexnet")(_alexnet)
 MODELS.register("mlp")(lambda shape, k: MLP(shape[0] * shape[1] * shape[2], k))

@@ -171,13 +171,45 @@ def pretrain(dataset: str, models: int, out: str | Path, arch: str = "",
     return pool
 
 
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from a torch file read with ``weights_only=True``."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise DistillError(f"no weights file {path}")
+    try:
+        return (load_file(path) if path.suffix == ".safetensors"
+                else torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # any unreadable file: say which one
+        raise DistillError(f"cannot read {path} as a state dict ({exc})") from None
+
+
+def load_pretrained(module: torch.nn.Module, path: str | Path) -> Params:
+    """``module``'s parameters taken from a pretrained state dict (e.g. torchvision's AlexNet).
+
+    A parameter whose shape differs (the last layer, for a new label set) is reset as in the
+    paper's ImageNet setting: weights 0, bias 1. A missing parameter is an error.
+    """
+    state = _read_state_dict(Path(path))
+    named = list(module.named_parameters())
+    last_layer = {name for name, _ in named[-2:]}
+    params = {}
+    for name, own in named:
+        if name not in state or (state[name].shape != own.shape and name not in last_layer):
+            raise DistillError(f"{path} has no {name!r} of shape {tuple(own.shape)}: it is not a "
+                               f"state dict of {type(module).__name__}")
+        value = state[name].float()
+        if value.shape != own.shape:
+            value = torch.ones_like(own) if name.endswith("bias") else torch.zeros_like(own)
+        params[name] = value.detach().clone().to(own.device)
+    return params
+
+
 def import_pool(folder: str | Path, dataset: str, out: str | Path, arch: str = "",
                 held_out: int | None = None, data_root: str | None = "data",
                 device: str = "auto") -> Pool:
     """Make a pool of a folder of state dicts (``*.safetensors``, or ``*.pt``/``*.pth`` read
     with ``weights_only=True``) of one architecture; their test accuracy is measured."""
-    from safetensors.torch import load_file
-
     files = sorted(p for p in Path(folder).glob("*") if p.suffix in (".safetensors", ".pt", ".pth"))
     if len(files) < 2:
         raise DistillError(f"{folder} holds {len(files)} state dict files (*.safetensors, *.pt, "
@@ -189,11 +221,7 @@ def import_pool(folder: str | Path, dataset: str, out: str | Path, arch: str = "
     shapes = {name: p.shape for name, p in module.named_parameters()}
     states = []
     for path in files:
-        try:
-            state = (load_file(path) if path.suffix == ".safetensors"
-                     else torch.load(path, map_location="cpu", weights_only=True))
-        except Exception as exc:  # any unreadable file: say which one
-            raise DistillError(f"cannot read {path} as a state dict ({exc})") from None
+        state = _read_state_dict(path)
         wrong = [n for n, shape in shapes.items() if n not in state or state[n].shape != shape]
         if wrong:
             raise DistillError(f"{path} is not a {arch} state dict for {dataset}: "

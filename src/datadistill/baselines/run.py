@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..data import Dataset, relabel
 from ..errors import DistillError
-from ..evaluate import EvalResult, best_of_grid, schedule, schedule_evaluator
+from ..evaluate import GRID_EPOCHS, EvalResult, best_of_grid, schedule, schedule_evaluator
 from ..functional import FunctionalModel
 from ..init_distributions import InitDistribution
 from ..runtime import generator
@@ -56,7 +56,9 @@ def run_baseline(
         return schedule_evaluator(fmodel, init, imgs, lbls, data.test_images, data.test_labels,
                                   n, seed, purpose, attack)
 
-    best, grid = best_of_grid(on_test(images, labels, search_nets, "held-out-search"), learned_lrs)
+    # an attack is one GD step (Figure 6), so only the lrs are searched there
+    best, grid = best_of_grid(on_test(images, labels, search_nets, "held-out-search"), learned_lrs,
+                              epochs=(1,) if attack else GRID_EPOCHS)
     lr = learned_lrs if best["lr"] == "learned" else float(best["lr"])
     report: dict[str, Any] = {"method": method, "best": {"lr": best["lr"], "epochs": best["epochs"]},
                               "grid": grid, "search_nets": search_nets}
