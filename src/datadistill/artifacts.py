@@ -16,6 +16,7 @@ from torch import Tensor
 
 from . import __version__
 from .data import Dataset
+from .distributed import current
 from .errors import DistillError
 from .functional import Params
 
@@ -46,7 +47,12 @@ def run_meta(config: dict[str, Any], data: Dataset, model: dict[str, Any],
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader sees either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so a reader sees either the old file or the whole new one.
+
+    Under torchrun only rank 0 writes (every file of datadistill goes through here).
+    """
+    if not current().is_main:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

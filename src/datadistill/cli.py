@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Sequence
 
 from .baselines.run import METHODS
 from .config import DistillConfig
+from .distributed import init_from_env
 from .errors import DistillError
 
 
@@ -217,6 +219,8 @@ def _list(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not init_from_env().is_main:  # under torchrun, rank 0 alone prints
+        sys.stdout = open(os.devnull, "w")
     commands = {"distill": _distill, "evaluate": _evaluate, "baseline": _baseline,
                 "linreg": _linreg,
                 "pretrain": _pretrain, "pool-import": _pool_import, "show": _show, "list": _list}

@@ -5,6 +5,7 @@ Every dataset is registered by name. A loader returns raw images in [0, 1] and l
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -179,7 +180,7 @@ def _gunzip_idx_files(folder: Path) -> None:
     for packed in folder.glob("*-ubyte.gz"):
         target = packed.with_suffix("")
         if not target.exists():
-            tmp = target.with_name(f".{target.name}.tmp")
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # ranks may race
             with gzip.open(packed, "rb") as source, open(tmp, "wb") as sink:
                 shutil.copyfileobj(source, sink)
             tmp.replace(target)

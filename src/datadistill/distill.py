@@ -20,6 +20,7 @@ from .artifacts import (CHECKPOINT_FILE, GRID_FILE, Distilled, load_tensors, run
 from .baselines.images import random_real
 from .config import DistillConfig
 from .data import Dataset, crop_flip, load_dataset, relabel
+from .distributed import current
 from .errors import DistillError
 from .evaluate import EvalResult, best_of_grid, evaluate_steps, schedule, schedule_evaluator
 from .functional import FunctionalModel
@@ -77,6 +78,12 @@ def distill(
     init_gen = generator(config.seed, "init")
     steps_gen = generator(config.seed, "distilled")
     init_dist, eval_dist, fixed_params = _init_distributions(config, module, data, init_gen)
+    world = current()  # under torchrun: this rank trains its share of the nets per iteration
+    n_nets = config.nets_per_draw
+    mine = world.share(n_nets)
+    if not mine:
+        raise DistillError(f"--nets-per-iteration ({n_nets}) must be at least the number of "
+                           f"processes ({world.size})")
     attack = config.attack
     if attack is not None and max(attack) >= data.num_classes:
         raise DistillError(f"--attack-class/--target-class must be below {data.num_classes} "
@@ -103,13 +110,13 @@ def distill(
 
     # ---- the outer loop
     bar = tqdm(total=config.epochs * per_epoch, initial=first_epoch * per_epoch,
-               disable=not config.progress, unit="it", dynamic_ncols=True)
+               disable=not (config.progress and world.is_main), unit="it", dynamic_ncols=True)
     for epoch in range(first_epoch, config.epochs):
         order = torch.randperm(n_train, generator=data_gen).to(device)
         for it in range(per_epoch):
             batch = order[it * config.batch_size:(it + 1) * config.batch_size]
-            params = {k: v.to(device) for k, v in
-                      init_dist.sample(config.nets_per_draw, init_gen).items()}
+            params = {k: v[mine.start:mine.stop].to(device)
+                      for k, v in init_dist.sample(n_nets, init_gen).items()}
             optimizer.zero_grad(set_to_none=True)
             real_images = data.train_images[batch]
             if data.augment:
@@ -117,7 +124,10 @@ def distill(
             losses = meta_gradient(fmodel, params, steps, real_images,
                                    relabel(data.train_labels[batch], attack), config.backward,
                                    keep_every, config.outer_chunk)
-            meta_loss = float(losses.mean())
+            if world.size > 1:  # the mean over all ranks' nets, identical on every rank
+                for grad in (steps.images.grad, steps.raw_lrs.grad):
+                    world.sum_(grad.mul_(len(mine) / n_nets))
+            meta_loss = float(world.sum_(losses.sum()) / n_nets)
             if not math.isfinite(meta_loss):
                 raise DistillError(
                     f"distillation diverged: meta-loss is {meta_loss} at epoch {epoch + 1}, "
@@ -132,8 +142,10 @@ def distill(
         if config.eval_every and done % config.eval_every == 0 and done < config.epochs:
             result = _evaluate(fmodel, eval_dist, steps, data, config)
             history.append({"epoch": done, **result.summary()})
-            bar.write(f"epoch {done}: {result}")
-        if out is not None and (done % config.checkpoint_every == 0 or done == config.epochs):
+            if world.is_main:
+                bar.write(f"epoch {done}: {result}")
+        checkpoint_due = done % config.checkpoint_every == 0 or done == config.epochs
+        if out is not None and world.is_main and checkpoint_due:
             _write_checkpoint(Path(out), config, done, history,
                               elapsed_before + time.perf_counter() - start_time,
                               steps, optimizer, scheduler, data_gen, init_gen)
@@ -148,7 +160,7 @@ def distill(
         images=steps.images.detach().cpu(), labels=steps.labels.cpu(),
         lrs=torch.nn.functional.softplus(steps.raw_lrs.detach()).cpu(),
         init=fixed_params, meta=_meta(config, data, module, metrics))
-    if out is not None:
+    if out is not None and world.is_main:
         from .plots import save_grid
 
         result.save(out)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .artifacts import Distilled, load
 from .data import Dataset, load_dataset
+from .distributed import World, current
 from .functional import FunctionalModel, Params, num_nets
 from .init_distributions import FixedInit, InitDistribution, PooledInit, RandomInit
 from .inner_loop import gd_step
@@ -164,22 +165,49 @@ def evaluate_steps(
     """Sample ``nets`` initial weights, train each on ``steps``, and test them.
 
     From a pool of trained models, each model is taken once, in order (at most ``nets``).
+    Under torchrun each rank trains and tests its share of the nets; every rank gets all
+    results. The nets drawn do not depend on the number of ranks.
     """
     finite = isinstance(init, PooledInit)
     if finite:
         nets = min(nets, len(init))
-    after, before = [], []
+    world = current()
+    mine = world.share(nets)
+    parts: dict[str, list[EvalResult]] = {"after": [], "before": []}
     for start in range(0, nets, nets_per_batch):
         n = min(nets_per_batch, nets - start)
         drawn = init.take(start, n) if finite else init.sample(n, generator)
-        params = {k: v.to(test_images.device) for k, v in drawn.items()}
+        lo, hi = max(start, mine.start), min(start + n, mine.stop)
+        if lo >= hi:
+            continue  # none of this batch is ours (the draw above keeps the generator in step)
+        params = {k: v[lo - start:hi - start].to(test_images.device) for k, v in drawn.items()}
         if test_before:
-            before.append(test_nets(fmodel, params, test_images, test_labels))
-        after.append(test_nets(fmodel, train_nets(fmodel, params, steps),
-                               test_images, test_labels))
-    for result in after + before:
-        result.attack = attack
-    return Evaluation(EvalResult.cat(after), EvalResult.cat(before) if before else None)
+            parts["before"].append(test_nets(fmodel, params, test_images, test_labels))
+        parts["after"].append(test_nets(fmodel, train_nets(fmodel, params, steps),
+                                        test_images, test_labels))
+    classes = _num_outputs(fmodel, init, test_images)
+    after = _gather(parts["after"], mine, nets, classes, world, attack)
+    before = _gather(parts["before"], mine, nets, classes, world, attack) if test_before else None
+    return Evaluation(after, before)
+
+
+def _num_outputs(fmodel: FunctionalModel, init: InitDistribution, images: Tensor) -> int:
+    """The number of classes the model outputs (from one forward of one image)."""
+    one = init.take(0, 1) if isinstance(init, PooledInit) else init.sample(1, torch.Generator())
+    with torch.no_grad():
+        return fmodel.logits({k: v.to(images.device) for k, v in one.items()},
+                             images[:1], train=False).shape[-1]
+
+
+def _gather(parts: list[EvalResult], mine: range, nets: int, classes: int, world: World,
+            attack: tuple[int, int] | None) -> EvalResult:
+    """All ranks' results in net order (this rank's parts fill ``mine``; a sum joins them)."""
+    losses = torch.zeros(nets)
+    confusion = torch.zeros(nets, classes, classes, dtype=torch.long)
+    if parts:
+        losses[mine.start:mine.stop] = torch.cat([p.losses for p in parts])
+        confusion[mine.start:mine.stop] = torch.cat([p.confusion for p in parts])
+    return EvalResult(world.sum_(losses), world.sum_(confusion), attack)
 
 
 def schedule_evaluator(

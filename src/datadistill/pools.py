@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .artifacts import atomic_write, load_tensors, save_tensors
 from .data import Dataset, crop_flip, load_dataset
+from .distributed import current
 from .errors import DistillError
 from .evaluate import test_nets
 from .functional import FunctionalModel, Params, num_nets
@@ -151,16 +152,27 @@ def pretrain(dataset: str, models: int, out: str | Path, arch: str = "",
     fmodel = FunctionalModel(module)
     schedule = schedule or SCHEDULES.get(dataset, DEFAULT_SCHEDULE)
     distill_part, held_part = _split_indices(models, held_out)
-    init_gen, data_gen = generator(seed, "pool-init"), generator(seed, "pool-data")
-    trained = []
-    for start in range(0, models, group):
-        params = {k: v.to(dev) for k, v in
-                  RandomInit(module, init_scheme).sample(min(group, models - start), init_gen).items()}
-        trained.append(train_models(fmodel, params, data, schedule, batch_size, data_gen, progress))
-    params = {k: torch.cat([t[k] for t in trained]) for k in trained[0]}
+    init_gen = generator(seed, "pool-init")
+    world = current()  # under torchrun each rank trains its share of the groups
+    starts = range(0, models, group)
+    mine = world.share(len(starts))
+    params = {name: torch.zeros(models, *p.shape, device=dev) for name, p in module.named_parameters()}
+    accuracies = torch.zeros(models, device=dev)
+    for index, start in enumerate(starts):
+        stop = min(start + group, models)
+        drawn = RandomInit(module, init_scheme).sample(stop - start, init_gen)  # keeps init_gen in step
+        if index not in mine:
+            continue
+        data_gen = generator(seed, f"pool-data-{start}")  # each group on its own: shardable
+        trained = train_models(fmodel, {k: v.to(dev) for k, v in drawn.items()}, data, schedule,
+                               batch_size, data_gen, progress and world.is_main)
+        for name, value in trained.items():
+            params[name][start:stop] = value
+        accuracies[start:stop] = torch.tensor(_accuracies(fmodel, trained, data))
+    params = {name: world.sum_(value) for name, value in params.items()}
     manifest = {
         "arch": arch, "dataset": dataset, "image_shape": list(data.image_shape),
-        "num_classes": data.num_classes, "accuracies": _accuracies(fmodel, params, data),
+        "num_classes": data.num_classes, "accuracies": world.sum_(accuracies).tolist(),
         "seed": seed, "init_scheme": init_scheme, "distill": distill_part, "held_out": held_part,
         "training": {"optimizer": "adam", "epochs": schedule.epochs, "lr": schedule.lr,
                      "decay_epochs": schedule.decay_epochs, "decay_factor": schedule.decay_factor,
