@@ -213,6 +213,8 @@ def _list(args: argparse.Namespace) -> None:
     print("datasets:")
     for name in DATASETS.names():
         print(f"  {name:14s} {DATASETS.get(name).description}")
+    print(f"  {'folder:DIR':14s} ImageFolder-style DIR/train/<class>/*, DIR/test/<class>/* "
+          "(224x224, ImageNet normalization, alexnet)")
     print("models:", ", ".join(list_models()))
     print("initialization schemes:", ", ".join(list_init_schemes()))
 
