@@ -141,7 +141,7 @@ def _accuracies(fmodel: FunctionalModel, params: Params, data: Dataset) -> list[
 def pretrain(dataset: str, models: int, out: str | Path, arch: str = "",
              schedule: Schedule | None = None, batch_size: int = 128, held_out: int | None = None,
              init_scheme: str = "xavier-normal", seed: int = 0, data_root: str | None = "data",
-             device: str = "auto", group: int = 40, progress: bool = True) -> Pool:
+             device: str = "auto", group: int = 10, progress: bool = True) -> Pool:
     """Train ``models`` networks on ``dataset`` (``group`` at a time, batched) into a pool."""
     if models < 2:
         raise DistillError(f"--models must be at least 2 (distill + held-out), got {models}")
