@@ -76,3 +76,35 @@ def test_gzipped_idx_files_are_unpacked(tmp_path):
     data = load_dataset("fashion-mnist", root=tmp_path)
     assert data.train_images.shape == (30, 1, 28, 28) and data.test_images.shape == (20, 1, 28, 28)
     assert data.class_names[0] == "T-shirt"
+
+
+def test_usps_and_svhn_read_torchvision_files_written_here(tmp_path, monkeypatch):
+    import bz2
+
+    import torchvision
+
+    import numpy as np
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    for name, n in (("usps.bz2", 12), ("usps.t.bz2", 6)):  # libsvm lines, pixels in [-1, 1]
+        lines = [f"{i % 10 + 1} " + " ".join(f"{j + 1}:{v:.3f}" for j, v in
+                                              enumerate(rng.uniform(-1, 1, 256))) for i in range(n)]
+        (tmp_path / name).write_bytes(bz2.compress("\n".join(lines).encode()))
+    usps = load_dataset("usps", tmp_path)
+    assert usps.train_images.shape == (12, 1, 28, 28) and usps.test_images.shape == (6, 1, 28, 28)
+    assert usps.train_labels.tolist()[:3] == [0, 1, 2] and usps.mean == (0.1597,)
+    for name, n in (("train_32x32.mat", 8), ("test_32x32.mat", 4)):
+        savemat(tmp_path / name, {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
+                                  "y": (np.arange(n) % 10 + 1).reshape(-1, 1)})  # 10 means 0
+    monkeypatch.setattr(torchvision.datasets.SVHN, "_check_integrity", lambda self: True)  # md5s
+    svhn = load_dataset("svhn", tmp_path)
+    assert svhn.train_images.shape == (8, 3, 32, 32) and svhn.test_labels.tolist() == [1, 2, 3, 4]
+    assert svhn.default_model == "lenet"
+    with pytest.raises(DistillError, match="USPS not found.*usps.bz2"):
+        load_dataset("usps", tmp_path / "empty")
+
+
+def test_digits28_is_a_second_digit_domain_in_mnist_shape():
+    data = load_dataset("digits28")
+    assert data.train_images.shape == (1437, 1, 28, 28) and data.default_model == "lenet"
