@@ -164,13 +164,15 @@ def evaluate_steps(
 ) -> Evaluation:
     """Sample ``nets`` initial weights, train each on ``steps``, and test them.
 
-    From a pool of trained models, each model is taken once, in order (at most ``nets``).
-    Under torchrun each rank trains and tests its share of the nets; every rank gets all
+    From a pool of trained models, each model is taken once, in order (at most ``nets``); a
+    fixed init is one net, whatever ``nets`` says (every copy would train alike). Under torchrun each rank trains and tests its share of the nets; every rank gets all
     results. The nets drawn do not depend on the number of ranks.
     """
     finite = isinstance(init, PooledInit)
     if finite:
         nets = min(nets, len(init))
+    elif isinstance(init, FixedInit):
+        nets = 1
     world = current()
     mine = world.share(nets)
     parts: dict[str, list[EvalResult]] = {"after": [], "before": []}
