@@ -32,12 +32,13 @@ class StridedMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` with a faster inference path: the maximum of k×k strided views.
 
     Same values as the native kernel, which on CPU is several times slower in forward-only
-    use (the test pass of evaluation). When gradients are needed the native kernel runs,
-    since its backward is the faster one.
+    use (the test pass of evaluation). In grad mode the native kernel runs: its backward is
+    the faster one, and it keeps the native choice of one winner per tied window.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if ((torch.is_grad_enabled() and x.requires_grad) or self.ceil_mode
+        # grad mode, not x.requires_grad: inside vmap a tracked input reports False
+        if (torch.is_grad_enabled() or self.ceil_mode
                 or self.return_indices or self.dilation not in (1, (1, 1))):
             return super().forward(x)
         (kh, kw), (sh, sw), (ph, pw) = (nn.modules.utils._pair(v) for v in
