@@ -21,7 +21,7 @@ from torch import nn
 
 import datadistill
 from datadistill.evaluate import context_for, evaluate_steps, schedule
-from datadistill.init_distributions import stack
+from datadistill.init_distributions import PooledInit, stack
 from datadistill.models import StridedMaxPool2d
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -73,7 +73,7 @@ def main() -> None:
     inits = [{k: v[0] for k, v in init.sample(1, gen).items()} for _ in range(args.nets)]
 
     start = time.perf_counter()
-    ours = evaluate_steps(fmodel, FixedPool(inits), steps, data.test_images, data.test_labels,
+    ours = evaluate_steps(fmodel, PooledInit(stack(inits), list(range(args.nets))), steps, data.test_images, data.test_labels,
                           args.nets, gen).after.accuracies
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -89,18 +89,6 @@ def main() -> None:
     print(f"speed-up: x{plain_s / ours_s:.2f}   mean accuracy {100 * ours.mean():.2f}% vs "
           f"{100 * plain.mean():.2f}% ({differing} of {args.nets} nets differ by > 0.1 point)")
     print(machine())
-
-
-class FixedPool:
-    """The same list of initial weights, handed out in order."""
-
-    def __init__(self, inits):
-        self.inits, self.next = inits, 0
-
-    def sample(self, n, generator):
-        chunk = self.inits[self.next:self.next + n]
-        self.next += n
-        return stack(chunk)
 
 
 if __name__ == "__main__":
