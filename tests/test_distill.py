@@ -47,6 +47,29 @@ def test_resume_continues_exactly(tmp_path, tiny_data, init):
     assert torch.equal(whole.lrs, resumed.lrs)
 
 
+def test_real_image_init_starts_from_training_images_of_each_class(tiny_data):
+    start = datadistill.distill(data=tiny_data, image_init="real", **{**TINY, "lr": 1e-12})
+    for step_images, step_labels in zip(start.images, start.labels):
+        for image, label in zip(step_images, step_labels):
+            members = tiny_data.train_images[tiny_data.train_labels == label]
+            assert (members - image).flatten(1).abs().amax(1).min() < 1e-6
+
+
+def test_stop_accuracy_ends_the_run_at_the_first_evaluation_that_reaches_it(tmp_path, tiny_data):
+    settings = dict(TINY, epochs=15, eval_every=1, out=tmp_path)
+    result = datadistill.distill(data=tiny_data, stop_accuracy=0.7, **settings)
+    metrics = result.meta["metrics"]
+    history = metrics["history"]
+    assert metrics["epochs_run"] == history[-1]["epoch"] < 15
+    assert history[-1]["accuracy_mean"] >= 0.7 > max(h["accuracy_mean"] for h in history[:-1])
+    assert metrics["final"]["accuracy_mean"] == history[-1]["accuracy_mean"]
+    assert all(0 < h["evaluation_s"] < h["elapsed_s"] for h in history[1:])
+    resumed = datadistill.distill(data=tiny_data, out=tmp_path, resume=True, progress=False)
+    assert resumed.meta["metrics"]["epochs_run"] == metrics["epochs_run"] + 1  # goes on from there
+    with pytest.raises(DistillError, match="add --eval-every"):
+        datadistill.distill(data=tiny_data, **{**TINY, "stop_accuracy": 0.5})
+
+
 def test_resume_refuses_changed_settings(tmp_path, tiny_data):
     datadistill.distill(data=tiny_data, out=tmp_path, **{**TINY, "epochs": 1})
     with pytest.raises(DistillError, match="cannot change steps"):

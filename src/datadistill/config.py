@@ -43,6 +43,9 @@ class DistillConfig:
     distill_epochs: int = _opt(3, "passes over the distilled steps (inner steps = steps x epochs)")
     images_per_class: int = _opt(1, "distilled images per class in each step")
     distill_lr: float = _opt(0.02, "initial value of every learned inner learning rate")
+    image_init: str = _opt("noise", "starting images: standard-normal noise (the paper) or "
+                                    "random real training images of each step's classes",
+                           ("noise", "real"))
     # outer optimization
     epochs: int = _opt(400, "passes over the real training set")
     batch_size: int = _opt(1024, "real images per meta-iteration")
@@ -58,6 +61,8 @@ class DistillConfig:
     device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (CUDA when present)")
     eval_every: int = _opt(0, "evaluate fresh nets every this many epochs (0: only at the end)")
     eval_nets: int = _opt(20, "fresh nets trained on the distilled data per evaluation")
+    stop_accuracy: float = _opt(0.0, "stop at the first --eval-every evaluation whose mean "
+                                     "accuracy reaches this fraction (0: run every epoch)")
     checkpoint_every: int = _opt(1, "write a checkpoint every this many epochs")
     progress: bool = _opt(True, "show a progress bar")
 
@@ -92,6 +97,11 @@ class DistillConfig:
         if self.backgrad_keep_every < 0:
             raise DistillError(f"--backgrad-keep-every must be 0 (auto) or more, "
                                f"got {self.backgrad_keep_every}")
+        if not 0 <= self.stop_accuracy <= 1:
+            raise DistillError(f"--stop-accuracy is a fraction in [0, 1], got {self.stop_accuracy}")
+        if self.stop_accuracy and not self.eval_every:
+            raise DistillError("--stop-accuracy is checked at the periodic evaluations: "
+                               "add --eval-every N")
         for name in ("distill_lr", "lr", "decay_factor"):
             if not getattr(self, name) > 0:
                 raise DistillError(f"--{name.replace('_', '-')} must be positive, "

@@ -31,7 +31,8 @@ from .pools import check_pool_fits, load_pool, load_pretrained
 from .runtime import generator, resolve_device
 
 # settings that may change when a run is resumed; the others must match the checkpoint
-RESUMABLE = {"epochs", "eval_every", "eval_nets", "checkpoint_every", "progress", "device"}
+RESUMABLE = {"epochs", "eval_every", "eval_nets", "stop_accuracy", "checkpoint_every", "progress",
+             "device"}
 
 
 def inverse_softplus(value: float) -> float:
@@ -89,10 +90,13 @@ def distill(
         raise DistillError(f"--attack-class/--target-class must be below {data.num_classes} "
                            f"(the classes of {data.name}), got {attack}")
 
-    # ---- distilled steps: standard-normal images, fixed labels, lrs through softplus
+    # ---- distilled steps: noise or real images, fixed labels, lrs through softplus
     n_classes, ipc = data.num_classes, config.images_per_class
-    images = torch.randn(config.steps, n_classes * ipc, *data.image_shape, generator=steps_gen)
-    labels = torch.arange(n_classes).repeat_interleave(ipc).repeat(config.steps, 1)
+    if config.image_init == "real":
+        images, labels = random_real(data, config.steps, ipc, steps_gen)
+    else:
+        images = torch.randn(config.steps, n_classes * ipc, *data.image_shape, generator=steps_gen)
+        labels = torch.arange(n_classes).repeat_interleave(ipc).repeat(config.steps, 1)
     raw_lrs = torch.full((config.steps * config.distill_epochs,),
                          inverse_softplus(config.distill_lr))
     steps = DistilledSteps(images.to(device).requires_grad_(), labels.to(device),
@@ -108,7 +112,8 @@ def distill(
         first_epoch, history, elapsed_before = _restore(
             checkpoint, steps, optimizer, scheduler, data_gen, init_gen)
 
-    # ---- the outer loop
+    # ---- the outer loop (until --epochs, or the first evaluation at --stop-accuracy)
+    reached, done = None, first_epoch
     bar = tqdm(total=config.epochs * per_epoch, initial=first_epoch * per_epoch,
                disable=not (config.progress and world.is_main), unit="it", dynamic_ncols=True)
     for epoch in range(first_epoch, config.epochs):
@@ -140,21 +145,33 @@ def distill(
 
         done = epoch + 1
         if config.eval_every and done % config.eval_every == 0 and done < config.epochs:
+            eval_start = time.perf_counter()
             result = _evaluate(fmodel, eval_dist, steps, data, config)
-            history.append({"epoch": done, **result.summary()})
+            history.append({"epoch": done, "iterations": done * per_epoch,
+                            "elapsed_s": elapsed_before + eval_start - start_time,
+                            "evaluation_s": time.perf_counter() - eval_start, **result.summary()})
             if world.is_main:
                 bar.write(f"epoch {done}: {result}")
-        checkpoint_due = done % config.checkpoint_every == 0 or done == config.epochs
+            if config.stop_accuracy and result.mean >= config.stop_accuracy:
+                reached = result
+        checkpoint_due = (done % config.checkpoint_every == 0 or done == config.epochs
+                          or reached is not None)
         if out is not None and world.is_main and checkpoint_due:
             _write_checkpoint(Path(out), config, done, history,
                               elapsed_before + time.perf_counter() - start_time,
                               steps, optimizer, scheduler, data_gen, init_gen)
+        if reached is not None:
+            if world.is_main:
+                bar.write(f"stopping after epoch {done}: reached --stop-accuracy "
+                          f"{100 * config.stop_accuracy:g}%")
+            break
     bar.close()
 
     # ---- final evaluation beside random real images, and the artifact
-    final = _evaluate(fmodel, eval_dist, steps, data, config)
+    final = reached or _evaluate(fmodel, eval_dist, steps, data, config)
     real = _random_real(fmodel, eval_dist, steps, data, config)
     metrics = {"final": final.summary(), "random_real": real, "history": history,
+               "epochs_run": done,
                "wall_time_s": elapsed_before + time.perf_counter() - start_time}
     result = Distilled(
         images=steps.images.detach().cpu(), labels=steps.labels.cpu(),
