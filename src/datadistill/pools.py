@@ -151,7 +151,7 @@ def pretrain(dataset: str, models: int, out: str | Path, arch: str = "",
     module = build_model(arch, data.image_shape, data.num_classes).to(dev)
     fmodel = FunctionalModel(module)
     schedule = schedule or SCHEDULES.get(dataset, DEFAULT_SCHEDULE)
-    distill_part, held_part = _split_indices(models, held_out)
+    _split_indices(models, held_out)  # refuse a bad --held-out before training, not after
     init_gen = generator(seed, "pool-init")
     world = current()  # under torchrun each rank trains its share of the groups
     starts = range(0, models, group)
@@ -170,14 +170,20 @@ def pretrain(dataset: str, models: int, out: str | Path, arch: str = "",
             params[name][start:stop] = value
         accuracies[start:stop] = torch.tensor(_accuracies(fmodel, trained, data))
     params = {name: world.sum_(value) for name, value in params.items()}
-    manifest = {
-        "arch": arch, "dataset": dataset, "image_shape": list(data.image_shape),
-        "num_classes": data.num_classes, "accuracies": world.sum_(accuracies).tolist(),
-        "seed": seed, "init_scheme": init_scheme, "distill": distill_part, "held_out": held_part,
-        "training": {"optimizer": "adam", "epochs": schedule.epochs, "lr": schedule.lr,
-                     "decay_epochs": schedule.decay_epochs, "decay_factor": schedule.decay_factor,
-                     "batch_size": batch_size, "models_per_group": group},
-    }
+    training = {"optimizer": "adam", "epochs": schedule.epochs, "lr": schedule.lr,
+                "decay_epochs": schedule.decay_epochs, "decay_factor": schedule.decay_factor,
+                "batch_size": batch_size, "models_per_group": group}
+    return _save_pool(out, params, data, arch, world.sum_(accuracies).tolist(), held_out,
+                      seed=seed, init_scheme=init_scheme, training=training)
+
+
+def _save_pool(out: str | Path, params: Params, data: Dataset, arch: str,
+               accuracies: list[float], held_out: int | None, **provenance: Any) -> Pool:
+    """Split the models into distilling / held-out parts and write the pool with its manifest."""
+    distill_part, held_part = _split_indices(len(accuracies), held_out)
+    manifest = {"arch": arch, "dataset": data.name, "image_shape": list(data.image_shape),
+                "num_classes": data.num_classes, "accuracies": accuracies, **provenance,
+                "distill": distill_part, "held_out": held_part}
     pool = Pool({k: v.cpu() for k, v in params.items()}, manifest)
     pool.save(out)
     return pool
@@ -240,11 +246,6 @@ def import_pool(folder: str | Path, dataset: str, out: str | Path, arch: str = "
                                f"{', '.join(wrong[:3])} missing or of another shape")
         states.append({n: state[n].float() for n in shapes})
     params = {n: torch.stack([s[n] for s in states]).to(dev) for n in shapes}
-    fmodel = FunctionalModel(module)
-    distill_part, held_part = _split_indices(len(files), held_out)
-    pool = Pool({k: v.cpu() for k, v in params.items()}, {
-        "arch": arch, "dataset": dataset, "image_shape": list(data.image_shape),
-        "num_classes": data.num_classes, "accuracies": _accuracies(fmodel, params, data),
-        "files": [p.name for p in files], "distill": distill_part, "held_out": held_part})
-    pool.save(out)
-    return pool
+    accuracies = _accuracies(FunctionalModel(module), params, data)
+    return _save_pool(out, params, data, arch, accuracies, held_out,
+                      files=[p.name for p in files])
