@@ -4,13 +4,12 @@
 
 The straightforward evaluator trains one net at a time on the steps (plain autograd and an
 in-place GD update), then tests it on the full test set in batches of 1,024, with the
-network as a user writes it (``nn.MaxPool2d``). Both evaluate the same initial weights,
-so their mean accuracies must agree.
+network as the paper's code writes it (``yardstick.textbook``: ``nn.MaxPool2d`` after each
+ReLU). Both evaluate the same initial weights, so their mean accuracies must agree.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
@@ -22,20 +21,10 @@ from torch import nn
 import datadistill
 from datadistill.evaluate import context_for, evaluate_steps, schedule
 from datadistill.init_distributions import PooledInit, stack
-from datadistill.models import StridedMaxPool2d
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_meta_iteration import machine  # noqa: E402
-
-
-def textbook(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` with torch's own max-pool layers in place of datadistill's."""
-    module = copy.deepcopy(module)
-    for parent in module.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, StridedMaxPool2d):
-                setattr(parent, name, nn.MaxPool2d(child.kernel_size, child.stride, child.padding))
-    return module
+from yardstick import textbook  # noqa: E402
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from yardstick import FlatNet, yardstick_iteration  # noqa: E402
+from yardstick import FlatNet, textbook, yardstick_iteration  # noqa: E402
 
 from datadistill.functional import FunctionalModel  # noqa: E402
 from datadistill.init_distributions import RandomInit  # noqa: E402
@@ -69,7 +69,7 @@ def time_ours(case, nets: int, mode: str, chunk: int) -> float:
 
 def time_yardstick(case, nets: int) -> float:
     module, images, labels, raw, real_x, real_y, gen = case
-    flat = FlatNet(module)
+    flat = FlatNet(textbook(module))
     inits = [flat.flatten({k: v[0] for k, v in RandomInit(module).sample(1, gen).items()})
              for _ in range(nets)]
     leaves = [images[s].clone().requires_grad_() for s in range(images.shape[0])]

@@ -7,10 +7,34 @@ products to the images and lrs. Used only to measure datadistill against it.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+
+
+def textbook(module: nn.Module) -> nn.Module:
+    """A copy of one of datadistill's networks as the paper's code writes it.
+
+    torch's own max-pool layers in place of ``StridedMaxPool2d``, and every ReLU back before
+    its pool (datadistill pools first, which gives the same values and gradients).
+    """
+    from datadistill.models import StridedMaxPool2d
+
+    module = copy.deepcopy(module)
+    for parent in module.modules():
+        if isinstance(parent, nn.Sequential):
+            layers = list(parent)
+            for i in range(len(layers) - 1):
+                if isinstance(layers[i], StridedMaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
+                    layers[i], layers[i + 1] = layers[i + 1], layers[i]
+            for i, layer in enumerate(layers):
+                if isinstance(layer, StridedMaxPool2d):
+                    layer = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+                setattr(parent, str(i), layer)
+    return module
 
 
 class FlatNet:

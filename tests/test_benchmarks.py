@@ -10,7 +10,7 @@ from datadistill.inner_loop import DistilledSteps, meta_gradient
 from datadistill.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from yardstick import FlatNet, yardstick_iteration  # noqa: E402
+from yardstick import FlatNet, textbook, yardstick_iteration  # noqa: E402
 
 
 def test_yardstick_and_engine_agree_in_float64():
@@ -26,7 +26,7 @@ def test_yardstick_and_engine_agree_in_float64():
     steps = DistilledSteps(images.clone().requires_grad_(), labels, raw.clone().requires_grad_())
     meta_gradient(FunctionalModel(module), params, steps, real_x, real_y)
 
-    flat = FlatNet(module)
+    flat = FlatNet(textbook(module))  # ReLU before nn.MaxPool2d, as the paper's code
     leaves = [images[s].clone().requires_grad_() for s in range(3)]
     raw_leaf = raw.clone().requires_grad_()
     yardstick_iteration(flat, flat.flatten({k: v[0] for k, v in params.items()}), leaves,
@@ -34,3 +34,20 @@ def test_yardstick_and_engine_agree_in_float64():
     yard_images = torch.stack([leaf.grad for leaf in leaves])
     assert torch.allclose(yard_images, steps.images.grad, rtol=1e-9, atol=1e-14)
     assert torch.allclose(raw_leaf.grad, steps.raw_lrs.grad, rtol=1e-9, atol=1e-14)
+
+
+def test_textbook_networks_equal_ours_in_values_and_gradients():
+    for name, shape in (("lenet", (1, 28, 28)), ("alexcifarnet", (3, 32, 32))):
+        ours = build_model(name, shape, 10).double()
+        paper = textbook(ours)
+        kinds = [type(m).__name__ for m in paper.modules()]
+        assert "StridedMaxPool2d" not in kinds and kinds.index("ReLU") < kinds.index("MaxPool2d")
+        x = torch.randn(4, *shape, dtype=torch.float64)
+        x[:, :, :8] = 0.5  # constant patches: tied maxima, as in MNIST's background
+        grads = []
+        for net in (ours, paper):
+            loss = net(x).logsumexp(1).sum()
+            grads.append(torch.autograd.grad(loss, list(net.parameters())))
+        assert torch.equal(ours(x), paper(x))
+        for a, b in zip(*grads):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)

@@ -55,7 +55,11 @@ class StridedMaxPool2d(nn.MaxPool2d):
 
 
 class LeNet(nn.Module):
-    """LeNet as in the paper's code: 28 px inputs get padding 2 in the first conv."""
+    """LeNet as in the paper's code: 28 px inputs get padding 2 in the first conv.
+
+    Each max-pool comes before its ReLU: the two commute (same values, same gradients), and
+    pooling first runs the ReLU on a quarter of the values.
+    """
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, num_classes: int = 10):
         super().__init__()
@@ -66,11 +70,11 @@ class LeNet(nn.Module):
             )
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 6, 5, padding=2 if image_size == 28 else 0),  # 6x28x28
-            nn.ReLU(),
             StridedMaxPool2d(2),  # 6x14x14
-            nn.Conv2d(6, 16, 5),  # 16x10x10
             nn.ReLU(),
+            nn.Conv2d(6, 16, 5),  # 16x10x10
             StridedMaxPool2d(2),  # 16x5x5
+            nn.ReLU(),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
@@ -86,7 +90,11 @@ class LeNet(nn.Module):
 
 
 class AlexCifarNet(nn.Module):
-    """The paper's CIFAR-10 network; local response norm comes before the second pool."""
+    """The paper's CIFAR-10 network; local response norm comes before the second pool.
+
+    The first max-pool comes before its ReLU (they commute); the second ReLU must stay
+    before the local response norm.
+    """
 
     def __init__(self, in_channels: int = 3, image_size: int = 32, num_classes: int = 10):
         super().__init__()
@@ -95,8 +103,8 @@ class AlexCifarNet(nn.Module):
         lrn = lambda: nn.LocalResponseNorm(4, alpha=0.001 / 9.0, beta=0.75, k=1.0)  # noqa: E731
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 64, 5, padding=2),  # 64x32x32
-            nn.ReLU(),
             StridedMaxPool2d(3, stride=2, padding=1),  # 64x16x16
+            nn.ReLU(),
             lrn(),
             nn.Conv2d(64, 64, 5, padding=2),  # 64x16x16
             nn.ReLU(),
