@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/time_to_accuracy.py --data-root ../shared/data [--seeds 0 1 2]
 
 One run measures the yardstick's seconds per meta-iteration at the paper's setting (1 net,
-1,024 real images; median of --rounds) and then distils each schedule with
+1,024 real images; median of --rounds, before and after the distillations, and the faster of
+the two is used, which favours the yardstick) and distils each schedule with
 ``--stop-accuracy`` and an evaluation of 20 fresh nets after every pass. The official code
 reaches 76 % after about 20 passes (1,180 meta-iterations), so each time is compared with
 1,180 x the yardstick's seconds per iteration. Times count the distillation only
@@ -74,10 +75,8 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     data = datadistill.load_dataset("mnist", args.data_root)
-    per_iteration = yardstick_seconds(args.rounds)
-    budget = OFFICIAL_ITERATIONS * per_iteration
-    print(f"yardstick: {per_iteration:.3f} s per iteration -> {OFFICIAL_ITERATIONS} iterations "
-          f"= {budget:.0f} s", flush=True)
+    yardstick = [yardstick_seconds(args.rounds)]
+    print(f"yardstick before: {yardstick[0]:.3f} s per iteration", flush=True)
     rows = []
     for name in args.schedules:
         for seed in args.seeds:
@@ -85,10 +84,14 @@ def main() -> None:
                    **time_to_target(data, SCHEDULES[name], seed, args.target, args.max_epochs)}
             rows.append(row)
             print(row, flush=True)
+    yardstick.append(yardstick_seconds(args.rounds))
+    per_iteration = min(yardstick)
+    budget = OFFICIAL_ITERATIONS * per_iteration
 
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; "
              f"{(time.perf_counter() - start) / 60:.0f} min in all.",
-             f"Yardstick: {per_iteration:.3f} s per meta-iteration (median of {args.rounds}), so "
+             f"Yardstick: {yardstick[0]:.3f} s per meta-iteration before the distillations and "
+             f"{yardstick[1]:.3f} s after (medians of {args.rounds}); with the faster, "
              f"{OFFICIAL_ITERATIONS} iterations = {budget:.0f} s and a third of it {budget / 3:.0f} s.",
              "", "```bash",
              f".venv/bin/python benchmarks/time_to_accuracy.py --data-root {args.data_root} "
@@ -110,7 +113,7 @@ def main() -> None:
                         lines)
     print(block)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "yardstick_s": per_iteration,
+        Path(args.json).write_text(json.dumps({"machine": machine(), "yardstick_s": yardstick,
                                                "rows": rows}, indent=2))
 
 

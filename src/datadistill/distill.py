@@ -113,7 +113,7 @@ def distill(
             checkpoint, steps, optimizer, scheduler, data_gen, init_gen)
 
     # ---- the outer loop (until --epochs, or the first evaluation at --stop-accuracy)
-    reached, done = None, first_epoch
+    done, latest, reached = first_epoch, None, False  # latest: (epoch, its evaluation)
     bar = tqdm(total=config.epochs * per_epoch, initial=first_epoch * per_epoch,
                disable=not (config.progress and world.is_main), unit="it", dynamic_ncols=True)
     for epoch in range(first_epoch, config.epochs):
@@ -144,7 +144,7 @@ def distill(
         scheduler.step()
 
         done = epoch + 1
-        if config.eval_every and done % config.eval_every == 0 and done < config.epochs:
+        if config.eval_every and done % config.eval_every == 0:
             eval_start = time.perf_counter()
             result = _evaluate(fmodel, eval_dist, steps, data, config)
             history.append({"epoch": done, "iterations": done * per_epoch,
@@ -152,15 +152,15 @@ def distill(
                             "evaluation_s": time.perf_counter() - eval_start, **result.summary()})
             if world.is_main:
                 bar.write(f"epoch {done}: {result}")
-            if config.stop_accuracy and result.mean >= config.stop_accuracy:
-                reached = result
+            latest = (done, result)
+            reached = bool(config.stop_accuracy) and result.mean >= config.stop_accuracy
         checkpoint_due = (done % config.checkpoint_every == 0 or done == config.epochs
-                          or reached is not None)
+                          or reached)
         if out is not None and world.is_main and checkpoint_due:
             _write_checkpoint(Path(out), config, done, history,
                               elapsed_before + time.perf_counter() - start_time,
                               steps, optimizer, scheduler, data_gen, init_gen)
-        if reached is not None:
+        if reached:
             if world.is_main:
                 bar.write(f"stopping after epoch {done}: reached --stop-accuracy "
                           f"{100 * config.stop_accuracy:g}%")
@@ -168,7 +168,10 @@ def distill(
     bar.close()
 
     # ---- final evaluation beside random real images, and the artifact
-    final = reached or _evaluate(fmodel, eval_dist, steps, data, config)
+    if latest is not None and latest[0] == done:  # the same nets were just evaluated
+        final = latest[1]
+    else:
+        final = _evaluate(fmodel, eval_dist, steps, data, config)
     real = _random_real(fmodel, eval_dist, steps, data, config)
     metrics = {"final": final.summary(), "random_real": real, "history": history,
                "epochs_run": done,
