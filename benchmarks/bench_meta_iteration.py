@@ -80,6 +80,25 @@ def time_yardstick(case, nets: int) -> float:
     return time.perf_counter() - start
 
 
+def meta_iteration_flops(case, nets: int) -> int:
+    """FLOPs of one full-backprop meta-iteration of ours (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        time_ours(case, nets, "full", 512)
+    return counter.get_total_flops()
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+    """This machine's fp32 matrix-multiply throughput (GFLOP/s), the floor's yardstick."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -87,10 +106,17 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     rows = []
+    gflops = matmul_gflops()
+    print(f"fp32 matrix multiply: {gflops:.0f} GFLOP/s", flush=True)
     for name in args.settings:
         arch, shape = SETTINGS[name]
         case = make_case(arch, shape)
         for nets in (1, 4):
+            flops = meta_iteration_flops(case, nets)
+            floor = flops / (gflops * 1e9)
+            rows.append({"setting": name, "nets": nets, "gflop": flops / 1e9, "floor_s": floor})
+            print(f"{name:22s} nets={nets} {flops / 1e9:.2f} GFLOP per meta-iteration -> "
+                  f"{1e3 * floor:.1f} ms at {gflops:.0f} GFLOP/s", flush=True)
             methods = {"yardstick": lambda: time_yardstick(case, nets)}
             for mode in ("full", "backgrad"):
                 methods[f"ours-{mode}"] = (lambda m=mode: time_ours(case, nets, m, 512))
@@ -107,7 +133,8 @@ def main() -> None:
                              "speedup_vs_yardstick": base / med})
                 print(f"{name:22s} nets={nets} {key:15s} {med:7.3f} s/it  "
                       f"x{base / med:4.2f} vs yardstick", flush=True)
-    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "matmul_gflops": gflops,
+              "rows": rows}
     print(report["machine"])
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
