@@ -62,7 +62,8 @@ def main() -> None:
     inits = [{k: v[0] for k, v in init.sample(1, gen).items()} for _ in range(args.nets)]
 
     start = time.perf_counter()
-    ours = evaluate_steps(fmodel, PooledInit(stack(inits), list(range(args.nets))), steps, data.test_images, data.test_labels,
+    held_out = PooledInit(stack(inits), list(range(args.nets)))  # the same weights, in order
+    ours = evaluate_steps(fmodel, held_out, steps, data.test_images, data.test_labels,
                           args.nets, gen).after.accuracies
     ours_s = time.perf_counter() - start
     start = time.perf_counter()

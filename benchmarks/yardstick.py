@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from datadistill.models import StridedMaxPool2d
+
 
 def textbook(module: nn.Module) -> nn.Module:
     """A copy of one of datadistill's networks as the paper's code writes it.
@@ -21,8 +23,6 @@ def textbook(module: nn.Module) -> nn.Module:
     torch's own max-pool layers in place of ``StridedMaxPool2d``, and every ReLU back before
     its pool (datadistill pools first, which gives the same values and gradients).
     """
-    from datadistill.models import StridedMaxPool2d
-
     module = copy.deepcopy(module)
     for parent in module.modules():
         if isinstance(parent, nn.Sequential):

@@ -113,7 +113,7 @@ def distill(
             checkpoint, steps, optimizer, scheduler, data_gen, init_gen)
 
     # ---- the outer loop (until --epochs, or the first evaluation at --stop-accuracy)
-    done, latest, reached = first_epoch, None, False  # latest: (epoch, its evaluation)
+    done, latest = first_epoch, None  # latest: the evaluation of the last epoch run, if any
     bar = tqdm(total=config.epochs * per_epoch, initial=first_epoch * per_epoch,
                disable=not (config.progress and world.is_main), unit="it", dynamic_ncols=True)
     for epoch in range(first_epoch, config.epochs):
@@ -143,17 +143,17 @@ def distill(
             bar.set_postfix(epoch=epoch + 1, meta_loss=f"{meta_loss:.4f}")
         scheduler.step()
 
-        done = epoch + 1
+        done, latest = epoch + 1, None
         if config.eval_every and done % config.eval_every == 0:
             eval_start = time.perf_counter()
-            result = _evaluate(fmodel, eval_dist, steps, data, config)
+            latest = _evaluate(fmodel, eval_dist, steps, data, config)
             history.append({"epoch": done, "iterations": done * per_epoch,
                             "elapsed_s": elapsed_before + eval_start - start_time,
-                            "evaluation_s": time.perf_counter() - eval_start, **result.summary()})
+                            "evaluation_s": time.perf_counter() - eval_start, **latest.summary()})
             if world.is_main:
-                bar.write(f"epoch {done}: {result}")
-            latest = (done, result)
-            reached = bool(config.stop_accuracy) and result.mean >= config.stop_accuracy
+                bar.write(f"epoch {done}: {latest}")
+        reached = (latest is not None and config.stop_accuracy > 0
+                   and latest.mean >= config.stop_accuracy)
         checkpoint_due = (done % config.checkpoint_every == 0 or done == config.epochs
                           or reached)
         if out is not None and world.is_main and checkpoint_due:
@@ -168,10 +168,7 @@ def distill(
     bar.close()
 
     # ---- final evaluation beside random real images, and the artifact
-    if latest is not None and latest[0] == done:  # the same nets were just evaluated
-        final = latest[1]
-    else:
-        final = _evaluate(fmodel, eval_dist, steps, data, config)
+    final = latest if latest is not None else _evaluate(fmodel, eval_dist, steps, data, config)
     real = _random_real(fmodel, eval_dist, steps, data, config)
     metrics = {"final": final.summary(), "random_real": real, "history": history,
                "epochs_run": done,
