@@ -1,0 +1,64 @@
+"""Compiled CPU fast paths, built at first use with the system's C compiler.
+
+The only one so far: LeNet's two conv blocks for N nets on shared images (``lenet.py``), used
+by evaluation's test pass. Where no compiler works, callers fall back to plain PyTorch.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$DATADISTILL_CACHE`` or ``~/.cache/datadistill``."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "datadistill"
+    return Path(os.environ.get("DATADISTILL_CACHE", default))
+
+
+def _machine_key() -> str:
+    """-march=native code runs only on this kind of CPU: the cache key names it."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        flags = next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
+def load(name: str) -> ctypes.CDLL | None:
+    """The compiled library of ``kernels/<name>.c``, compiled once per source and CPU, or None
+    (with one warning) if no C compiler with OpenMP is available, or if the environment sets
+    ``DATADISTILL_NO_KERNELS=1``."""
+    return None if os.environ.get("DATADISTILL_NO_KERNELS") else _compiled(name)
+
+
+@lru_cache(maxsize=None)
+def _compiled(name: str) -> ctypes.CDLL | None:
+    source = Path(__file__).with_name(f"{name}.c")
+    compiler = os.environ.get("CC", "cc")
+    key = hashlib.sha256(f"{source.read_text()}{compiler}{FLAGS}{_machine_key()}".encode()).hexdigest()
+    library = cache_dir() / f"{name}-{key[:16]}.so"
+    if not library.exists():
+        try:
+            library.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+                built = Path(tmp) / library.name
+                subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)],
+                               check=True, capture_output=True, text=True, timeout=300)
+                os.replace(built, library)  # atomic: a concurrent reader sees all or nothing
+        except (OSError, subprocess.SubprocessError) as error:
+            detail = getattr(error, "stderr", None) or str(error)
+            warnings.warn(f"datadistill: could not compile the {name} kernel with {compiler} "
+                          f"({detail.strip().splitlines()[-1] if detail.strip() else error}); "
+                          "using plain PyTorch instead (slower)", RuntimeWarning, stacklevel=2)
+            return None
+    return ctypes.CDLL(str(library))

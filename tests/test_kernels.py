@@ -1,0 +1,68 @@
+"""The compiled LeNet kernel: same logits as PyTorch, and a clean fallback without a compiler."""
+import os
+import shutil
+
+import pytest
+import torch
+
+from datadistill import kernels
+from datadistill.evaluate import test_nets as run_test_nets
+from datadistill.functional import FunctionalModel
+from datadistill.init_distributions import RandomInit
+from datadistill.kernels import lenet
+from datadistill.models import build_model
+
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
+                                    reason="no C compiler on this machine")
+
+
+def _nets(shape, n=3, seed=0):
+    module = build_model("lenet", shape, 10)
+    params = RandomInit(module).sample(n, torch.Generator().manual_seed(seed))
+    return FunctionalModel(module), params
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_fused_lenet_logits_equal_pytorch(shape):
+    fmodel, params = _nets(shape)
+    images = torch.randn(37, *shape)  # not a multiple of the kernel's 8 lanes
+    fused = lenet.lenet_logits_fn(fmodel.module, params, images)
+    assert fused is not None, "the kernel did not compile"
+    expected = torch.cat([fmodel.logits({k: v[i:i + 1] for k, v in params.items()}, images, False)
+                          for i in range(3)])
+    torch.testing.assert_close(fused(images), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_kernel_refuses_what_it_cannot_run():
+    fmodel, params = _nets((1, 28, 28))
+    images = torch.randn(4, 1, 28, 28)
+    doubled = {k: v.double() for k, v in params.items()}
+    assert lenet.lenet_logits_fn(fmodel.module, doubled, images.double()) is None
+    mlp = build_model("mlp", (1, 28, 28), 10)
+    assert lenet.lenet_logits_fn(mlp, dict(mlp.named_parameters()), images) is None
+
+
+@needs_compiler
+def test_test_nets_same_with_and_without_kernel(monkeypatch):
+    fmodel, params = _nets((1, 28, 28), n=4)
+    images, labels = torch.randn(100, 1, 28, 28), torch.randint(0, 10, (100,))
+    fused = run_test_nets(fmodel, params, images, labels, chunk_size=64)
+    monkeypatch.setenv("DATADISTILL_NO_KERNELS", "1")
+    plain = run_test_nets(fmodel, params, images, labels, chunk_size=64)
+    torch.testing.assert_close(fused.losses, plain.losses, atol=1e-5, rtol=1e-5)
+    assert (fused.confusion == plain.confusion).all()
+    assert fused.confusion.sum() == 4 * 100
+
+
+def test_no_compiler_warns_once_and_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path / "cache"))
+    kernels._compiled.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not compile"):
+            assert kernels.load("lenet_features") is None
+        assert kernels.load("lenet_features") is None  # remembered: no second warning
+        assert not list((tmp_path / "cache").glob("*.so"))
+    finally:
+        kernels._compiled.cache_clear()
