@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .functional import FunctionalModel, Params
+from .kernels.lenet import lenet_meta_gradient_fn
 
 
 @dataclass
@@ -123,13 +124,17 @@ def meta_gradient(
     averaged over the N nets. Its gradient w.r.t. θ_T is taken in chunks of
     ``chunk_size`` real images, then propagated through the inner steps.
     """
+    if mode not in ("full", "backgrad"):
+        raise ValueError(f"unknown backward mode {mode!r}")
+    compiled = lenet_meta_gradient_fn(fmodel.module, params, real_images)
+    if compiled is not None:  # the same gradient; all kept weights stand in for "full"
+        return compiled(params, steps, real_images, real_labels,
+                        keep_every if mode == "backgrad" else 1, chunk_size)
     if mode == "full":
         final = unroll(fmodel, params, steps)
         kept: dict[int, Params] = {}
-    elif mode == "backgrad":
-        final, kept = unroll_detached(fmodel, params, steps, keep_every)
     else:
-        raise ValueError(f"unknown backward mode {mode!r}")
+        final, kept = unroll_detached(fmodel, params, steps, keep_every)
 
     losses, grad_final = outer_gradient(fmodel, final, real_images, real_labels, chunk_size)
     if mode == "full":
