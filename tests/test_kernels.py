@@ -78,7 +78,7 @@ def test_kernel_meta_gradient_equals_autograd(monkeypatch, nets, keep_every, sha
     fmodel, params = _nets(shape, n=nets, seed=1)
     gen = torch.Generator().manual_seed(2)
     images = torch.randn(3, 10, *shape, generator=gen)
-    raw_lrs = torch.full((6,), -2.0) + 0.1 * torch.randn(6, generator=gen)
+    raw_lrs = torch.full((6,), -3.0) + 0.1 * torch.randn(6, generator=gen)
     real_x, real_y = torch.randn(100, *shape, generator=gen), torch.randint(0, 10, (100,), generator=gen)
     results = []
     for kernels_off in ("", "1"):

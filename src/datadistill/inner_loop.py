@@ -129,7 +129,7 @@ def meta_gradient(
     compiled = lenet_meta_gradient_fn(fmodel.module, params, real_images)
     if compiled is not None:  # the same gradient; all kept weights stand in for "full"
         return compiled(params, steps, real_images, real_labels,
-                        keep_every if mode == "backgrad" else 1, chunk_size)
+                        keep_every if mode == "backgrad" else 1)
     if mode == "full":
         final = unroll(fmodel, params, steps)
         kept: dict[int, Params] = {}

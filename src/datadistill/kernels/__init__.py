@@ -52,7 +52,7 @@ def _compiled(name: str) -> ctypes.CDLL | None:
             library.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
                 built = Path(tmp) / library.name
-                subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)],
+                subprocess.run([compiler, *FLAGS, str(source), "-o", str(built), "-lm"],
                                check=True, capture_output=True, text=True, timeout=300)
                 os.replace(built, library)  # atomic: a concurrent reader sees all or nothing
         except (OSError, subprocess.SubprocessError) as error:
