@@ -89,3 +89,17 @@ def test_kernel_meta_gradient_equals_autograd(monkeypatch, nets, keep_every, sha
         results.append((losses, steps.images.grad, steps.raw_lrs.grad))
     for fast, plain in zip(*results):
         torch.testing.assert_close(fast, plain, atol=1e-6 * float(plain.abs().max()), rtol=1e-4)
+
+
+@needs_compiler
+def test_train_nets_same_with_and_without_kernel(monkeypatch):
+    from datadistill.evaluate import schedule, train_nets
+
+    fmodel, params = _nets((1, 28, 28), n=3, seed=3)
+    images, labels = torch.randn(2, 10, 1, 28, 28), torch.arange(10).repeat(2, 1)
+    steps = schedule(images, labels, torch.tensor([0.02, 0.03]), 2)
+    fused = train_nets(fmodel, params, steps)
+    monkeypatch.setenv("DATADISTILL_NO_KERNELS", "1")
+    plain = train_nets(fmodel, params, steps)
+    for name in params:
+        torch.testing.assert_close(fused[name], plain[name], atol=1e-5, rtol=1e-4)

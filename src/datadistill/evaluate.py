@@ -20,7 +20,7 @@ from .distributed import World, current
 from .functional import FunctionalModel, Params, num_nets
 from .init_distributions import FixedInit, InitDistribution, PooledInit, RandomInit
 from .inner_loop import gd_step
-from .kernels.lenet import lenet_logits_fn
+from .kernels.lenet import lenet_logits_fn, lenet_train_fn
 from .models import build_model
 from .runtime import generator, resolve_device
 
@@ -100,7 +100,10 @@ def schedule(images: Tensor, labels: Tensor, lrs: Tensor | Sequence[float] | flo
 
 
 def train_nets(fmodel: FunctionalModel, params: Params, steps: Sequence[Step]) -> Params:
-    """Apply the GD steps to N stacked nets at once; returns the trained weights."""
+    """Apply the GD steps to N stacked nets at once (LeNets on the CPU through the compiled
+    kernel); returns the trained weights."""
+    if steps and (compiled := lenet_train_fn(fmodel.module, params, steps[0][0])) is not None:
+        return compiled(params, steps)
     for images, labels, lr in steps:
         with torch.enable_grad():
             params = gd_step(fmodel, params, images, labels,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +119,27 @@ def _run(theta: Tensor, batch: _Batch, classes: int, scale: float, u: Tensor | N
         return losses.sum(1), per_part.sum(1)
     r_dx = r_dx.sum(0).permute(0, 4, 1, 2, 3).flatten(0, 1)[:batch.size]
     return slopes.sum(1), per_part.sum(1), r_dx
+
+
+def lenet_train_fn(module: nn.Module, params: Params, images: Tensor
+                   ) -> Callable[[Params, Sequence[tuple[Tensor, Tensor, float | Tensor]]], Params] | None:
+    """``(params, steps) -> params``: plain GD of the N stacked LeNets on the steps (images,
+    labels, lr) through the kernel, as ``evaluate.train_nets``; None where it does not apply."""
+    pad = _padding(module, params, images)
+    if pad is None:
+        return None
+
+    def train(params: Params, steps: Sequence[tuple[Tensor, Tensor, float | Tensor]]) -> Params:
+        classes = params[DENSE[-1][1]].shape[1]
+        with torch.no_grad():
+            theta = _flatten(params)
+            for x, y, lr in steps:
+                grad = _run(theta, _Batch.of(x, y, pad), classes, 1.0 / y.shape[0], None)[1]
+                theta = theta.add(grad, alpha=-float(lr))
+        sizes = [v[0].numel() for v in params.values()]
+        return {k: part.reshape(v.shape) for (k, v), part in zip(params.items(), theta.split(sizes, 1))}
+
+    return train
 
 
 def lenet_meta_gradient_fn(module: nn.Module, params: Params, images: Tensor):
