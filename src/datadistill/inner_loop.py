@@ -122,11 +122,13 @@ def meta_gradient(
 
     The meta-loss is the mean cross-entropy on the real batch (nets in eval mode),
     averaged over the N nets. Its gradient w.r.t. θ_T is taken in chunks of
-    ``chunk_size`` real images, then propagated through the inner steps.
+    ``chunk_size`` real images, then propagated through the inner steps. A LeNet on the CPU
+    runs through the compiled kernel instead (``kernels.lenet``): the same gradient by the
+    back-gradient walk, keeping every θ_t for ``full``, in one pass over the real batch.
     """
     if mode not in ("full", "backgrad"):
         raise ValueError(f"unknown backward mode {mode!r}")
-    compiled = lenet_meta_gradient_fn(fmodel.module, params, real_images)
+    compiled = lenet_meta_gradient_fn(fmodel.module, params, real_images, steps.images[0])
     if compiled is not None:  # the same gradient; all kept weights stand in for "full"
         return compiled(params, steps, real_images, real_labels,
                         keep_every if mode == "backgrad" else 1)

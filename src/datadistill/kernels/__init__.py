@@ -1,7 +1,7 @@
 """Compiled CPU fast paths, built at first use with the system's C compiler.
 
-The only one so far: LeNet's two conv blocks for N nets on shared images (``lenet.py``), used
-by evaluation's test pass. Where no compiler works, callers fall back to plain PyTorch.
+One so far: LeNet for N nets on shared images (``lenet.c``, wrapped by ``lenet.py``), used by
+the meta-gradient and by evaluation. Where no compiler works, callers fall back to PyTorch.
 """
 from __future__ import annotations
 
@@ -56,9 +56,23 @@ def _compiled(name: str) -> ctypes.CDLL | None:
                                check=True, capture_output=True, text=True, timeout=300)
                 os.replace(built, library)  # atomic: a concurrent reader sees all or nothing
         except (OSError, subprocess.SubprocessError) as error:
-            detail = getattr(error, "stderr", None) or str(error)
-            warnings.warn(f"datadistill: could not compile the {name} kernel with {compiler} "
-                          f"({detail.strip().splitlines()[-1] if detail.strip() else error}); "
-                          "using plain PyTorch instead (slower)", RuntimeWarning, stacklevel=2)
+            _warn(f"could not compile the {name} kernel with {compiler} ({_reason(error)})")
             return None
-    return ctypes.CDLL(str(library))
+    try:
+        return ctypes.CDLL(str(library))
+    except OSError as error:
+        _warn(f"could not load the compiled {name} kernel {library} ({error})")
+        return None
+
+
+def _reason(error: Exception) -> str:
+    """The last line of a failed compiler's output, else the error itself."""
+    output = getattr(error, "stderr", None) or ""
+    if isinstance(output, bytes):  # TimeoutExpired keeps the raw bytes
+        output = output.decode(errors="replace")
+    return output.strip().splitlines()[-1] if output.strip() else str(error)
+
+
+def _warn(problem: str) -> None:
+    warnings.warn(f"datadistill: {problem}; using plain PyTorch instead (slower); set "
+                  "DATADISTILL_NO_KERNELS=1 to skip the kernels", RuntimeWarning, stacklevel=4)

@@ -235,10 +235,10 @@ static void dense(const vec *x, int nin, const float *w, const float *bias, int 
     }
 }
 
-/* x[i] (+)= sum over o of w[o][i] * y[o]: the input gradient of a dense layer. */
+/* x[i] (+)= sum over o of w[o][i] * y[o]: the input gradient of a dense layer; nin is a
+ * multiple of 4 (400, 120, 84). */
 static void dense_transpose(const vec *y, int nout, const float *w, int nin, vec *x, int accumulate) {
-    int i = 0;
-    for (; i + 4 <= nin; i += 4) {
+    for (int i = 0; i < nin; i += 4) {
         vec acc[4];
         for (int k = 0; k < 4; ++k) acc[k] = accumulate ? x[i + k] : (vec){0};
         for (int o = 0; o < nout; ++o) {
@@ -247,11 +247,6 @@ static void dense_transpose(const vec *y, int nout, const float *w, int nin, vec
             for (int k = 0; k < 4; ++k) acc[k] += row[k] * yo;
         }
         for (int k = 0; k < 4; ++k) x[i + k] = acc[k];
-    }
-    for (; i < nin; ++i) {
-        vec acc = accumulate ? x[i] : (vec){0};
-        for (int o = 0; o < nout; ++o) acc += w[(int64_t)o * nin + i] * y[o];
-        x[i] = acc;
     }
 }
 
@@ -281,19 +276,16 @@ static void relu_mask(vec *grad, const vec *out, int n) {
 }
 
 /* Where each layer sits in a net's flat parameter row (named_parameters() order). */
-typedef struct { int64_t w1, b1, w2, b2, f1, g1, f2, g2, f3, g3, size; } Layout;
+typedef struct { int64_t w1, b1, w2, b2, f1, g1, f2, g2, f3, g3; } Layout;
 static Layout layout_of(int cin, int classes) {
     Layout l;
     l.w1 = 0; l.b1 = l.w1 + C1 * cin * TAPS; l.w2 = l.b1 + C1; l.b2 = l.w2 + C2 * C1 * TAPS;
     l.f1 = l.b2 + C2; l.g1 = l.f1 + H1 * FEATURES; l.f2 = l.g1 + H1; l.g2 = l.f2 + H2 * H1;
-    l.f3 = l.g2 + H2; l.g3 = l.f3 + classes * H2; l.size = l.g3 + classes;
+    l.f3 = l.g2 + H2; l.g3 = l.f3 + classes * H2;
     return l;
 }
 
-/* One block of LANES images through one net: forward and loss; the gradient added to grad
- * (unless NULL); with u, the R-operator passes: R of the gradient added to r_grad, R of the
- * input gradient written to rdx (unless NULL), and the slope <u, gradient> = R{loss} added to
- * *slope. Returns the summed loss of the valid lanes. */
+/* Per-thread scratch of block_step: activations, their R, and the backward maps. */
 typedef struct {
     vec p1[C1 * S1 * S1], p2[FEATURES], f1[H1], f2[H2], z3[MAX_CLASSES];
     veci i1[C1 * S1 * S1], i2[FEATURES];
@@ -306,6 +298,10 @@ typedef struct {
     vec pad[C1 * (A1 + 8) * (A1 + 8)];
 } Scratch;
 
+/* One block of LANES images through one net: forward and loss; the gradient added to grad
+ * (unless NULL); with u, the R-operator passes: R of the gradient added to r_grad, R of the
+ * input gradient written to rdx (unless NULL), and the slope <u, gradient> = R{loss} added to
+ * *slope. Returns the summed loss of the valid lanes. */
 static float block_step(const vec *x, const int32_t *labels, int cin, int classes, const float *w,
                         const float *u, float scale, float *grad, float *r_grad, vec *rdx,
                         float *slope, Scratch *m) {
@@ -456,8 +452,10 @@ void lenet_features(const float *x, int64_t batch, int cin, const float *theta, 
     const Layout L = layout_of(cin, 0);  /* only the conv weights are read */
 #pragma omp parallel num_threads(threads)
     {
-        vec xin[MAX_CIN * SIDE * SIDE];
-        vec pool1[C1 * S1 * S1], pool2[FEATURES];
+        vec *xin = 0;  /* heap, not stack: OpenMP threads may have small stacks */
+        if (posix_memalign((void **)&xin, 64, sizeof(vec) * (MAX_CIN * SIDE * SIDE + C1 * S1 * S1 + FEATURES)))
+            abort();
+        vec *pool1 = xin + MAX_CIN * SIDE * SIDE, *pool2 = pool1 + C1 * S1 * S1;
 #pragma omp for schedule(dynamic, 4)
         for (int64_t blk = 0; blk < blocks; ++blk) {
             const int64_t b0 = blk * LANES;
@@ -476,5 +474,6 @@ void lenet_features(const float *x, int64_t batch, int cin, const float *theta, 
                     for (int f = 0; f < FEATURES; ++f) dst[l * FEATURES + f] = pool2[f][l];
             }
         }
+        free(xin);
     }
 }

@@ -1,11 +1,12 @@
 """LeNet on the CPU through the compiled kernel ``lenet.c``.
 
-Two users: evaluation's test pass (``lenet_logits_fn``: the conv blocks compiled, the dense
-layers as batched matrix multiplies) and the meta-gradient (``lenet_meta_gradient_fn``: the
-unrolled GD steps, the outer gradient and the back-gradient reverse pass, each step one call
-that runs the whole net and, for the reverse pass, Pearlmutter's R-operator for the
-Hessian-vector products).
-Both return None where the kernel does not apply, and callers then use plain PyTorch.
+Three users, each given a function or None where the kernel does not apply (another module,
+not float32 on the CPU, no C compiler), in which case the caller runs plain PyTorch:
+evaluation's test pass (``lenet_logits_fn``: the conv blocks compiled, the dense layers as
+batched matrix multiplies), training held-out nets (``lenet_train_fn``) and the meta-gradient
+(``lenet_meta_gradient_fn``: the unrolled GD steps, the outer gradient and the back-gradient
+reverse pass, each step one call that runs the whole net and, in the reverse pass,
+Pearlmutter's R-operator for the Hessian-vector products).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import DistillError
 from ..functional import Params
 from ..models import LeNet
 from . import load
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 LANES, SIDE, FEATURES, MAX_CHANNELS, MAX_CLASSES = 8, 32, 16 * 5 * 5, 4, 128
 DENSE = tuple((f"classifier.{i}.weight", f"classifier.{i}.bias") for i in (1, 3, 5))
+Steps = Sequence[tuple[Tensor, Tensor, "float | Tensor"]]  # (images, labels, lr)
 
 _P, _I64, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
@@ -41,37 +44,111 @@ def _call(name: str, *args: Tensor | int | float | None) -> None:
     function(*(a.data_ptr() if isinstance(a, Tensor) else a for a in args), torch.get_num_threads())
 
 
-def _padding(module: nn.Module, params: Params, images: Tensor) -> int | None:
-    """The first conv's padding where the kernel applies to this module and data, else None."""
-    if type(module) is not LeNet or load("lenet") is None:
-        return None
-    pad = module.features[0].padding[0]
-    if (images.shape[-1] + 2 * pad != SIDE or images.shape[1] > MAX_CHANNELS
-            or params[DENSE[-1][1]].shape[1] > MAX_CLASSES
-            or any(t.device.type != "cpu" or t.dtype != torch.float32
-                   for t in (images, *params.values()))):
-        return None
-    return pad
+@dataclass
+class _Batch:
+    """Images 8 to a vector (blocks, C, 32, 32, 8) and their labels (-1 past the last image)."""
+
+    x: Tensor
+    labels: Tensor
+    size: int
 
 
-def _flatten(params: Params) -> Tensor:
-    """Each net's parameters as one row of an (N, P) tensor, in ``named_parameters()`` order
-    (the kernel finds each layer at its offset in the row)."""
-    return torch.cat([v.reshape(v.shape[0], -1) for v in params.values()], 1)
+class _Net:
+    """A LeNet as the kernel sees it: each net's parameters as one row of an (N, P) tensor in
+    the module's ``named_parameters()`` order (the kernel finds each layer at its offset)."""
+
+    def __init__(self, module: LeNet) -> None:
+        self.pad = module.features[0].padding[0]
+        self.image_shape = (module.features[0].in_channels, SIDE - 2 * self.pad, SIDE - 2 * self.pad)
+        self.shapes = {name: p.shape for name, p in module.named_parameters()}
+        self.classes = self.shapes[DENSE[-1][1]][0]
+
+    @staticmethod
+    def of(module: nn.Module, params: Params, *images: Tensor) -> "_Net | None":
+        """The kernel's view of ``module``, or None where the kernel does not apply to it, to
+        these stacked parameters or to these images."""
+        if type(module) is not LeNet or load("lenet") is None:
+            return None
+        net = _Net(module)
+        fits = (net.image_shape[0] <= MAX_CHANNELS and net.classes <= MAX_CLASSES
+                and params.keys() == net.shapes.keys()
+                and all(params[k].shape[1:] == shape for k, shape in net.shapes.items())
+                and all(x.shape[1:] == net.image_shape for x in images)
+                and all(t.device.type == "cpu" and t.dtype == torch.float32
+                        for t in (*images, *params.values())))
+        return net if fits else None
+
+    def flatten(self, params: Params) -> Tensor:
+        return torch.cat([params[k].reshape(params[k].shape[0], -1) for k in self.shapes], 1)
+
+    def unflatten(self, theta: Tensor) -> Params:
+        parts = theta.split([shape.numel() for shape in self.shapes.values()], 1)
+        return {k: part.reshape(-1, *shape) for (k, shape), part in zip(self.shapes.items(), parts)}
+
+    def batch(self, images: Tensor, labels: Tensor) -> _Batch:
+        """Images (B, C, H, W) and labels (B,) laid out for the kernel, after the checks that
+        keep it inside its arrays."""
+        if images.shape[1:] != self.image_shape or images.dtype != torch.float32:
+            raise DistillError(f"the compiled LeNet takes float32 images of shape "
+                               f"{self.image_shape}, got {images.dtype} {tuple(images.shape[1:])}")
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < self.classes:
+            raise DistillError(f"labels must lie in [0, {self.classes}) for this LeNet, got "
+                               f"{int(labels.min())}..{int(labels.max())}")
+        blocks = -(-images.shape[0] // LANES)
+        extra = blocks * LANES - images.shape[0]
+        x = F.pad(images, (self.pad,) * 4 + (0, 0, 0, extra))
+        x = x.view(blocks, LANES, *x.shape[1:]).permute(0, 2, 3, 4, 1).contiguous()
+        return _Batch(x, F.pad(labels.to(torch.int32), (0, extra), value=-1), images.shape[0])
+
+    def _step(self, theta: Tensor, batch: _Batch, scale: float, u: Tensor | None,
+              out: Tensor, slopes: Tensor | None, r_dx: Tensor | None) -> Tensor:
+        """One ``lenet_step`` call; returns the summed loss per net and part (N, parts)."""
+        nets, parts = theta.shape[0], out.shape[1]
+        losses = theta.new_empty(nets, parts)
+        gradient, hessian = (None, out) if u is not None else (out, None)
+        _call("lenet_step", batch.x, batch.labels, batch.x.shape[1], self.classes,
+              batch.x.shape[0], nets, parts, theta, u, theta.shape[1], scale, losses,
+              gradient, hessian, r_dx, slopes)
+        return losses
+
+    @staticmethod
+    def _parts(theta: Tensor, batch: _Batch) -> int:
+        """How many block ranges each net's batch is split into, so every thread works."""
+        return min(batch.x.shape[0], max(1, torch.get_num_threads() // theta.shape[0]))
+
+    def gradient(self, theta: Tensor, batch: _Batch, scale: float) -> tuple[Tensor, Tensor]:
+        """Summed loss per net (N,) and ``scale`` × its gradient (N, P)."""
+        grad = theta.new_empty(theta.shape[0], self._parts(theta, batch), theta.shape[1])
+        losses = self._step(theta, batch, scale, None, grad, None, None)
+        return losses.sum(1), grad.sum(1)
+
+    def hessian_vector(self, theta: Tensor, batch: _Batch, scale: float,
+                       u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Along the direction u (N, P): the slope <u, gradient> (N,), H u (N, P), and the
+        derivative of the input gradient, (B, C, 32, 32) summed over nets."""
+        parts = self._parts(theta, batch)
+        hvp = theta.new_empty(theta.shape[0], parts, theta.shape[1])
+        slopes = theta.new_empty(theta.shape[0], parts)
+        r_dx = theta.new_empty(theta.shape[0], *batch.x.shape)
+        self._step(theta, batch, scale, u, hvp, slopes, r_dx)
+        r_dx = r_dx.sum(0).permute(0, 4, 1, 2, 3).flatten(0, 1)[:batch.size]
+        return slopes.sum(1), hvp.sum(1), r_dx
+
+    def crop(self, padded: Tensor) -> Tensor:
+        return padded[:, :, self.pad:SIDE - self.pad, self.pad:SIDE - self.pad]
 
 
 def lenet_logits_fn(module: nn.Module, params: Params,
                     images: Tensor) -> Callable[[Tensor], Tensor] | None:
-    """``x -> logits (N, B, classes)`` of the N stacked LeNets in ``params``, or None where the
-    compiled kernel does not apply (another module, not float32 on the CPU, no C compiler)."""
-    pad = _padding(module, params, images)
-    if pad is None:
+    """``x -> logits (N, B, classes)`` of the N stacked LeNets in ``params``, or None."""
+    net = _Net.of(module, params, images)
+    if net is None:
         return None
-    theta = _flatten(params)
+    theta = net.flatten(params)
     nets = theta.shape[0]
 
     def logits(x: Tensor) -> Tensor:
-        x = F.pad(x, (pad,) * 4).contiguous()
+        x = F.pad(x, (net.pad,) * 4).contiguous()
         features = x.new_empty(nets, x.shape[0], FEATURES)
         _call("lenet_features", x, x.shape[0], x.shape[1], theta, theta.shape[1], nets, features)
         for i, (weight, bias) in enumerate(DENSE):
@@ -83,94 +160,58 @@ def lenet_logits_fn(module: nn.Module, params: Params,
     return logits
 
 
-@dataclass
-class _Batch:
-    """Images 8 to a vector (blocks, C, 32, 32, 8) and their labels (-1 past the last image)."""
-
-    x: Tensor
-    labels: Tensor
-    size: int
-
-    @staticmethod
-    def of(images: Tensor, labels: Tensor, pad: int) -> "_Batch":
-        blocks = -(-images.shape[0] // LANES)
-        extra = blocks * LANES - images.shape[0]
-        x = F.pad(images, (pad,) * 4 + (0, 0, 0, extra))
-        x = x.view(blocks, LANES, *x.shape[1:]).permute(0, 2, 3, 4, 1).contiguous()
-        return _Batch(x, F.pad(labels.to(torch.int32), (0, extra), value=-1), images.shape[0])
-
-
-def _run(theta: Tensor, batch: _Batch, classes: int, scale: float, u: Tensor | None
-         ) -> tuple[Tensor, ...]:
-    """One ``lenet_step`` call: without u, the summed loss per net (N,) and ``scale`` × its
-    gradient (N, P); with a direction u (N, P), the slope <u, gradient> (N,), H u (N, P) and
-    R{∇_x} (the input gradient's derivative along u, (B, C, 32, 32), summed over nets)."""
-    nets, blocks, channels = theta.shape[0], batch.x.shape[0], batch.x.shape[1]
-    parts = min(blocks, max(1, torch.get_num_threads() // nets))  # every thread busy
-    losses = theta.new_empty(nets, parts)
-    per_part = theta.new_empty(nets, parts, theta.shape[1])
-    second = u is not None
-    slopes = theta.new_empty(nets, parts) if second else None
-    r_dx = theta.new_empty(nets, *batch.x.shape) if second else None
-    _call("lenet_step", batch.x, batch.labels, channels, classes, blocks, nets, parts, theta, u,
-          theta.shape[1], scale, losses, None if second else per_part,
-          per_part if second else None, r_dx, slopes)
-    if not second:
-        return losses.sum(1), per_part.sum(1)
-    r_dx = r_dx.sum(0).permute(0, 4, 1, 2, 3).flatten(0, 1)[:batch.size]
-    return slopes.sum(1), per_part.sum(1), r_dx
-
-
-def lenet_train_fn(module: nn.Module, params: Params, images: Tensor
-                   ) -> Callable[[Params, Sequence[tuple[Tensor, Tensor, float | Tensor]]], Params] | None:
+def lenet_train_fn(module: nn.Module, params: Params,
+                   images: Tensor) -> Callable[[Params, Steps], Params] | None:
     """``(params, steps) -> params``: plain GD of the N stacked LeNets on the steps (images,
-    labels, lr) through the kernel, as ``evaluate.train_nets``; None where it does not apply."""
-    pad = _padding(module, params, images)
-    if pad is None:
+    labels, lr), as ``evaluate.train_nets`` does; or None."""
+    net = _Net.of(module, params, images)
+    if net is None:
         return None
 
-    def train(params: Params, steps: Sequence[tuple[Tensor, Tensor, float | Tensor]]) -> Params:
-        classes = params[DENSE[-1][1]].shape[1]
+    def train(params: Params, steps: Steps) -> Params:
         with torch.no_grad():
-            theta = _flatten(params)
+            theta = net.flatten(params)
             for x, y, lr in steps:
-                grad = _run(theta, _Batch.of(x, y, pad), classes, 1.0 / y.shape[0], None)[1]
+                grad = net.gradient(theta, net.batch(x, y), 1.0 / y.shape[0])[1]
                 theta = theta.add(grad, alpha=-float(lr))
-        sizes = [v[0].numel() for v in params.values()]
-        return {k: part.reshape(v.shape) for (k, v), part in zip(params.items(), theta.split(sizes, 1))}
+        return net.unflatten(theta)
 
     return train
 
 
-def lenet_meta_gradient_fn(module: nn.Module, params: Params, images: Tensor):
+def lenet_meta_gradient_fn(module: nn.Module, params: Params, *images: Tensor
+                           ) -> Callable[..., Tensor] | None:
     """The meta-gradient of ``inner_loop.meta_gradient`` through the kernel, or None where it
-    does not apply. Call it as ``fn(params, steps, real_images, real_labels, keep_every)
-    -> losses (N,)``; it accumulates ``.grad`` of the images and raw lrs."""
-    pad = _padding(module, params, images)
-    if pad is None:
+    does not apply (``images``: the real and the distilled ones). Call it as ``fn(params,
+    steps, real_images, real_labels, keep_every) -> losses (N,)``; it accumulates ``.grad`` of
+    the images and raw lrs."""
+    net = _Net.of(module, params, *images)
+    if net is None:
         return None
 
     def meta_gradient(params: Params, steps: DistilledSteps, real_images: Tensor,
                       real_labels: Tensor, keep_every: int) -> Tensor:
         with torch.no_grad():
-            return _meta_gradient(pad, params, steps, real_images, real_labels, keep_every)
+            return _meta_gradient(net, params, steps, real_images, real_labels, keep_every)
 
     return meta_gradient
 
 
-def _meta_gradient(pad: int, params: Params, steps: DistilledSteps, real_images: Tensor,
+def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images: Tensor,
                    real_labels: Tensor, keep_every: int) -> Tensor:
-    classes = params[DENSE[-1][1]].shape[1]
-    batches = [_Batch.of(x.detach(), y, pad) for x, y in zip(steps.images, steps.labels)]
+    """Unroll the steps keeping every ``keep_every``-th θ_t, take the outer gradient g on the
+    real batch, then walk back: dlr_t = -<g, ∇ℓ_t>, dx_t = -lr_t R_g{∇_x ℓ_t},
+    g <- g - lr_t H_t g."""
+    batches = [net.batch(x.detach(), y) for x, y in zip(steps.images, steps.labels)]
     per_step = 1.0 / steps.labels.shape[1]  # each net's loss is the mean over its batch
     raw_lrs = steps.raw_lrs.detach()
     lrs = F.softplus(raw_lrs).tolist()
 
     def step(theta: Tensor, t: int) -> Tensor:
-        grad = _run(theta, batches[t % len(batches)], classes, per_step, None)[1]
+        grad = net.gradient(theta, batches[t % len(batches)], per_step)[1]
         return theta.add(grad, alpha=-lrs[t])
 
-    theta = _flatten({k: v.detach() for k, v in params.items()})
+    theta = net.flatten({k: v.detach() for k, v in params.items()})
     kept: dict[int, Tensor] = {}
     for t in range(steps.num_steps):
         if t % keep_every == 0:
@@ -178,8 +219,8 @@ def _meta_gradient(pad: int, params: Params, steps: DistilledSteps, real_images:
         theta = step(theta, t)
 
     nets, total = theta.shape[0], real_images.shape[0]
-    losses, g = _run(theta, _Batch.of(real_images, real_labels, pad), classes,
-                     1.0 / (total * nets), None)  # g: gradient of the mean over nets
+    losses, g = net.gradient(theta, net.batch(real_images, real_labels),
+                             1.0 / (total * nets))  # g: gradient of the mean over nets
 
     image_grad = torch.zeros_like(steps.images)
     lr_grad = torch.zeros_like(raw_lrs)
@@ -192,9 +233,9 @@ def _meta_gradient(pad: int, params: Params, steps: DistilledSteps, real_images:
             for u in range(start, t):
                 segment[u + 1] = step(segment[u], u)
         s = t % len(batches)
-        slopes, hvp, r_dx = _run(segment.pop(t), batches[s], classes, per_step, g)
-        lr_grad[t] = -slopes.sum() * sigmoid[t]  # dL/dlr_t = -<g, ∇ℓ_t>
-        image_grad[s] -= lrs[t] * r_dx[:, :, pad:SIDE - pad, pad:SIDE - pad]
+        slopes, hvp, r_dx = net.hessian_vector(segment.pop(t), batches[s], per_step, g)
+        lr_grad[t] = -slopes.sum() * sigmoid[t]
+        image_grad[s] -= lrs[t] * net.crop(r_dx)
         g = g.add(hvp, alpha=-lrs[t])
 
     for leaf, grad in ((steps.images, image_grad), (steps.raw_lrs, lr_grad)):
