@@ -38,7 +38,8 @@ def load(name: str) -> ctypes.CDLL | None:
     """The compiled library of ``kernels/<name>.c``, compiled once per source and CPU, or None
     (with one warning) if no C compiler with OpenMP is available, or if the environment sets
     ``DATADISTILL_NO_KERNELS=1``."""
-    return None if os.environ.get("DATADISTILL_NO_KERNELS") else _compiled(name)
+    off = os.environ.get("DATADISTILL_NO_KERNELS", "") not in ("", "0")
+    return None if off else _compiled(name)
 
 
 @lru_cache(maxsize=None)
