@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .functional import FunctionalModel, Params
 from .kernels.lenet import lenet_meta_gradient_fn
+from .recompute import states_in_reverse, unroll_keeping
 
 
 @dataclass
@@ -72,13 +73,8 @@ def unroll_detached(
     fmodel: FunctionalModel, params: Params, steps: DistilledSteps, keep_every: int = 1
 ) -> tuple[Params, dict[int, Params]]:
     """θ_T with no graph, and the kept weights {t: θ_t} for t a multiple of ``keep_every``."""
-    kept: dict[int, Params] = {}
-    params = {k: v.detach() for k, v in params.items()}
-    for t in range(steps.num_steps):
-        if t % keep_every == 0:
-            kept[t] = params
-        params = _detached_step(fmodel, params, steps, t)
-    return params, kept
+    return unroll_keeping(lambda p, t: _detached_step(fmodel, p, steps, t),
+                          {k: v.detach() for k, v in params.items()}, steps.num_steps, keep_every)
 
 
 def backgrad(
@@ -91,14 +87,10 @@ def backgrad(
     ∂s/∂x_t, ∂s/∂η_t and ∂s/∂θ_t equal to the step's backpropagated gradients.
     """
     g = grad_final
-    segment: dict[int, Params] = {}
-    for t in reversed(range(steps.num_steps)):
-        if t not in segment:  # recompute the weights of this segment from its kept start
-            start = t - t % keep_every
-            segment = {start: kept[start]}
-            for u in range(start, t):
-                segment[u + 1] = _detached_step(fmodel, segment[u], steps, u)
-        theta = {k: v.detach().requires_grad_() for k, v in segment.pop(t).items()}
+    weights = states_in_reverse(lambda p, t: _detached_step(fmodel, p, steps, t), kept,
+                                steps.num_steps, keep_every)
+    for t, theta in weights:
+        theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
         images, labels, lr = steps.step(t)
         loss = fmodel.losses(theta, images, labels, train=True).sum()
         grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from ..errors import DistillError
 from ..functional import Params
 from ..models import LeNet
+from ..recompute import states_in_reverse, unroll_keeping
 from . import load
 
 if TYPE_CHECKING:
@@ -37,10 +39,16 @@ _SIGNATURES = {
 }
 
 
+@lru_cache(maxsize=None)
+def _function(library: ctypes.CDLL, name: str) -> Callable[..., None]:
+    function = getattr(library, name)
+    function.argtypes, function.restype = _SIGNATURES[name], None
+    return function
+
+
 def _call(name: str, *args: Tensor | int | float | None) -> None:
     """Call a kernel: tensors go as pointers, None as NULL; the thread count comes last."""
-    function = getattr(load("lenet"), name)
-    function.argtypes, function.restype = _SIGNATURES[name], None
+    function = _function(load("lenet"), name)
     function(*(a.data_ptr() if isinstance(a, Tensor) else a for a in args), torch.get_num_threads())
 
 
@@ -211,12 +219,8 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
         grad = net.gradient(theta, batches[t % len(batches)], per_step)[1]
         return theta.add(grad, alpha=-lrs[t])
 
-    theta = net.flatten({k: v.detach() for k, v in params.items()})
-    kept: dict[int, Tensor] = {}
-    for t in range(steps.num_steps):
-        if t % keep_every == 0:
-            kept[t] = theta
-        theta = step(theta, t)
+    theta, kept = unroll_keeping(step, net.flatten({k: v.detach() for k, v in params.items()}),
+                                 steps.num_steps, keep_every)
 
     nets, total = theta.shape[0], real_images.shape[0]
     losses, g = net.gradient(theta, net.batch(real_images, real_labels),
@@ -225,15 +229,9 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
     image_grad = torch.zeros_like(steps.images)
     lr_grad = torch.zeros_like(raw_lrs)
     sigmoid = torch.sigmoid(raw_lrs)
-    segment: dict[int, Tensor] = {}
-    for t in reversed(range(steps.num_steps)):
-        if t not in segment:  # recompute the weights of this segment from its kept start
-            start = t - t % keep_every
-            segment = {start: kept[start]}
-            for u in range(start, t):
-                segment[u + 1] = step(segment[u], u)
+    for t, theta_t in states_in_reverse(step, kept, steps.num_steps, keep_every):
         s = t % len(batches)
-        slopes, hvp, r_dx = net.hessian_vector(segment.pop(t), batches[s], per_step, g)
+        slopes, hvp, r_dx = net.hessian_vector(theta_t, batches[s], per_step, g)
         lr_grad[t] = -slopes.sum() * sigmoid[t]
         image_grad[s] -= lrs[t] * net.crop(r_dx)
         g = g.add(hvp, alpha=-lrs[t])
