@@ -27,7 +27,8 @@ from bench_meta_iteration import machine, make_case  # noqa: E402
 from datadistill.distributed import init_from_env  # noqa: E402
 from datadistill.functional import FunctionalModel  # noqa: E402
 from datadistill.init_distributions import RandomInit  # noqa: E402
-from datadistill.inner_loop import DistilledSteps, meta_gradient  # noqa: E402
+from datadistill.inner_loop import meta_gradient
+from datadistill.state import DistilledSteps  # noqa: E402
 
 
 def timed_iterations(nets: int, iterations: int) -> dict:

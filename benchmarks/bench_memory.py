@@ -31,7 +31,8 @@ def measure(setting: str, total_steps: int, mode: str) -> dict:
     """One meta-iteration in this process; the rise of the memory high-water mark in MiB."""
     from datadistill.functional import FunctionalModel
     from datadistill.init_distributions import RandomInit
-    from datadistill.inner_loop import DistilledSteps, meta_gradient
+    from datadistill.inner_loop import meta_gradient
+    from datadistill.state import DistilledSteps
 
     arch, shape = SETTINGS[setting]
     module, images, labels, raw, real_x, real_y, gen = make_case(

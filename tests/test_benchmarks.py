@@ -6,7 +6,8 @@ import torch
 
 from datadistill.functional import FunctionalModel
 from datadistill.init_distributions import RandomInit
-from datadistill.inner_loop import DistilledSteps, meta_gradient
+from datadistill.inner_loop import meta_gradient
+from datadistill.state import DistilledSteps
 from datadistill.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

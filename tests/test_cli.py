@@ -50,7 +50,7 @@ def test_errors_are_one_line_with_exit_code_2(argv, expected, capsys):
 def test_corrupt_artifact_is_reported(tmp_path, capsys):
     (tmp_path / "distilled.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     assert main(["show", str(tmp_path)]) == 2
-    assert "is corrupt" in capsys.readouterr().err
+    assert "is damaged" in capsys.readouterr().err
 
 
 def test_list(capsys):

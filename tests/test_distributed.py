@@ -85,11 +85,11 @@ def test_shares_cover_every_item_once():
 
 
 def test_torchrun_runs_the_cli_unchanged(tmp_path):
+    """No extra flags: by default each process trains one net per meta-iteration."""
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port()),
                "-m", "datadistill", "distill", "--dataset", "digits", "--epochs", "1",
-               "--steps", "1", "--distill-epochs", "1", "--nets-per-iteration", "2",
-               "--eval-nets", "4", "--no-progress", "--out", str(tmp_path / "run")]
+               "--steps", "1", "--distill-epochs", "1", "--eval-nets", "4", "--no-progress", "--out", str(tmp_path / "run")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

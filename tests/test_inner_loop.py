@@ -11,7 +11,8 @@ from torch import nn
 from datadistill.errors import DistillError
 from datadistill.functional import FunctionalModel
 from datadistill.init_distributions import RandomInit
-from datadistill.inner_loop import DistilledSteps, meta_gradient
+from datadistill.inner_loop import meta_gradient
+from datadistill.state import DistilledSteps
 
 from .conftest import TinyConvNet
 

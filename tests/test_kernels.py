@@ -1,12 +1,14 @@
 """The compiled LeNet kernel: same logits as PyTorch, and a clean fallback without a compiler."""
 import os
 import shutil
+import warnings
 
 import pytest
 import torch
 
 from datadistill import kernels
 from datadistill.evaluate import test_nets as run_test_nets
+from datadistill.errors import DistillError
 from datadistill.functional import FunctionalModel
 from datadistill.init_distributions import RandomInit
 from datadistill.kernels import lenet
@@ -44,28 +46,56 @@ def test_fused_lenet_logits_equal_pytorch(kernel, shape):
     torch.testing.assert_close(fused(images), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_kernel_refuses_what_it_cannot_run():
+def _refused_case(name):
+    """(module, params, images) that the kernel cannot run."""
     fmodel, params = _nets((1, 28, 28))
     images = torch.randn(4, 1, 28, 28)
-    doubled = {k: v.double() for k, v in params.items()}
-    assert lenet.lenet_logits_fn(fmodel.module, doubled, images.double()) is None
-    assert lenet.lenet_logits_fn(fmodel.module, params, torch.randn(4, 3, 28, 28)) is None
-    mlp = build_model("mlp", (1, 28, 28), 10)
-    assert lenet.lenet_logits_fn(mlp, dict(mlp.named_parameters()), images) is None
-    wide, wide_params = _nets((5, 28, 28))  # more input channels than the kernel holds
-    assert lenet.lenet_logits_fn(wide.module, wide_params, torch.randn(4, 5, 28, 28)) is None
-    missing = {k: v for k, v in params.items() if k != "classifier.5.bias"}
-    assert lenet.lenet_logits_fn(fmodel.module, missing, images) is None
+    if name == "float64":
+        return fmodel.module, {k: v.double() for k, v in params.items()}, images.double()
+    if name == "not the CPU":
+        return fmodel.module, {k: v.to("meta") for k, v in params.items()}, images.to("meta")
+    if name == "images of another shape":
+        return fmodel.module, params, torch.randn(4, 3, 28, 28)
+    if name == "not a LeNet":
+        mlp = build_model("mlp", (1, 28, 28), 10)
+        return mlp, dict(mlp.named_parameters()), images
+    if name == "too many channels":  # more input channels than the kernel holds
+        wide, wide_params = _nets((5, 28, 28))
+        return wide.module, wide_params, torch.randn(4, 5, 28, 28)
+    return fmodel.module, {k: v for k, v in params.items() if k != "classifier.5.bias"}, images
+
+
+@pytest.mark.parametrize("case", ["float64", "not the CPU", "images of another shape",
+                                  "not a LeNet", "too many channels", "a parameter missing"])
+def test_kernel_refuses_what_it_cannot_run_without_building_it(monkeypatch, case):
+    """Refused before any compile: a CUDA or float64 user never waits for (or hears of) cc."""
+    def never(*_):
+        pytest.fail("the kernel was built where it cannot run")
+
+    monkeypatch.setattr(lenet, "load", never)
+    monkeypatch.setattr(kernels, "_compiled", never)
+    module, params, images = _refused_case(case)
+    for make in (lenet.lenet_logits_fn, lenet.lenet_train_fn, lenet.lenet_meta_gradient_fn):
+        assert make(module, params, images) is None
 
 
 @needs_compiler
-def test_kernel_rejects_labels_outside_the_classes(kernel):
-    from datadistill.errors import DistillError
+def test_no_kernels_zero_leaves_kernels_on(kernel, monkeypatch):
+    monkeypatch.setenv("DATADISTILL_NO_KERNELS", "0")
+    assert kernels.load("lenet") is not None
 
+
+@needs_compiler
+@pytest.mark.parametrize("labels,problem", [
+    (torch.tensor([3, 10]), "labels must lie in"),
+    (torch.full((2, 9), 1 / 9), r"soft targets must have shape \(2, 10\)"),
+    (torch.full((3, 10), 0.1), r"soft targets must have shape \(2, 10\)"),
+])
+def test_kernel_rejects_labels_it_cannot_take(kernel, labels, problem):
     fmodel, params = _nets((1, 28, 28))
     train = lenet.lenet_train_fn(fmodel.module, params, torch.randn(2, 1, 28, 28))
-    with pytest.raises(DistillError, match="labels must lie in"):
-        train(params, [(torch.randn(2, 1, 28, 28), torch.tensor([3, 10]), 0.1)])
+    with pytest.raises(DistillError, match=problem):
+        train(params, [(torch.randn(2, 1, 28, 28), labels, 0.1)])
 
 
 @needs_compiler
@@ -81,16 +111,60 @@ def test_test_nets_same_with_and_without_kernel(kernel, monkeypatch):
 
 
 def test_no_compiler_warns_once_and_falls_back(monkeypatch, tmp_path):
+    """With or without a compiler on this machine: a compile that fails warns once, and the
+    caller gets PyTorch's result."""
+    fmodel, params = _nets((1, 28, 28), n=2)
+    images, labels = torch.randn(20, 1, 28, 28), torch.randint(0, 10, (20,))
+    monkeypatch.setenv("DATADISTILL_NO_KERNELS", "1")
+    plain = run_test_nets(fmodel, params, images, labels)
+    monkeypatch.delenv("DATADISTILL_NO_KERNELS")
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path / "cache"))
     kernels._compiled.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="could not compile"):
-            assert kernels.load("lenet") is None
-        assert kernels.load("lenet") is None  # remembered: no second warning
+            fallback = run_test_nets(fmodel, params, images, labels)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # remembered: no second warning
+            assert lenet.lenet_logits_fn(fmodel.module, params, images) is None
         assert not list((tmp_path / "cache").glob("*.so"))
     finally:
         kernels._compiled.cache_clear()
+    torch.testing.assert_close(fallback.losses, plain.losses, atol=0, rtol=0)
+    assert (fallback.confusion == plain.confusion).all()
+
+
+def _meta_gradients_both_ways(monkeypatch, fmodel, params, steps, real_x, real_y, keep_every):
+    """(kernel, PyTorch) results of the back-gradient meta-gradient, each on fresh leaves
+    copied from ``steps``: the losses and the grads of the learnable tensors."""
+    from datadistill.inner_loop import meta_gradient
+    from datadistill.state import DistilledSteps
+
+    results = []
+    for kernels_off in ("", "1"):
+        monkeypatch.setenv("DATADISTILL_NO_KERNELS", kernels_off)
+        fresh = DistilledSteps(*(t.detach().clone().requires_grad_(t.is_floating_point())
+                                 for t in (steps.images, steps.labels, steps.raw_lrs)))
+        losses = meta_gradient(fmodel, params, fresh, real_x, real_y, "backgrad", keep_every, 64)
+        results.append([losses, *(t.grad for t in fresh.learnable().values())])
+    return results
+
+
+def _assert_same_gradients(fast_results, plain_results):
+    for fast, plain in zip(fast_results, plain_results):
+        assert plain.abs().max() > 0
+        torch.testing.assert_close(fast, plain, atol=1e-6 * float(plain.abs().max()), rtol=1e-4)
+
+
+def _steps_and_real_batch(shape, labels, seed=2):
+    from datadistill.state import DistilledSteps
+
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(3, 10, *shape, generator=gen)
+    raw_lrs = torch.full((6,), -3.0) + 0.1 * torch.randn(6, generator=gen)
+    real_x = torch.randn(100, *shape, generator=gen)
+    real_y = torch.randint(0, 10, (100,), generator=gen)
+    return DistilledSteps(images, labels, raw_lrs), real_x, real_y
 
 
 @needs_compiler
@@ -101,27 +175,49 @@ def test_kernel_meta_gradient_equals_autograd(kernel, monkeypatch, nets, keep_ev
                                               threads):
     """The compiled back-gradient (R-operator HVPs) against PyTorch's, float32; the
     parameters in another key order than the module's, as a loaded pool gives them."""
-    from datadistill.inner_loop import DistilledSteps, meta_gradient
-
     fmodel, params = _nets(shape, n=nets, seed=1)
-    params = _reversed(params)
+    steps, real_x, real_y = _steps_and_real_batch(shape, torch.arange(10).repeat(3, 1))
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    gen = torch.Generator().manual_seed(2)
-    images = torch.randn(3, 10, *shape, generator=gen)
-    raw_lrs = torch.full((6,), -3.0) + 0.1 * torch.randn(6, generator=gen)
-    real_x, real_y = torch.randn(100, *shape, generator=gen), torch.randint(0, 10, (100,), generator=gen)
-    results = []
-    for kernels_off in ("", "1"):
-        monkeypatch.setenv("DATADISTILL_NO_KERNELS", kernels_off)
-        steps = DistilledSteps(images.clone().requires_grad_(), torch.arange(10).repeat(3, 1),
-                               raw_lrs.clone().requires_grad_())
-        losses = meta_gradient(fmodel, params, steps, real_x, real_y, "backgrad", keep_every, 64)
-        results.append((losses, steps.images.grad, steps.raw_lrs.grad))
-    torch.set_num_threads(previous)
-    for fast, plain in zip(*results):
-        torch.testing.assert_close(fast, plain, atol=1e-6 * float(plain.abs().max()), rtol=1e-4)
+    try:
+        results = _meta_gradients_both_ways(monkeypatch, fmodel, _reversed(params), steps,
+                                            real_x, real_y, keep_every)
+    finally:
+        torch.set_num_threads(previous)
+    _assert_same_gradients(*results)
+
+
+@needs_compiler
+@pytest.mark.parametrize("nets,keep_every", [(1, 1), (1, 2), (2, 1), (2, 2)])
+def test_kernel_meta_gradient_with_learned_labels_equals_autograd(kernel, monkeypatch, nets,
+                                                                  keep_every):
+    """Learned label logits: the kernel's gradient of the images, raw lrs and label logits
+    (through R{logits} and the softmax) against PyTorch's."""
+    fmodel, params = _nets((1, 28, 28), n=nets, seed=4)
+    logits = 2 * torch.randn(3, 10, 10, generator=torch.Generator().manual_seed(5))
+    steps, real_x, real_y = _steps_and_real_batch((1, 28, 28), logits, seed=6)
+    fast, plain = _meta_gradients_both_ways(monkeypatch, fmodel, _reversed(params), steps,
+                                            real_x, real_y, keep_every)
+    assert len(fast) == len(plain) == 4  # losses, images, raw lrs, label logits
+    _assert_same_gradients(fast, plain)
+
+
+@needs_compiler
+def test_kernel_training_with_soft_targets_equals_gd_step(kernel):
+    """Soft targets (17 images: padding lanes in the last block) against PyTorch's GD steps."""
+    from datadistill.inner_loop import gd_step
+
+    fmodel, params = _nets((1, 28, 28), n=2, seed=7)
+    gen = torch.Generator().manual_seed(8)
+    steps = [(torch.randn(17, 1, 28, 28, generator=gen),
+              torch.softmax(2 * torch.randn(17, 10, generator=gen), -1), lr) for lr in (0.05, 0.1)]
+    fused = lenet.lenet_train_fn(fmodel.module, _reversed(params), steps[0][0])(params, steps)
+    plain = params
+    for images, targets, lr in steps:
+        plain = gd_step(fmodel, plain, images, targets, torch.tensor(lr), create_graph=False)
+    for name in params:
+        torch.testing.assert_close(fused[name], plain[name].detach(), atol=1e-5, rtol=1e-4)
 
 
 @needs_compiler

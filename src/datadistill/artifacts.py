@@ -1,6 +1,7 @@
 """Distilled artifacts and checkpoints: safetensors + JSON, written atomically, no pickle."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ META_FILE = "meta.json"
 GRID_FILE = "distilled.png"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 _META_KEY = "datadistill"
+_DIGEST_KEY = "sha256"
 _INIT_PREFIX = "init."
 
 
@@ -69,10 +71,27 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an output path that cannot become a run folder, before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise DistillError(f"--out {out} is a file, not a folder; choose another --out")
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DistillError(f"cannot write into {parent}; choose another --out")
+
+
 def save_tensors(path: Path, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
-    """Atomically write tensors (made contiguous, on CPU) with ``info`` as JSON metadata."""
+    """Atomically write tensors (made contiguous, on CPU) with ``info`` as JSON metadata and
+    a SHA-256 digest of the tensor data (safetensors itself has no checksum)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(path, st_save(tensors, metadata={_META_KEY: json.dumps(info)}))
+    metadata = {_META_KEY: json.dumps(info)}
+    digest = hashlib.sha256(_tensor_bytes(st_save(tensors, metadata=metadata))).hexdigest()
+    atomic_write(path, st_save(tensors, metadata={**metadata, _DIGEST_KEY: digest}))
+
+
+def _tensor_bytes(file: bytes) -> bytes:
+    """The data section of a safetensors file (after its 8-byte length and JSON header)."""
+    return file[8 + int.from_bytes(file[:8], "little"):]
 
 
 def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -81,14 +100,18 @@ def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise DistillError(f"no {path.name} in {path.parent}: pass the --out folder of a "
                            "distillation run")
     data = path.read_bytes()
+    damaged = f"{path} is damaged or not a datadistill file"
     try:
         tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + header_len])
-        info = json.loads(header["__metadata__"][_META_KEY])
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        metadata = header["__metadata__"]
+        info = json.loads(metadata[_META_KEY])
     except (SafetensorError, ValueError, KeyError, TypeError) as exc:
-        raise DistillError(f"{path} is corrupt or not a datadistill file ({exc}); "
-                           "re-run the command that wrote it") from None
+        raise DistillError(f"{damaged} ({exc}); re-run the command that wrote it") from None
+    stored = metadata.get(_DIGEST_KEY)  # files written before digests were stored have none
+    if stored is not None and hashlib.sha256(_tensor_bytes(data)).hexdigest() != stored:
+        raise DistillError(f"{damaged}: its tensor data does not match the stored SHA-256 "
+                           "digest; re-run the command that wrote it")
     return tensors, info
 
 

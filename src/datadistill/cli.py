@@ -110,13 +110,16 @@ def _distill(args: argparse.Namespace) -> None:
     settings = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if hasattr(args, f.name)}
     result = distill(out=args.out, resume=args.resume, **settings)
     metrics = result.meta["metrics"]
-    final, real = metrics["final"], metrics["random_real"]
     n_images = result.images.shape[0] * result.images.shape[1]
-    print(f"distilled   ({n_images} images, {result.num_steps} steps): "
-          f"{100 * final['accuracy_mean']:.2f}% ± {100 * final['accuracy_std']:.2f} "
-          f"over {final['nets']} fresh nets")
-    print(f"random real ({n_images} images, same steps, best lr {real['lr']}): "
-          f"{100 * real['accuracy_mean']:.2f}% ± {100 * real['accuracy_std']:.2f}")
+    if "final" in metrics:
+        final = metrics["final"]
+        print(f"distilled   ({n_images} images, {result.num_steps} steps): "
+              f"{100 * final['accuracy_mean']:.2f}% ± {100 * final['accuracy_std']:.2f} "
+              f"over {final['nets']} fresh nets")
+    if "random_real" in metrics:
+        real = metrics["random_real"]
+        print(f"random real ({n_images} images, same steps, best lr {real['lr']}): "
+              f"{100 * real['accuracy_mean']:.2f}% ± {100 * real['accuracy_std']:.2f}")
     print(f"wrote {Path(args.out) / 'distilled.safetensors'}, meta.json and distilled.png "
           f"in {metrics['wall_time_s']:.0f} s")
 
@@ -149,7 +152,7 @@ def _baseline(args: argparse.Namespace) -> None:
     report = baseline_artifact(args.method, args.out, like=args.like, nets=args.nets,
                                search_nets=args.search_nets, sets=args.sets,
                                settings={k: getattr(args, k) for k in (
-                                   "dataset", "data_root", "model", "init_scheme", "steps",
+                                   "dataset", "data_root", "model", "init_scheme", "pool", "steps",
                                    "images_per_class", "seed", "device")})
     final, best = report["final"], report["best"]
     print(f"{args.method}: {100 * final['accuracy_mean']:.2f}% ± {100 * final['accuracy_std']:.2f} "

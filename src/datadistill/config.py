@@ -5,6 +5,7 @@ every artifact and checkpoint.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -32,7 +33,8 @@ class DistillConfig:
     weights: str = _opt("", "pretrained-fixed: a state dict file instead of a pool (e.g. "
                             "torchvision's AlexNet); a last layer of another size starts at 0, bias 1")
     nets_per_iteration: int = _opt(
-        0, "initial weights sampled per meta-iteration, averaged (0: 4 for pretrained-random, else 1)")
+        0, "initial weights sampled per meta-iteration, averaged (0: one per process, and at "
+           "least 4 for pretrained-random)")
     # objective
     objective: str = _opt("task", "final loss: the task's labels, or an attack (class K -> T)",
                           ("task", "attack"))
@@ -107,10 +109,12 @@ class DistillConfig:
                 raise DistillError(f"--{name.replace('_', '-')} must be positive, "
                                    f"got {getattr(self, name)}")
 
-    @property
-    def nets_per_draw(self) -> int:
-        """Initial weights per meta-iteration, with 0 resolved."""
-        return self.nets_per_iteration or (4 if self.init == "pretrained-random" else 1)
+    def nets_per_draw(self, processes: int = 1) -> int:
+        """Initial weights per meta-iteration, with 0 resolved for this many processes."""
+        if self.init in ("fixed", "pretrained-fixed"):
+            return 1
+        least = 4 if self.init == "pretrained-random" else 1
+        return self.nets_per_iteration or max(least, processes)
 
     @property
     def attack(self) -> tuple[int, int] | None:
@@ -122,9 +126,15 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "DistillConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise DistillError(f"unknown setting(s) {', '.join(unknown)}; "
-                               f"known: {', '.join(sorted(known))}")
+        check_known(values)
         return cls(**values)
+
+
+def check_known(settings: dict[str, Any]) -> None:
+    """Refuse a setting that is not a DistillConfig field, naming the closest one."""
+    known = [f.name for f in fields(DistillConfig)]
+    for name in sorted(settings):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+            raise DistillError(f"unknown setting {name!r}; {hint}")

@@ -6,38 +6,35 @@ evaluation, checkpoints, artifacts).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from .artifacts import (CHECKPOINT_FILE, GRID_FILE, Distilled, load_tensors, run_meta,
-                        save_tensors)
-from .baselines.images import random_real
-from .config import DistillConfig
+from .artifacts import (CHECKPOINT_FILE, GRID_FILE, Distilled, check_out_folder, load_tensors,
+                        run_meta, save_tensors)
+from .baselines.images import check_real_images_suffice, random_real
+from .config import DistillConfig, check_known
 from .data import Dataset, crop_flip, load_dataset, relabel
 from .distributed import current
 from .errors import DistillError
 from .evaluate import EvalResult, best_of_grid, evaluate_steps, schedule, schedule_evaluator
 from .functional import FunctionalModel
 from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
-from .inner_loop import DistilledSteps, meta_gradient
+from .inner_loop import meta_gradient
 from .models import build_model
 from .pools import check_pool_fits, load_pool, load_pretrained
 from .runtime import generator, resolve_device
+from .state import DistilledSteps, inverse_softplus
 
 # settings that may change when a run is resumed; the others must match the checkpoint
 RESUMABLE = {"epochs", "eval_every", "eval_nets", "stop_accuracy", "checkpoint_every", "progress",
              "device"}
-
-
-def inverse_softplus(value: float) -> float:
-    """The raw value whose softplus is ``value`` (stable for large values)."""
-    return value + math.log(-math.expm1(-value))
 
 
 def distill(
@@ -56,6 +53,7 @@ def distill(
     already loaded (default: the registered ``dataset``). With ``out``, checkpoints and the
     artifact are written there; ``resume=True`` continues the run saved in ``out``.
     """
+    check_known(settings)
     config = replace(config or DistillConfig(), **settings)
     checkpoint = None
     if resume:
@@ -63,6 +61,8 @@ def distill(
             raise DistillError("resume needs the run folder: pass --out DIR")
         checkpoint, config = _read_checkpoint(Path(out), config, settings)
     config.validate()
+    if out is not None:
+        check_out_folder(Path(out))
     device = resolve_device(config.device)
     start_time = time.perf_counter()
 
@@ -70,6 +70,7 @@ def distill(
     if data is None:
         data = load_dataset(config.dataset, config.data_root, config.download)
     data = data.to(device)
+    custom_module = module is not None
     if module is None:
         module = build_model(config.model or data.default_model, data.image_shape,
                              data.num_classes)
@@ -80,15 +81,17 @@ def distill(
     steps_gen = generator(config.seed, "distilled")
     init_dist, eval_dist, fixed_params = _init_distributions(config, module, data, init_gen)
     world = current()  # under torchrun: this rank trains its share of the nets per iteration
-    n_nets = config.nets_per_draw
+    n_nets = config.nets_per_draw(world.size)
     mine = world.share(n_nets)
     if not mine:
-        raise DistillError(f"--nets-per-iteration ({n_nets}) must be at least the number of "
-                           f"processes ({world.size})")
+        raise DistillError(f"{n_nets} net(s) per meta-iteration cannot be shared by {world.size} "
+                           "processes: raise --nets-per-iteration, or run --init fixed / "
+                           "pretrained-fixed (one net) in one process")
     attack = config.attack
     if attack is not None and max(attack) >= data.num_classes:
         raise DistillError(f"--attack-class/--target-class must be below {data.num_classes} "
                            f"(the classes of {data.name}), got {attack}")
+    check_real_images_suffice(data, config.steps * config.images_per_class)
 
     # ---- distilled steps: noise or real images, fixed labels, lrs through softplus
     n_classes, ipc = data.num_classes, config.images_per_class
@@ -167,22 +170,44 @@ def distill(
             break
     bar.close()
 
-    # ---- final evaluation beside random real images, and the artifact
-    final = latest if latest is not None else _evaluate(fmodel, eval_dist, steps, data, config)
-    real = _random_real(fmodel, eval_dist, steps, data, config)
-    metrics = {"final": final.summary(), "random_real": real, "history": history,
-               "epochs_run": done,
-               "wall_time_s": elapsed_before + time.perf_counter() - start_time}
+    # ---- the artifact first; then the final evaluation, the comparison and the picture
+    metrics: dict[str, Any] = {"history": history, "epochs_run": done}
     result = Distilled(
         images=steps.images.detach().cpu(), labels=steps.labels.cpu(),
         lrs=torch.nn.functional.softplus(steps.raw_lrs.detach()).cpu(),
-        init=fixed_params, meta=_meta(config, data, module, metrics))
-    if out is not None and world.is_main:
+        init=fixed_params, meta=_meta(config, data, module, custom_module, metrics))
+    writes = out is not None and world.is_main
+
+    def save() -> None:
+        metrics["wall_time_s"] = elapsed_before + time.perf_counter() - start_time
+        if writes:
+            result.save(out)
+
+    save()
+    _after_saving(metrics, "final", lambda: (
+        latest or _evaluate(fmodel, eval_dist, steps, data, config)).summary())
+    _after_saving(metrics, "random_real",
+                  lambda: _random_real(fmodel, eval_dist, steps, data, config))
+    if writes:
         from .plots import save_grid
 
-        result.save(out)
-        save_grid(result, Path(out) / GRID_FILE, data.mean, data.std, data.class_names)
+        _after_saving(metrics, "picture", lambda: save_grid(
+            result, Path(out) / GRID_FILE, data.mean, data.std, data.class_names))
+    save()
     return result
+
+
+def _after_saving(metrics: dict[str, Any], name: str, make: Callable[[], Any]) -> None:
+    """``metrics[name] = make()``; a failure is one warning line (the artifact is written)."""
+    try:
+        value = make()
+    except Exception as exc:  # noqa: BLE001 (a finished run is never lost to a report)
+        print(f"datadistill: warning: {name.replace('_', ' ')} failed ({type(exc).__name__}: "
+              f"{exc}); the distilled artifact is saved", file=sys.stderr)
+        metrics.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
+        return
+    if value is not None:
+        metrics[name] = value
 
 
 def _init_distributions(config: DistillConfig, module: nn.Module, data: Dataset,
@@ -240,9 +265,12 @@ def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Di
     return best
 
 
-def _meta(config: DistillConfig, data: Dataset, module: nn.Module,
+def _meta(config: DistillConfig, data: Dataset, module: nn.Module, custom: bool,
           metrics: dict[str, Any]) -> dict[str, Any]:
-    model = {"name": config.model or data.default_model, "class": type(module).__name__,
+    """The artifact's record; a module the user brought has no registered name (``evaluate``
+    then needs it passed again)."""
+    model = {"name": None if custom else config.model or data.default_model,
+             "class": type(module).__name__,
              "parameters": sum(p.numel() for p in module.parameters())}
     return run_meta(config.to_dict(), data, model, metrics)
 

@@ -12,11 +12,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .artifacts import Distilled, load
-from .data import Dataset, load_dataset
+from .data import DATASETS, FOLDER, Dataset, load_dataset
 from .distributed import World, current
+from .errors import DistillError
 from .functional import FunctionalModel, Params, num_nets
 from .init_distributions import FixedInit, InitDistribution, PooledInit, RandomInit
 from .inner_loop import gd_step
@@ -258,21 +259,43 @@ def best_of_grid(
 
 def context_for(distilled: Distilled, data_root: str | None = None, device: str = "auto",
                 data: Dataset | None = None, pool: str | None = None,
+                module: nn.Module | None = None,
                 ) -> tuple[Dataset, FunctionalModel, InitDistribution]:
     """The dataset, model and held-out initial-weight distribution an artifact was made for.
 
     A fixed init (random or pretrained) is its stored weights; a pretrained-random artifact is
-    evaluated on the held-out models of its pool (``pool`` overrides the stored path).
+    evaluated on the held-out models of its pool (``pool`` overrides the stored path). An
+    artifact made for a module the user brought needs that module passed again.
     """
+    meta = distilled.meta
+    if module is None and meta["model"].get("name") is None:
+        raise DistillError(
+            f"this artifact was distilled for your own module ({meta['model']['class']}), which "
+            "cannot be rebuilt from the file; evaluate it from Python: "
+            "datadistill.evaluate(RUN, module=YourModule(), data=...)")
+    dataset = meta["dataset"]["name"]
+    if data is None and dataset not in DATASETS.names() and not dataset.startswith(FOLDER):
+        raise DistillError(f"this artifact was distilled on a dataset of your own ({dataset!r}); "
+                           "evaluate it from Python: datadistill.evaluate(RUN, data=your_dataset)")
+    return build_context(meta["config"], dataset, meta["model"].get("name"),
+                         distilled.init, data_root, device, data, pool, module)
+
+
+def build_context(config: dict[str, Any], dataset: str, model: str | None,
+                  fixed: Params | None, data_root: str | None, device: str,
+                  data: Dataset | None, pool: str | None, module: nn.Module | None,
+                  ) -> tuple[Dataset, FunctionalModel, InitDistribution]:
+    """Dataset, model and held-out p(θ0) of a setting: ``fixed`` weights, the held-out
+    models of a pool (pretrained-random), or fresh random draws."""
     from .pools import check_pool_fits, load_pool
 
-    meta, config = distilled.meta, distilled.meta["config"]
     dev = resolve_device(device)
-    data = (data or load_dataset(meta["dataset"]["name"], data_root or config["data_root"])).to(dev)
-    module = build_model(meta["model"]["name"], data.image_shape, data.num_classes).to(dev)
+    data = (data or load_dataset(dataset, data_root or config["data_root"])).to(dev)
+    module = (module or build_model(model or data.default_model, data.image_shape,
+                                    data.num_classes)).to(dev)
     init: InitDistribution
-    if distilled.init is not None:
-        init = FixedInit(distilled.init)
+    if fixed is not None:
+        init = FixedInit(fixed)
     elif config.get("init") == "pretrained-random":
         models = load_pool(pool or config["pool"])
         check_pool_fits(models, data, module)
@@ -289,17 +312,23 @@ def _attack_of(config: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: int | None = None,
-             data_root: str | None = None, device: str = "auto",
-             pool: str | None = None) -> dict[str, Any]:
+             data_root: str | None = None, device: str = "auto", pool: str | None = None,
+             module: nn.Module | None = None, data: Dataset | None = None) -> dict[str, Any]:
     """Held-out evaluation of a run folder: ``nets`` fresh nets from its init distribution.
 
     The steps are applied with the learned lrs (or the constant ``lr``) for the distilled
     number of epochs (or ``epochs``). Nets of a random-init artifact are drawn with seeds
     disjoint from distillation's; a fixed-init artifact is evaluated on its stored weights, a
-    pretrained-random one on the held-out models of its pool (at most ``nets``).
+    pretrained-random one on the held-out models of its pool (at most ``nets``). ``module``
+    and ``data`` stand in for the registered model and dataset (required for an artifact
+    distilled with a module of your own).
     """
+    check_evaluation_settings(nets, lr, epochs)
     distilled = load(run)
-    data, fmodel, init = context_for(distilled, data_root, device, pool=pool)
+    if distilled.num_steps == 0:
+        raise DistillError(f"{run} holds a k-NN baseline, which takes no GD steps; its accuracy "
+                           f"is in {Path(run) / 'meta.json'} (metrics.final)")
+    data, fmodel, init = context_for(distilled, data_root, device, data, pool, module)
     dev = data.test_images.device
     config = distilled.meta["config"]
     n_epochs = epochs or distilled.num_steps // distilled.images.shape[0]
@@ -311,3 +340,13 @@ def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: 
                             attack=_attack_of(config))
     return {"run": str(run), "dataset": data.name, "lr": "learned" if lr is None else lr,
             "epochs": n_epochs, **result.summary()}
+
+
+def check_evaluation_settings(nets: int, lr: float | None, epochs: int | None) -> None:
+    """One-line errors for held-out evaluation settings that cannot work."""
+    if nets < 1:
+        raise DistillError(f"--nets must be at least 1, got {nets}")
+    if lr is not None and not lr > 0:
+        raise DistillError(f"--lr must be positive, got {lr}")
+    if epochs is not None and epochs < 1:
+        raise DistillError(f"--epochs must be at least 1, got {epochs}")

@@ -46,11 +46,13 @@ class FunctionalModel:
             return one_net({k: v[0] for k, v in params.items()}, images).unsqueeze(0)
         return vmap(one_net, in_dims=(0, None), randomness="different")(params, images)
 
-    def losses(self, params: Params, images: Tensor, labels: Tensor, train: bool) -> Tensor:
-        """Mean cross-entropy of each of the N nets on the batch: shape (N,)."""
+    def losses(self, params: Params, images: Tensor, targets: Tensor, train: bool) -> Tensor:
+        """Mean cross-entropy of each of the N nets on the batch: shape (N,). ``targets`` are
+        class indices (B,) or class probabilities (B, classes) (soft labels)."""
         logits = self.logits(params, images, train)
         n, b = logits.shape[:2]
-        per_example = F.cross_entropy(logits.reshape(n * b, -1), labels.repeat(n), reduction="none")
+        per_net = targets.expand(n, *targets.shape).flatten(0, 1)
+        per_example = F.cross_entropy(logits.flatten(0, 1), per_net, reduction="none")
         return per_example.view(n, b).mean(dim=1)
 
 

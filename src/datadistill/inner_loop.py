@@ -11,35 +11,13 @@ weights) and accumulate ``.grad`` into the distilled images and the raw learning
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .functional import FunctionalModel, Params
 from .kernels.lenet import lenet_meta_gradient_fn
 from .recompute import states_in_reverse, unroll_keeping
-
-
-@dataclass
-class DistilledSteps:
-    """The learnable distilled data: images (S, n, C, H, W), fixed labels (S, n), raw lrs (T,).
-
-    Inner step t uses images[t % S] with learning rate softplus(raw_lrs[t]).
-    """
-
-    images: Tensor
-    labels: Tensor
-    raw_lrs: Tensor
-
-    @property
-    def num_steps(self) -> int:
-        return self.raw_lrs.shape[0]
-
-    def step(self, t: int) -> tuple[Tensor, Tensor, Tensor]:
-        s = t % self.images.shape[0]
-        return self.images[s], self.labels[s], F.softplus(self.raw_lrs[t])
+from .state import DistilledSteps
 
 
 def gd_step(
@@ -63,9 +41,10 @@ def unroll(fmodel: FunctionalModel, params: Params, steps: DistilledSteps) -> Pa
 
 
 def _detached_step(fmodel: FunctionalModel, params: Params, steps: DistilledSteps, t: int) -> Params:
-    images, labels, lr = steps.step(t)
+    images, targets, lr = steps.step(t)
     with torch.enable_grad():
-        new = gd_step(fmodel, params, images.detach(), labels, lr.detach(), create_graph=False)
+        new = gd_step(fmodel, params, images.detach(), targets.detach(), lr.detach(),
+                      create_graph=False)
     return {k: v.detach() for k, v in new.items()}
 
 
@@ -81,7 +60,7 @@ def backgrad(
     fmodel: FunctionalModel, steps: DistilledSteps, kept: dict[int, Params],
     grad_final: Params, keep_every: int = 1,
 ) -> None:
-    """Reverse pass by Hessian-vector products; accumulates ``.grad`` of images and raw lrs.
+    """Reverse pass by Hessian-vector products; accumulates ``.grad`` of the learnable tensors.
 
     For step t, with g = dL/dθ_{t+1} held constant, s = <g, θ_t - η_t ∇ℓ(x_t, θ_t)> has
     ∂s/∂x_t, ∂s/∂η_t and ∂s/∂θ_t equal to the step's backpropagated gradients.
@@ -91,11 +70,11 @@ def backgrad(
                                 steps.num_steps, keep_every)
     for t, theta in weights:
         theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
-        images, labels, lr = steps.step(t)
-        loss = fmodel.losses(theta, images, labels, train=True).sum()
+        images, targets, lr = steps.step(t)
+        loss = fmodel.losses(theta, images, targets, train=True).sum()
         grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True)
         s = -lr * sum((gk * dk).sum() for gk, dk in zip(g.values(), grads))
-        inputs = [steps.images, steps.raw_lrs, *theta.values()]
+        inputs = [*steps.learnable().values(), *theta.values()]
         torch.autograd.backward(s, inputs=inputs)
         g = {k: g[k] + theta[k].grad for k in g}
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .artifacts import atomic_write, load_tensors, save_tensors
+from .artifacts import atomic_write, check_out_folder, load_tensors, save_tensors
 from .data import Dataset, crop_flip, load_dataset
 from .distributed import current
 from .errors import DistillError
@@ -143,14 +143,21 @@ def pretrain(dataset: str, models: int, out: str | Path, arch: str = "",
              init_scheme: str = "xavier-normal", seed: int = 0, data_root: str | None = "data",
              device: str = "auto", group: int = 10, progress: bool = True) -> Pool:
     """Train ``models`` networks on ``dataset`` (``group`` at a time, batched) into a pool."""
+    check_out_folder(Path(out))
     if models < 2:
         raise DistillError(f"--models must be at least 2 (distill + held-out), got {models}")
+    for name, value in (("--group", group), ("--batch-size", batch_size)):
+        if value < 1:
+            raise DistillError(f"{name} must be at least 1, got {value}")
+    schedule = schedule or SCHEDULES.get(dataset, DEFAULT_SCHEDULE)
+    if schedule.epochs < 1 or not schedule.lr > 0 or schedule.decay_epochs < 1:
+        raise DistillError(f"--epochs, --lr and --decay-epochs must be positive, got "
+                           f"{schedule.epochs}, {schedule.lr}, {schedule.decay_epochs}")
     dev = resolve_device(device)
     data = load_dataset(dataset, data_root).to(dev)
     arch = arch or data.default_model
     module = build_model(arch, data.image_shape, data.num_classes).to(dev)
     fmodel = FunctionalModel(module)
-    schedule = schedule or SCHEDULES.get(dataset, DEFAULT_SCHEDULE)
     _split_indices(models, held_out)  # refuse a bad --held-out before training, not after
     init_gen = generator(seed, "pool-init")
     world = current()  # under torchrun each rank trains its share of the groups

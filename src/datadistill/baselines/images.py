@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..data import Dataset
+from ..errors import DistillError
 from ..registry import Registry
 
 ImageBaseline = Callable[[Dataset, int, int, torch.Generator], tuple[Tensor, Tensor]]
@@ -31,6 +32,18 @@ def _each_class(data: Dataset, steps: int, ipc: int,
     """Apply ``select(class_images, steps * ipc)`` to every class; arrange like distilled steps."""
     per_class = [select(_class_images(data, c), steps * ipc) for c in range(data.num_classes)]
     return _arrange(per_class, steps, ipc, data)
+
+
+def check_real_images_suffice(data: Dataset, per_class: int) -> None:
+    """Refuse a size that asks for more real images of a class than the training set holds
+    (real starting images, the random-real comparison and the image baselines need them)."""
+    counts = torch.bincount(data.train_labels.cpu(), minlength=data.num_classes)
+    fewest = int(counts.argmin())
+    if per_class > int(counts[fewest]):
+        raise DistillError(
+            f"--steps x --images-per-class asks for {per_class} images per class, but "
+            f"{data.name} has only {int(counts[fewest])} training images of class "
+            f"{data.class_names[fewest]}; lower --steps or --images-per-class")
 
 
 @IMAGE_BASELINES.register("random")

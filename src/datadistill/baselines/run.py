@@ -14,7 +14,7 @@ from ..evaluate import GRID_EPOCHS, EvalResult, best_of_grid, schedule, schedule
 from ..functional import FunctionalModel
 from ..init_distributions import InitDistribution
 from ..runtime import generator
-from .images import IMAGE_BASELINES, kmeans_centroids, random_real
+from .images import IMAGE_BASELINES, check_real_images_suffice, kmeans_centroids, random_real
 from .knn import knn_accuracy
 
 METHODS = ("random", "optimized", "kmeans", "average", "herding", "knn-random", "knn-kmeans")
@@ -43,6 +43,7 @@ def run_baseline(
     (K, T) the chosen real images of class K are labelled T (label flipping), and cells are
     ranked by accuracy w.r.t. the modified labels.
     """
+    check_real_images_suffice(data, steps * images_per_class)
     if method.startswith("knn-"):
         if attack is not None:
             raise DistillError("k-NN baselines take no GD step, so they do not apply to an attack")

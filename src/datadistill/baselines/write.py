@@ -6,37 +6,44 @@ from typing import Any
 
 import torch
 
-from ..artifacts import GRID_FILE, Distilled, load, run_meta
+from ..artifacts import GRID_FILE, Distilled, check_out_folder, load, run_meta
 from ..config import DistillConfig
-from ..data import load_dataset
-from ..evaluate import context_for
-from ..functional import FunctionalModel
-from ..init_distributions import RandomInit
-from ..models import build_model
-from ..runtime import resolve_device
+from ..errors import DistillError
+from ..evaluate import build_context, context_for
 from .run import run_baseline
 
 
 def baseline_artifact(method: str, out: str | Path, like: str | Path | None = None,
                       nets: int = 200, search_nets: int = 20, sets: int = 10,
                       settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run a baseline and write its artifact into ``out``; returns the report."""
+    """Run a baseline and write its artifact into ``out``; returns the report.
+
+    The setting is a distillation run's (``like``) or ``settings`` (DistillConfig fields); a
+    ``pool`` there evaluates on its held-out models (pretrained-random) and, with ``like``,
+    replaces the run's pool folder.
+    """
+    for name, value in (("--nets", nets), ("--search-nets", search_nets), ("--sets", sets)):
+        if value < 1:
+            raise DistillError(f"{name} must be at least 1, got {value}")
+    check_out_folder(Path(out))
+    settings = dict(settings or {})
     if like is not None:
         reference = load(like)
         config = DistillConfig.from_dict(reference.meta["config"])
-        root = (settings or {}).get("data_root") or config.data_root
-        data, fmodel, init = context_for(reference, root, (settings or {}).get("device", "auto"),
-                                         pool=(settings or {}).get("pool"))
+        data, fmodel, init = context_for(reference, settings.get("data_root"),
+                                         settings.get("device", "auto"), pool=settings.get("pool"))
         learned = reference.lrs
         model_meta = reference.meta["model"]
     else:
-        config = DistillConfig(**(settings or {}))
+        if settings.get("pool"):
+            settings["init"] = "pretrained-random"
+        config = DistillConfig(**settings)
         config.validate()
-        data = load_dataset(config.dataset, config.data_root).to(resolve_device(config.device))
-        module = build_model(config.model or data.default_model, data.image_shape,
-                             data.num_classes).to(data.train_images.device)
-        fmodel, init, learned = FunctionalModel(module), RandomInit(module, config.init_scheme), None
-        model_meta = {"name": config.model or data.default_model, "class": type(module).__name__}
+        data, fmodel, init = build_context(config.to_dict(), config.dataset, config.model, None,
+                                           None, config.device, None, None, None)
+        learned = None
+        model_meta = {"name": config.model or data.default_model,
+                      "class": type(fmodel.module).__name__}
     images, labels, lrs, report = run_baseline(
         method, data, fmodel, init, config.steps, config.images_per_class, learned,
         nets=nets, search_nets=search_nets, sets=sets, seed=config.seed, attack=config.attack)

@@ -37,7 +37,7 @@ def _machine_key() -> str:
 def load(name: str) -> ctypes.CDLL | None:
     """The compiled library of ``kernels/<name>.c``, compiled once per source and CPU, or None
     (with one warning) if no C compiler with OpenMP is available, or if the environment sets
-    ``DATADISTILL_NO_KERNELS=1``."""
+    ``DATADISTILL_NO_KERNELS`` to anything but empty or ``0`` (e.g. ``1``)."""
     off = os.environ.get("DATADISTILL_NO_KERNELS", "") not in ("", "0")
     return None if off else _compiled(name)
 

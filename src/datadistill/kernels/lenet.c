@@ -3,7 +3,8 @@
  * evaluation's test pass (its dense layers run as batched matrix multiplies in PyTorch), and
  * lenet_step, one whole GD-step gradient (forward, softmax cross-entropy, backward) and, given a
  * direction u, Pearlmutter's R-operator passes: R{gradient} = H u (the Hessian-vector product)
- * and R{input gradient}, which the back-gradient reverse pass needs.
+ * R{input gradient} and R{logits}, which the back-gradient reverse pass needs. The loss is the
+ * cross-entropy with soft targets (class probabilities; hard labels come one-hot).
  *
  * Layout: images go LANES at a time into the lanes of one vector ("image-last":
  * [C][H][W][LANES]), so every multiply-add is a broadcast weight times LANES images and no two
@@ -298,13 +299,51 @@ typedef struct {
     vec pad[C1 * (A1 + 8) * (A1 + 8)];
 } Scratch;
 
-/* One block of LANES images through one net: forward and loss; the gradient added to grad
- * (unless NULL); with u, the R-operator passes: R of the gradient added to r_grad, R of the
- * input gradient written to rdx (unless NULL), and the slope <u, gradient> = R{loss} added to
- * *slope. Returns the summed loss of the valid lanes. */
-static float block_step(const vec *x, const int32_t *labels, int cin, int classes, const float *w,
-                        const float *u, float scale, float *grad, float *r_grad, vec *rdx,
-                        float *slope, Scratch *m) {
+/* Softmax cross-entropy of the first `lanes` lanes against their targets q ([LANES][classes]):
+ * dz3 = scale (p - q), with u R{dz3} = scale (p*rz - p <p, rz>) and the slope
+ * <u, gradient> = <dz3, rz3> added to *slope; the other lanes get zeros. Returns the summed
+ * loss logsumexp(z) - <q, z> of those lanes. */
+static float softmax_cross_entropy(const float *q, int lanes, int classes, float scale, int with_r,
+                                   float *slope, Scratch *m) {
+    float loss = 0.f;
+    for (int l = 0; l < LANES; ++l) {
+        if (l >= lanes) {
+            for (int o = 0; o < classes; ++o) m->dz3[o][l] = m->rdz3[o][l] = 0.f;
+            continue;
+        }
+        const float *ql = q + (int64_t)l * classes;
+        float top = m->z3[0][l], total = 0.f, qz = 0.f, p[MAX_CLASSES];
+        for (int o = 1; o < classes; ++o) top = m->z3[o][l] > top ? m->z3[o][l] : top;
+        for (int o = 0; o < classes; ++o) {
+            total += p[o] = expf(m->z3[o][l] - top);
+            qz += ql[o] * m->z3[o][l];
+        }
+        loss += logf(total) + top - qz;
+        float p_rz = 0.f;
+        for (int o = 0; o < classes; ++o) {
+            p[o] /= total;
+            if (with_r) p_rz += p[o] * m->rz3[o][l];
+        }
+        for (int o = 0; o < classes; ++o) {
+            m->dz3[o][l] = scale * (p[o] - ql[o]);
+            if (with_r) {
+                m->rdz3[o][l] = scale * p[o] * (m->rz3[o][l] - p_rz);
+                *slope += m->dz3[o][l] * m->rz3[o][l];
+            }
+        }
+    }
+    return loss;
+}
+
+/* One block of LANES images (the first `lanes` of them real) through one net: forward and loss
+ * against the targets q ([LANES][classes]); the gradient added to grad (unless NULL); with u,
+ * the R-operator passes: R of the gradient added to r_grad, R of the input gradient written to
+ * rdx (unless NULL), R of the logits written to r_logits ([LANES][classes], unless NULL), and
+ * the slope <u, gradient> = R{loss} added to *slope. Returns the summed loss of the real
+ * lanes. */
+static float block_step(const vec *x, const float *q, int lanes, int cin, int classes,
+                        const float *w, const float *u, float scale, float *grad, float *r_grad,
+                        vec *rdx, float *r_logits, float *slope, Scratch *m) {
     const Layout L = layout_of(cin, classes);
     /* forward */
     conv_pool_relu(x, cin, SIDE, SIDE, w + L.w1, w + L.b1, C1, m->p1, m->i1);
@@ -331,31 +370,10 @@ static float block_step(const vec *x, const int32_t *labels, int cin, int classe
         dense(m->f2, H2, u + L.f3, u + L.g3, classes, m->rz3, 0);
         dense(m->rf2, H2, w + L.f3, 0, classes, m->rz3, 1);
     }
-    /* softmax cross-entropy per lane: dz3 = scale (p - onehot); R: scale (p*rz - p <p, rz>) */
-    float loss = 0.f;
-    for (int l = 0; l < LANES; ++l) {
-        const int label = labels[l];
-        if (label < 0) {
-            for (int o = 0; o < classes; ++o) m->dz3[o][l] = m->rdz3[o][l] = 0.f;
-            continue;
-        }
-        float top = m->z3[0][l], total = 0.f, p[MAX_CLASSES];
-        for (int o = 1; o < classes; ++o) top = m->z3[o][l] > top ? m->z3[o][l] : top;
-        for (int o = 0; o < classes; ++o) total += p[o] = expf(m->z3[o][l] - top);
-        loss += logf(total) + top - m->z3[label][l];
-        float p_rz = 0.f;
-        for (int o = 0; o < classes; ++o) {
-            p[o] /= total;
-            if (u) p_rz += p[o] * m->rz3[o][l];
-        }
-        for (int o = 0; o < classes; ++o) {
-            m->dz3[o][l] = scale * (p[o] - (o == label));
-            if (u) {
-                m->rdz3[o][l] = scale * p[o] * (m->rz3[o][l] - p_rz);
-                *slope += m->dz3[o][l] * m->rz3[o][l];
-            }
-        }
-    }
+    if (u && r_logits)
+        for (int l = 0; l < LANES; ++l)
+            for (int o = 0; o < classes; ++o) r_logits[l * classes + o] = m->rz3[o][l];
+    const float loss = softmax_cross_entropy(q, lanes, classes, scale, u != 0, slope, m);
     /* dense backward (and its R), output layer first */
     if (grad) dense_weight_grad(m->dz3, classes, m->f2, H2, grad + L.f3, grad + L.g3);
     dense_transpose(m->dz3, classes, w + L.f3, H2, m->dz2, 0);
@@ -409,17 +427,20 @@ static float block_step(const vec *x, const int32_t *labels, int cin, int classe
     return loss;
 }
 
-/* The summed loss and its gradient (times `scale`) for N nets on shared images, and with a
- * direction u (flat like theta) R of the gradient (= H u), R of the input gradient, and the
- * slope <u, gradient>. x: [blocks][cin][32][32][LANES]; labels: [blocks * LANES], -1 for
- * padding lanes; theta, u: [N][stride]. Each net's blocks are split into `parts` contiguous
- * ranges, one task each, so all threads work even for one net: losses and slopes [N][parts],
- * grad and r_grad [N][parts][stride] get each task's sums (the caller adds the parts); grad
- * may be NULL (not computed); rdx: [N][blocks][cin][32][32][LANES] or NULL. */
-void lenet_step(const float *x, const int32_t *labels, int cin, int classes, int64_t blocks,
+/* The summed loss and its gradient (times `scale`) for N nets on `batch` shared images, and
+ * with a direction u (flat like theta) R of the gradient (= H u), R of the input gradient, R
+ * of the logits and the slope <u, gradient>. x: [blocks][cin][32][32][LANES], blocks =
+ * ceil(batch / LANES), padding lanes past the last image; targets: [blocks * LANES][classes]
+ * class probabilities (padding rows unread); theta, u: [N][stride]. Each net's blocks are split
+ * into `parts` contiguous ranges, one task each, so all threads work even for one net: losses
+ * and slopes [N][parts], grad and r_grad [N][parts][stride] get each task's sums (the caller
+ * adds the parts); grad may be NULL (not computed); rdx: [N][blocks][cin][32][32][LANES] or
+ * NULL; r_logits: [N][blocks * LANES][classes] or NULL. */
+void lenet_step(const float *x, const float *targets, int cin, int classes, int64_t batch,
                 int64_t nets, int64_t parts, const float *theta, const float *u, int64_t stride,
-                float scale, float *losses, float *grad, float *r_grad, float *rdx, float *slopes,
-                int threads) {
+                float scale, float *losses, float *grad, float *r_grad, float *rdx,
+                float *r_logits, float *slopes, int threads) {
+    const int64_t blocks = (batch + LANES - 1) / LANES;
 #pragma omp parallel num_threads(threads)
     {
         Scratch *m = 0;
@@ -432,11 +453,15 @@ void lenet_step(const float *x, const int32_t *labels, int cin, int classes, int
             if (g) memset(g, 0, sizeof(float) * stride);
             if (rg) memset(rg, 0, sizeof(float) * stride);
             float loss = 0.f, slope = 0.f;
-            for (int64_t b = first; b < last; ++b)
-                loss += block_step((const vec *)x + b * cin * SIDE * SIDE, labels + b * LANES, cin,
-                                   classes, theta + n * stride, u ? u + n * stride : 0, scale, g, rg,
+            for (int64_t b = first; b < last; ++b) {
+                const int lanes = batch - b * LANES < LANES ? (int)(batch - b * LANES) : LANES;
+                loss += block_step((const vec *)x + b * cin * SIDE * SIDE,
+                                   targets + b * LANES * classes, lanes, cin, classes,
+                                   theta + n * stride, u ? u + n * stride : 0, scale, g, rg,
                                    rdx ? (vec *)rdx + (n * blocks + b) * cin * SIDE * SIDE : 0,
+                                   r_logits ? r_logits + (n * blocks + b) * LANES * classes : 0,
                                    &slope, m);
+            }
             losses[task] = loss;
             if (slopes) slopes[task] = slope;
         }

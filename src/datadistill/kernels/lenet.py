@@ -26,16 +26,17 @@ from ..recompute import states_in_reverse, unroll_keeping
 from . import load
 
 if TYPE_CHECKING:
-    from ..inner_loop import DistilledSteps
+    from ..state import DistilledSteps
 
 LANES, SIDE, FEATURES, MAX_CHANNELS, MAX_CLASSES = 8, 32, 16 * 5 * 5, 4, 128
 DENSE = tuple((f"classifier.{i}.weight", f"classifier.{i}.bias") for i in (1, 3, 5))
-Steps = Sequence[tuple[Tensor, Tensor, "float | Tensor"]]  # (images, labels, lr)
+# (images, labels, lr); labels: class indices (B,) or class probabilities (B, classes)
+Steps = Sequence[tuple[Tensor, Tensor, "float | Tensor"]]
 
 _P, _I64, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
     "lenet_features": [_P, _I64, _INT, _P, _I64, _I64, _P, _INT],
-    "lenet_step": [_P, _P, _INT, _INT, _I64, _I64, _I64, _P, _P, _I64, _FLOAT, *[_P] * 5, _INT],
+    "lenet_step": [_P, _P, _INT, _INT, _I64, _I64, _I64, _P, _P, _I64, _FLOAT, *[_P] * 6, _INT],
 }
 
 
@@ -54,10 +55,11 @@ def _call(name: str, *args: Tensor | int | float | None) -> None:
 
 @dataclass
 class _Batch:
-    """Images 8 to a vector (blocks, C, 32, 32, 8) and their labels (-1 past the last image)."""
+    """Images 8 to a vector (blocks, C, 32, 32, 8), their targets as class probabilities
+    (blocks * 8, classes) (zeros past the last image) and the number of images."""
 
     x: Tensor
-    labels: Tensor
+    targets: Tensor
     size: int
 
 
@@ -75,16 +77,21 @@ class _Net:
     def of(module: nn.Module, params: Params, *images: Tensor) -> "_Net | None":
         """The kernel's view of ``module``, or None where the kernel does not apply to it, to
         these stacked parameters or to these images."""
-        if type(module) is not LeNet or load("lenet") is None:
+        if type(module) is not LeNet:
             return None
         net = _Net(module)
-        fits = (net.image_shape[0] <= MAX_CHANNELS and net.classes <= MAX_CLASSES
-                and params.keys() == net.shapes.keys()
-                and all(params[k].shape[1:] == shape for k, shape in net.shapes.items())
-                and all(x.shape[1:] == net.image_shape for x in images)
+        # compiled last: only where it runs (a CUDA or float64 user never waits for cc)
+        return net if net.fits(params, images) and load("lenet") is not None else None
+
+    def fits(self, params: Params, images: Sequence[Tensor]) -> bool:
+        """Whether the kernel runs these stacked parameters and images: float32 on the CPU,
+        in the module's shapes, within the kernel's arrays."""
+        return (self.image_shape[0] <= MAX_CHANNELS and self.classes <= MAX_CLASSES
+                and params.keys() == self.shapes.keys()
+                and all(params[k].shape[1:] == shape for k, shape in self.shapes.items())
+                and all(x.shape[1:] == self.image_shape for x in images)
                 and all(t.device.type == "cpu" and t.dtype == torch.float32
                         for t in (*images, *params.values())))
-        return net if fits else None
 
     def flatten(self, params: Params) -> Tensor:
         return torch.cat([params[k].reshape(params[k].shape[0], -1) for k in self.shapes], 1)
@@ -94,29 +101,43 @@ class _Net:
         return {k: part.reshape(-1, *shape) for (k, shape), part in zip(self.shapes.items(), parts)}
 
     def batch(self, images: Tensor, labels: Tensor) -> _Batch:
-        """Images (B, C, H, W) and labels (B,) laid out for the kernel, after the checks that
-        keep it inside its arrays."""
+        """Images (B, C, H, W) and labels (class indices (B,) or class probabilities
+        (B, classes)) laid out for the kernel, after the checks that keep it inside its arrays."""
         if images.shape[1:] != self.image_shape or images.dtype != torch.float32:
             raise DistillError(f"the compiled LeNet takes float32 images of shape "
                                f"{self.image_shape}, got {images.dtype} {tuple(images.shape[1:])}")
-        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < self.classes:
-            raise DistillError(f"labels must lie in [0, {self.classes}) for this LeNet, got "
-                               f"{int(labels.min())}..{int(labels.max())}")
+        targets = self.targets(labels, images.shape[0])
         blocks = -(-images.shape[0] // LANES)
         extra = blocks * LANES - images.shape[0]
         x = F.pad(images, (self.pad,) * 4 + (0, 0, 0, extra))
         x = x.view(blocks, LANES, *x.shape[1:]).permute(0, 2, 3, 4, 1).contiguous()
-        return _Batch(x, F.pad(labels.to(torch.int32), (0, extra), value=-1), images.shape[0])
+        return _Batch(x, F.pad(targets, (0, 0, 0, extra)).contiguous(), images.shape[0])
 
-    def _step(self, theta: Tensor, batch: _Batch, scale: float, u: Tensor | None,
-              out: Tensor, slopes: Tensor | None, r_dx: Tensor | None) -> Tensor:
+    def targets(self, labels: Tensor, size: int) -> Tensor:
+        """``size`` labels as float32 class probabilities (size, classes): soft targets as
+        they are, class indices one-hot."""
+        if labels.is_floating_point():
+            if labels.shape != (size, self.classes):
+                raise DistillError(f"soft targets must have shape ({size}, {self.classes}) for "
+                                   f"this LeNet, got {tuple(labels.shape)}")
+            return labels.to(torch.float32)
+        if labels.shape != (size,):
+            raise DistillError(f"class labels must have shape ({size},), got {tuple(labels.shape)}")
+        if size and not 0 <= int(labels.min()) <= int(labels.max()) < self.classes:
+            raise DistillError(f"labels must lie in [0, {self.classes}) for this LeNet, got "
+                               f"{int(labels.min())}..{int(labels.max())}")
+        return F.one_hot(labels.long(), self.classes).to(torch.float32)
+
+    def _step(self, theta: Tensor, batch: _Batch, scale: float, u: Tensor | None, out: Tensor,
+              slopes: Tensor | None = None, r_dx: Tensor | None = None,
+              r_logits: Tensor | None = None) -> Tensor:
         """One ``lenet_step`` call; returns the summed loss per net and part (N, parts)."""
         nets, parts = theta.shape[0], out.shape[1]
         losses = theta.new_empty(nets, parts)
         gradient, hessian = (None, out) if u is not None else (out, None)
-        _call("lenet_step", batch.x, batch.labels, batch.x.shape[1], self.classes,
-              batch.x.shape[0], nets, parts, theta, u, theta.shape[1], scale, losses,
-              gradient, hessian, r_dx, slopes)
+        _call("lenet_step", batch.x, batch.targets, batch.x.shape[1], self.classes, batch.size,
+              nets, parts, theta, u, theta.shape[1], scale, losses, gradient, hessian, r_dx,
+              r_logits, slopes)
         return losses
 
     @staticmethod
@@ -127,20 +148,24 @@ class _Net:
     def gradient(self, theta: Tensor, batch: _Batch, scale: float) -> tuple[Tensor, Tensor]:
         """Summed loss per net (N,) and ``scale`` × its gradient (N, P)."""
         grad = theta.new_empty(theta.shape[0], self._parts(theta, batch), theta.shape[1])
-        losses = self._step(theta, batch, scale, None, grad, None, None)
+        losses = self._step(theta, batch, scale, None, grad)
         return losses.sum(1), grad.sum(1)
 
-    def hessian_vector(self, theta: Tensor, batch: _Batch, scale: float,
-                       u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Along the direction u (N, P): the slope <u, gradient> (N,), H u (N, P), and the
-        derivative of the input gradient, (B, C, 32, 32) summed over nets."""
-        parts = self._parts(theta, batch)
-        hvp = theta.new_empty(theta.shape[0], parts, theta.shape[1])
-        slopes = theta.new_empty(theta.shape[0], parts)
-        r_dx = theta.new_empty(theta.shape[0], *batch.x.shape)
-        self._step(theta, batch, scale, u, hvp, slopes, r_dx)
+    def hessian_vector(self, theta: Tensor, batch: _Batch, scale: float, u: Tensor,
+                       logits: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Along the direction u (N, P): the slope <u, gradient> (N,), H u (N, P), the
+        derivative of the input gradient (B, C, 32, 32) and, if ``logits``, of the logits
+        (B, classes), both summed over nets."""
+        nets, parts = theta.shape[0], self._parts(theta, batch)
+        hvp = theta.new_empty(nets, parts, theta.shape[1])
+        slopes = theta.new_empty(nets, parts)
+        r_dx = theta.new_empty(nets, *batch.x.shape)
+        r_logits = theta.new_empty(nets, *batch.targets.shape) if logits else None
+        self._step(theta, batch, scale, u, hvp, slopes, r_dx, r_logits)
         r_dx = r_dx.sum(0).permute(0, 4, 1, 2, 3).flatten(0, 1)[:batch.size]
-        return slopes.sum(1), hvp.sum(1), r_dx
+        if r_logits is not None:
+            r_logits = r_logits.sum(0)[:batch.size]
+        return slopes.sum(1), hvp.sum(1), r_dx, r_logits
 
     def crop(self, padded: Tensor) -> Tensor:
         return padded[:, :, self.pad:SIDE - self.pad, self.pad:SIDE - self.pad]
@@ -171,7 +196,8 @@ def lenet_logits_fn(module: nn.Module, params: Params,
 def lenet_train_fn(module: nn.Module, params: Params,
                    images: Tensor) -> Callable[[Params, Steps], Params] | None:
     """``(params, steps) -> params``: plain GD of the N stacked LeNets on the steps (images,
-    labels, lr), as ``evaluate.train_nets`` does; or None."""
+    labels, lr), labels class indices (B,) or soft targets (B, classes), as
+    ``evaluate.train_nets`` does; or None."""
     net = _Net.of(module, params, images)
     if net is None:
         return None
@@ -192,7 +218,7 @@ def lenet_meta_gradient_fn(module: nn.Module, params: Params, *images: Tensor
     """The meta-gradient of ``inner_loop.meta_gradient`` through the kernel, or None where it
     does not apply (``images``: the real and the distilled ones). Call it as ``fn(params,
     steps, real_images, real_labels, keep_every) -> losses (N,)``; it accumulates ``.grad`` of
-    the images and raw lrs."""
+    the images, the raw lrs and learned label logits."""
     net = _Net.of(module, params, *images)
     if net is None:
         return None
@@ -208,9 +234,10 @@ def lenet_meta_gradient_fn(module: nn.Module, params: Params, *images: Tensor
 def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images: Tensor,
                    real_labels: Tensor, keep_every: int) -> Tensor:
     """Unroll the steps keeping every ``keep_every``-th θ_t, take the outer gradient g on the
-    real batch, then walk back: dlr_t = -<g, ∇ℓ_t>, dx_t = -lr_t R_g{∇_x ℓ_t},
+    real batch, then walk back: dlr_t = -<g, ∇ℓ_t>, dx_t = -lr_t R_g{∇_x ℓ_t}, for learned
+    labels dq_t = lr_t scale R_g{z_t} (the targets' gradient, z_t the logits),
     g <- g - lr_t H_t g."""
-    batches = [net.batch(x.detach(), y) for x, y in zip(steps.images, steps.labels)]
+    batches = [net.batch(x.detach(), steps.targets(s).detach()) for s, x in enumerate(steps.images)]
     per_step = 1.0 / steps.labels.shape[1]  # each net's loss is the mean over its batch
     raw_lrs = steps.raw_lrs.detach()
     lrs = F.softplus(raw_lrs).tolist()
@@ -226,16 +253,27 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
     losses, g = net.gradient(theta, net.batch(real_images, real_labels),
                              1.0 / (total * nets))  # g: gradient of the mean over nets
 
-    image_grad = torch.zeros_like(steps.images)
-    lr_grad = torch.zeros_like(raw_lrs)
+    grads = {"images": torch.zeros_like(steps.images), "raw_lrs": torch.zeros_like(raw_lrs)}
+    target_grad = torch.zeros_like(steps.labels) if steps.learns_labels else None
     sigmoid = torch.sigmoid(raw_lrs)
     for t, theta_t in states_in_reverse(step, kept, steps.num_steps, keep_every):
         s = t % len(batches)
-        slopes, hvp, r_dx = net.hessian_vector(theta_t, batches[s], per_step, g)
-        lr_grad[t] = -slopes.sum() * sigmoid[t]
-        image_grad[s] -= lrs[t] * net.crop(r_dx)
+        slopes, hvp, r_dx, r_logits = net.hessian_vector(theta_t, batches[s], per_step, g,
+                                                         logits=target_grad is not None)
+        grads["raw_lrs"][t] = -slopes.sum() * sigmoid[t]
+        grads["images"][s] -= lrs[t] * net.crop(r_dx)
+        if target_grad is not None:
+            target_grad[s] += lrs[t] * per_step * r_logits
         g = g.add(hvp, alpha=-lrs[t])
 
-    for leaf, grad in ((steps.images, image_grad), (steps.raw_lrs, lr_grad)):
-        leaf.grad = grad if leaf.grad is None else leaf.grad + grad
+    if target_grad is not None:
+        grads["label_logits"] = _softmax_backward(steps.labels.detach(), target_grad)
+    for name, leaf in steps.learnable().items():
+        leaf.grad = grads[name] if leaf.grad is None else leaf.grad + grads[name]
     return losses / total
+
+
+def _softmax_backward(logits: Tensor, grad: Tensor) -> Tensor:
+    """The gradient w.r.t. ``logits`` of softmax(logits, -1), given that of its output."""
+    probs = F.softmax(logits, -1)
+    return probs * (grad - (probs * grad).sum(-1, keepdim=True))

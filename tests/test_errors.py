@@ -1,0 +1,140 @@
+"""Bad input through the real command line: exit 2, one line naming problem and fix, no
+traceback, no partial output folder; and no finished optimisation lost to a later failure."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import datadistill
+from datadistill.artifacts import ARTIFACT_FILE
+from datadistill.cli import main
+from datadistill.errors import DistillError
+
+QUICK = ["--dataset", "digits", "--steps", "1", "--distill-epochs", "1", "--epochs", "1",
+         "--eval-nets", "2", "--no-progress", "--device", "cpu"]
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Artifacts the bad inputs point at: a k-NN baseline, a custom-module run, a damaged run."""
+    root = tmp_path_factory.mktemp("runs")
+    assert main(["baseline", "--method", "knn-random", "--dataset", "digits", "--sets", "1",
+                 "--out", str(root / "knn")]) == 0
+    datadistill.distill(dataset="digits", module=_mlp(), steps=1, distill_epochs=1, epochs=1,
+                        eval_nets=2, progress=False, out=root / "custom")
+    assert main(["distill", "--out", str(root / "damaged"), *QUICK]) == 0
+    path = root / "damaged" / ARTIFACT_FILE
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte inside the tensor data (the lrs)
+    path.write_bytes(bytes(data))
+    (root / "a-file").write_text("not a folder")
+    return root
+
+
+BAD_INPUTS = [
+    # (command line with RUNS for the fixture's folder and OUT for a fresh output path, expected)
+    (["distill", "--out", "RUNS/a-file", *QUICK], "is a file, not a folder"),
+    (["distill", "--out", "OUT", *QUICK, "--steps", "40", "--images-per-class", "10"],
+     "asks for 400 images per class"),
+    (["evaluate", "RUNS/knn", "--epochs", "2"], "k-NN baseline, which takes no GD steps"),
+    (["evaluate", "RUNS/knn"], "k-NN baseline, which takes no GD steps"),
+    (["evaluate", "RUNS/custom"], "distilled for your own module (Sequential)"),
+    (["evaluate", "RUNS/damaged"], "does not match the stored SHA-256 digest"),
+    (["evaluate", "RUNS/knn", "--nets", "0"], "--nets must be at least 1"),
+    (["pretrain", "--dataset", "digits", "--models", "3", "--group", "0", "--out", "OUT"],
+     "--group must be at least 1"),
+    (["baseline", "--method", "optimized", "--sets", "0", "--dataset", "digits", "--out", "OUT"],
+     "--sets must be at least 1"),
+    (["baseline", "--method", "random", "--dataset", "digits", "--pool", "RUNS/nopool",
+      "--out", "OUT"], "no pool in"),
+    # the README's error section: unknown names, missing files, bad settings, divergence,
+    # damaged artifacts
+    (["distill", "--out", "OUT", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["distill", "--out", "OUT", *QUICK, "--model", "resnet"], "unknown model 'resnet'"),
+    (["distill", "--out", "OUT", *QUICK, "--init-scheme", "zeros"], "unknown"),
+    (["distill", "--out", "OUT", "--dataset", "mnist", "--data-root", "RUNS/empty"], "MNIST"),
+    (["distill", "--out", "OUT", "--resume"], "no checkpoint.safetensors"),
+    (["show", "RUNS/missing"], "no distilled.safetensors"),
+    (["distill", "--out", "OUT", *QUICK, "--steps", "0"], "--steps must be at least 1"),
+    (["distill", "--out", "OUT", *QUICK, "--stop-accuracy", "0.5"], "add --eval-every"),
+    (["distill", "--out", "OUT", *QUICK, "--distill-lr", "1e30"], "distillation diverged"),
+]
+
+
+@pytest.mark.parametrize("argv,expected", BAD_INPUTS, ids=[" ".join(a[:2]) + f" [{i}]"
+                                                           for i, (a, _) in enumerate(BAD_INPUTS)])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(argv, expected, runs, tmp_path):
+    out = tmp_path / "out"
+    args = [a.replace("RUNS", str(runs)).replace("OUT", str(out)) for a in argv]
+    before = sorted(p.name for p in runs.iterdir())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "datadistill", *args], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("datadistill: error: "), done.stderr
+    assert expected in lines[0]
+    assert not out.exists()  # no partial output folder
+    assert sorted(p.name for p in runs.iterdir()) == before
+
+
+def test_misspelt_api_setting_names_the_closest():
+    with pytest.raises(DistillError, match="unknown setting 'epoch'; did you mean 'epochs'"):
+        datadistill.distill(dataset="digits", epoch=3)
+
+
+def test_a_report_failing_after_training_keeps_the_artifact(tmp_path, monkeypatch, capsys):
+    """The random-real comparison and the picture run after the artifact is written; their
+    failure is one warning line, recorded in the metrics."""
+    import datadistill.plots as plots
+
+    distill_module = sys.modules["datadistill.distill"]  # the package exports the function
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(distill_module, "_random_real", broken)
+    monkeypatch.setattr(plots, "save_grid", broken)
+    assert main(["distill", "--out", str(tmp_path / "run"), *QUICK]) == 0
+    err = capsys.readouterr().err
+    assert "random real failed (RuntimeError: boom); the distilled artifact is saved" in err
+    assert "picture failed" in err
+    loaded = datadistill.load(tmp_path / "run")
+    assert loaded.images.shape[:2] == (1, 10)
+    metrics = loaded.meta["metrics"]
+    assert "final" in metrics and set(metrics["failed"]) == {"random_real", "picture"}
+
+
+def test_custom_module_artifact_evaluates_on_its_own_module(tmp_path):
+    """An MLP's images evaluated on the MLP (a LeNet gives them about chance)."""
+    torch.manual_seed(0)
+    datadistill.distill(dataset="mnist-5k", module=nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)), epochs=2,
+        image_init="real", eval_nets=4, progress=False, out=tmp_path)
+    meta = datadistill.load(tmp_path).meta
+    assert meta["model"]["name"] is None and meta["model"]["class"] == "Sequential"
+    result = datadistill.evaluate(tmp_path, nets=8, module=nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)))
+    assert result["after"]["accuracy_mean"] > 0.5
+
+
+def test_damaged_tensor_data_is_reported_on_load(tmp_path):
+    datadistill.distill(dataset="digits", steps=1, distill_epochs=1, epochs=1, eval_nets=2,
+                        progress=False, out=tmp_path)
+    path = tmp_path / ARTIFACT_FILE
+    assert datadistill.load(tmp_path).lrs.shape == (1,)  # intact: loads
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(DistillError, match="does not match the stored SHA-256 digest"):
+        datadistill.load(tmp_path)
