@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from datadistill.baselines import IMAGE_BASELINES, knn_accuracy, run_baseline
+from datadistill.baselines import IMAGE_BASELINES, baseline_images, knn_accuracy, run_baseline
 from datadistill.baselines.run import METHODS
 from datadistill.cli import main
 from datadistill.functional import FunctionalModel
@@ -19,7 +19,7 @@ from .conftest import make_dataset
 @pytest.mark.parametrize("name", IMAGE_BASELINES.names())
 def test_image_baselines_have_the_distilled_layout(name):
     data = make_dataset()
-    images, labels = IMAGE_BASELINES.get(name)(data, 2, 2, torch.Generator().manual_seed(0))
+    images, labels = baseline_images(name, data, 2, 2, torch.Generator().manual_seed(0))
     assert images.shape == (2, 6, 1, 4, 4)
     assert torch.equal(labels, torch.tensor([[0, 0, 1, 1, 2, 2]] * 2))
     if name in ("random", "herding"):  # real images of the right class
@@ -31,10 +31,10 @@ def test_image_baselines_have_the_distilled_layout(name):
 def test_average_is_the_class_mean_and_herding_tracks_it():
     data = make_dataset()
     gen = torch.Generator().manual_seed(0)
-    average, _ = IMAGE_BASELINES.get("average")(data, 1, 1, gen)
+    average, _ = baseline_images("average", data, 1, 1, gen)
     assert torch.allclose(average[0, 1], data.train_images[data.train_labels == 1].mean(0))
-    herded, _ = IMAGE_BASELINES.get("herding")(data, 4, 1, gen)
-    randoms, _ = IMAGE_BASELINES.get("random")(data, 4, 1, gen)
+    herded, _ = baseline_images("herding", data, 4, 1, gen)
+    randoms, _ = baseline_images("random", data, 4, 1, gen)
     mean0 = data.train_images[data.train_labels == 0].mean(0)
     assert (herded[:, 0].mean(0) - mean0).norm() < (randoms[:, 0].mean(0) - mean0).norm()
 

@@ -171,3 +171,35 @@ def test_documented_plain_pytorch_training_loop(tmp_path, tiny_data):
         assert torch.allclose(by_hand[k], by_engine[k], atol=1e-5)
     test = (tiny_data.test_images, tiny_data.test_labels)
     assert test_nets(fmodel, by_hand, *test).mean > test_nets(fmodel, start, *test).mean + 0.2
+
+
+def test_learned_labels_with_fewer_images_than_classes(tmp_path, tiny_data):
+    """2 images per step for 3 classes, labels learned: the artifact stores soft labels (S, n,
+    K) that moved from their start, and evaluate, show and the steps() API take them."""
+    result = datadistill.distill(data=tiny_data, labels="learned", images_per_step=2,
+                                 out=tmp_path, **TINY)
+    assert result.images.shape == (2, 2, 1, 4, 4) and result.labels.shape == (2, 2, 3)
+    assert torch.allclose(result.labels.sum(-1), torch.ones(2, 2))
+    start = torch.tensor([[0, 1], [2, 0]])  # the classes go round from step to step
+    assert torch.equal(result.labels.argmax(-1), start)
+    assert not torch.allclose(result.labels.max(-1).values, torch.tensor(0.9))  # learned
+    loaded = datadistill.load(tmp_path)
+    assert torch.equal(loaded.labels, result.labels)
+    x, y, lr = next(iter(loaded.steps()))
+    assert y.shape == (2, 3) and torch.nn.functional.cross_entropy(torch.zeros(2, 3), y) > 0
+    from datadistill.evaluate import evaluate
+    from datadistill.plots import caption
+
+    after = evaluate(tmp_path, nets=3, data=tiny_data, module=TinyConvNet())["after"]
+    assert after["nets"] == 3 and 0 <= after["accuracy_mean"] <= 1
+    assert caption(torch.tensor([0.1, 0.7, 0.2]), ("a", "b", "c")) == "b .70 c .20"
+
+
+def test_learned_labels_resume_equals_one_run(tmp_path, tiny_data):
+    settings = dict(TINY, labels="learned", image_init="kmeans")
+    whole = datadistill.distill(data=tiny_data, **settings)
+    datadistill.distill(data=tiny_data, out=tmp_path, **{**settings, "epochs": 2})
+    resumed = datadistill.distill(data=tiny_data, out=tmp_path, resume=True, epochs=4,
+                                  progress=False)
+    assert torch.equal(whole.labels, resumed.labels)
+    assert torch.equal(whole.images, resumed.images)

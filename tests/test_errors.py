@@ -15,6 +15,8 @@ from datadistill.artifacts import ARTIFACT_FILE
 from datadistill.cli import main
 from datadistill.errors import DistillError
 
+from .conftest import make_dataset
+
 QUICK = ["--dataset", "digits", "--steps", "1", "--distill-epochs", "1", "--epochs", "1",
          "--eval-nets", "2", "--no-progress", "--device", "cpu"]
 
@@ -33,11 +35,20 @@ def runs(tmp_path_factory):
                         eval_nets=2, progress=False, out=root / "custom")
     assert main(["distill", "--out", str(root / "damaged"), *QUICK]) == 0
     path = root / "damaged" / ARTIFACT_FILE
-    data = bytearray(path.read_bytes())
-    data[-5] ^= 0xFF  # one flipped byte inside the tensor data (the lrs)
-    path.write_bytes(bytes(data))
+    _flip(path, -5)  # one flipped byte inside the tensor data
+    datadistill.distill(dataset="digits", steps=1, distill_epochs=1, epochs=1, eval_nets=2,
+                        progress=False, out=root / "damaged-checkpoint")
+    _flip(root / "damaged-checkpoint" / "checkpoint.safetensors", 9 + 40)  # in the header
+    datadistill.distill(data=make_dataset(), steps=1, distill_epochs=1, epochs=1, eval_nets=2,
+                        progress=False, out=root / "custom-data")
     (root / "a-file").write_text("not a folder")
     return root
+
+
+def _flip(path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 BAD_INPUTS = [
@@ -48,7 +59,9 @@ BAD_INPUTS = [
     (["evaluate", "RUNS/knn", "--epochs", "2"], "k-NN baseline, which takes no GD steps"),
     (["evaluate", "RUNS/knn"], "k-NN baseline, which takes no GD steps"),
     (["evaluate", "RUNS/custom"], "distilled for your own module (Sequential)"),
-    (["evaluate", "RUNS/damaged"], "does not match the stored SHA-256 digest"),
+    (["evaluate", "RUNS/damaged"], "do not match the stored SHA-256 digest"),
+    (["distill", "--out", "RUNS/damaged-checkpoint", "--resume"], "is damaged"),
+    (["evaluate", "RUNS/custom-data"], "distilled on a dataset of your own ('synthetic')"),
     (["evaluate", "RUNS/knn", "--nets", "0"], "--nets must be at least 1"),
     (["pretrain", "--dataset", "digits", "--models", "3", "--group", "0", "--out", "OUT"],
      "--group must be at least 1"),
@@ -60,7 +73,8 @@ BAD_INPUTS = [
     # damaged artifacts
     (["distill", "--out", "OUT", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["distill", "--out", "OUT", *QUICK, "--model", "resnet"], "unknown model 'resnet'"),
-    (["distill", "--out", "OUT", *QUICK, "--init-scheme", "zeros"], "unknown"),
+    (["distill", "--out", "OUT", *QUICK, "--init-scheme", "zeros"],
+     "unknown initialization scheme 'zeros'"),
     (["distill", "--out", "OUT", "--dataset", "mnist", "--data-root", "RUNS/empty"], "MNIST"),
     (["distill", "--out", "OUT", "--resume"], "no checkpoint.safetensors"),
     (["show", "RUNS/missing"], "no distilled.safetensors"),
@@ -133,8 +147,7 @@ def test_damaged_tensor_data_is_reported_on_load(tmp_path):
                         progress=False, out=tmp_path)
     path = tmp_path / ARTIFACT_FILE
     assert datadistill.load(tmp_path).lrs.shape == (1,)  # intact: loads
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-    with pytest.raises(DistillError, match="does not match the stored SHA-256 digest"):
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    _flip(path, 8 + header_len + 3)  # inside the tensor data
+    with pytest.raises(DistillError, match="do not match the stored SHA-256 digest"):
         datadistill.load(tmp_path)

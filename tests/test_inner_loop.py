@@ -112,3 +112,48 @@ def test_batchnorm_with_running_stats_is_refused():
     with pytest.raises(DistillError, match="track_running_stats=False"):
         FunctionalModel(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
     FunctionalModel(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False)))
+
+
+def _label_problem(make_module, **kwargs):
+    """The same problem with learnable label logits (S, n, 3) instead of fixed classes."""
+    fmodel, params, images, labels, raw_lrs, real_x, real_y = _problem(make_module(), **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    logits = 2 * F.one_hot(labels, 3).double() + 0.3 * torch.randn(
+        *labels.shape, 3, generator=gen, dtype=torch.float64)
+    return fmodel, params, images, logits, raw_lrs, real_x, real_y
+
+
+def _label_grads(fmodel, params, images, logits, raw_lrs, real_x, real_y, **kwargs):
+    steps = DistilledSteps(images.clone().requires_grad_(), logits.clone().requires_grad_(),
+                           raw_lrs.clone().requires_grad_())
+    loss = meta_gradient(fmodel, params, steps, real_x, real_y, **kwargs)
+    return loss.mean().item(), {k: v.grad for k, v in steps.learnable().items()}
+
+
+@pytest.mark.parametrize("mode", ["full", "backgrad"])
+@pytest.mark.parametrize("make_module", [_mlp, TinyConvNet], ids=["mlp", "conv"])
+def test_learned_label_gradient_matches_finite_differences(make_module, mode):
+    fmodel, params, images, logits, raw_lrs, real_x, real_y = _label_problem(make_module)
+    _, grads = _label_grads(fmodel, params, images, logits, raw_lrs, real_x, real_y, mode=mode)
+    assert set(grads) == {"images", "raw_lrs", "label_logits"}
+    eps = 1e-6
+    flat = logits.flatten()
+    for i in range(flat.numel()):
+        plus, minus = flat.clone(), flat.clone()
+        plus[i] += eps
+        minus[i] -= eps
+        numeric = (_label_grads(fmodel, params, images, plus.view_as(logits), raw_lrs, real_x,
+                                real_y)[0]
+                   - _label_grads(fmodel, params, images, minus.view_as(logits), raw_lrs,
+                                  real_x, real_y)[0]) / (2 * eps)
+        assert numeric == pytest.approx(grads["label_logits"].flatten()[i].item(), rel=1e-5,
+                                        abs=1e-9)
+
+
+@pytest.mark.parametrize("keep_every", [1, 2])
+def test_learned_label_backgrad_equals_full_autograd(keep_every):
+    problem = _label_problem(TinyConvNet, n_steps=3, epochs=2)
+    _, full = _label_grads(*problem, mode="full")
+    _, back = _label_grads(*problem, mode="backgrad", keep_every=keep_every)
+    for name in full:
+        assert (full[name] - back[name]).abs().max() < 1e-10, name

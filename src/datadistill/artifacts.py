@@ -82,16 +82,21 @@ def check_out_folder(out: Path) -> None:
 
 def save_tensors(path: Path, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
     """Atomically write tensors (made contiguous, on CPU) with ``info`` as JSON metadata and
-    a SHA-256 digest of the tensor data (safetensors itself has no checksum)."""
+    a SHA-256 digest of both (safetensors itself has no checksum)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {_META_KEY: json.dumps(info)}
-    digest = hashlib.sha256(_tensor_bytes(st_save(tensors, metadata=metadata))).hexdigest()
+    digest = _digest(st_save(tensors, metadata=metadata))
     atomic_write(path, st_save(tensors, metadata={**metadata, _DIGEST_KEY: digest}))
 
 
-def _tensor_bytes(file: bytes) -> bytes:
-    """The data section of a safetensors file (after its 8-byte length and JSON header)."""
-    return file[8 + int.from_bytes(file[:8], "little"):]
+def _digest(file: bytes) -> str:
+    """SHA-256 of a safetensors file's tensor layout, datadistill metadata and tensor data
+    (everything but the digest itself)."""
+    header_len = int.from_bytes(file[:8], "little")
+    header = json.loads(file[8:8 + header_len])
+    metadata = header.pop("__metadata__", {})
+    covered = json.dumps([header, metadata.get(_META_KEY)], sort_keys=True).encode()
+    return hashlib.sha256(covered + file[8 + header_len:]).hexdigest()
 
 
 def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -106,12 +111,13 @@ def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
         metadata = header["__metadata__"]
         info = json.loads(metadata[_META_KEY])
+        digest = _digest(data)
     except (SafetensorError, ValueError, KeyError, TypeError) as exc:
         raise DistillError(f"{damaged} ({exc}); re-run the command that wrote it") from None
     stored = metadata.get(_DIGEST_KEY)  # files written before digests were stored have none
-    if stored is not None and hashlib.sha256(_tensor_bytes(data)).hexdigest() != stored:
-        raise DistillError(f"{damaged}: its tensor data does not match the stored SHA-256 "
-                           "digest; re-run the command that wrote it")
+    if stored is not None and digest != stored:
+        raise DistillError(f"{damaged}: its contents do not match the stored SHA-256 digest; "
+                           "re-run the command that wrote it")
     return tensors, info
 
 

@@ -120,7 +120,8 @@ def _distill(args: argparse.Namespace) -> None:
         real = metrics["random_real"]
         print(f"random real ({n_images} images, same steps, best lr {real['lr']}): "
               f"{100 * real['accuracy_mean']:.2f}% ± {100 * real['accuracy_std']:.2f}")
-    print(f"wrote {Path(args.out) / 'distilled.safetensors'}, meta.json and distilled.png "
+    picture = "" if "picture" in metrics.get("failed", {}) else " and distilled.png"
+    print(f"wrote {Path(args.out) / 'distilled.safetensors'}, meta.json{picture} "
           f"in {metrics['wall_time_s']:.0f} s")
 
 

@@ -44,10 +44,17 @@ class DistillConfig:
     steps: int = _opt(10, "distilled GD steps, each with its own batch of images")
     distill_epochs: int = _opt(3, "passes over the distilled steps (inner steps = steps x epochs)")
     images_per_class: int = _opt(1, "distilled images per class in each step")
+    images_per_step: int = _opt(0, "images in each step, their classes going round from step "
+                                   "to step; may be fewer than the classes (0: classes x "
+                                   "--images-per-class)")
+    labels: str = _opt("fixed", "labels of the distilled images: fixed classes (the paper) or "
+                                "learned soft labels (label logits trained with the images)",
+                       ("fixed", "learned"))
     distill_lr: float = _opt(0.02, "initial value of every learned inner learning rate")
-    image_init: str = _opt("noise", "starting images: standard-normal noise (the paper) or "
-                                    "random real training images of each step's classes",
-                           ("noise", "real"))
+    image_init: str = _opt("noise", "starting images: standard-normal noise (the paper), "
+                                    "random real training images, k-means centroids or herded "
+                                    "real images of each slot's class",
+                           ("noise", "real", "kmeans", "herding"))
     # outer optimization
     epochs: int = _opt(400, "passes over the real training set")
     batch_size: int = _opt(1024, "real images per meta-iteration")
@@ -82,6 +89,9 @@ class DistillConfig:
             if getattr(self, name) < 1:
                 raise DistillError(f"--{name.replace('_', '-')} must be at least 1, "
                                    f"got {getattr(self, name)}")
+        if self.images_per_step < 0:
+            raise DistillError(f"--images-per-step must be 0 (classes x --images-per-class) or "
+                               f"more, got {self.images_per_step}")
         if self.nets_per_iteration < 0:
             raise DistillError(f"--nets-per-iteration must be 0 (auto) or more, "
                                f"got {self.nets_per_iteration}")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .artifacts import (CHECKPOINT_FILE, GRID_FILE, Distilled, check_out_folder, load_tensors,
                         run_meta, save_tensors)
-from .baselines.images import check_real_images_suffice, random_real
+from .baselines.images import check_real_images_suffice, class_layout, images_for
 from .config import DistillConfig, check_known
 from .data import Dataset, crop_flip, load_dataset, relabel
 from .distributed import current
@@ -30,9 +30,10 @@ from .inner_loop import meta_gradient
 from .models import build_model
 from .pools import check_pool_fits, load_pool, load_pretrained
 from .runtime import generator, resolve_device
-from .state import DistilledSteps, inverse_softplus
+from .state import DistilledSteps, new_steps
 
 # settings that may change when a run is resumed; the others must match the checkpoint
+INIT_BASELINE = {"real": "random"}  # --image-init names that differ from the baseline's
 RESUMABLE = {"epochs", "eval_every", "eval_nets", "stop_accuracy", "checkpoint_every", "progress",
              "device"}
 
@@ -82,8 +83,9 @@ def distill(
     init_dist, eval_dist, fixed_params = _init_distributions(config, module, data, init_gen)
     world = current()  # under torchrun: this rank trains its share of the nets per iteration
     n_nets = config.nets_per_draw(world.size)
+    config = replace(config, nets_per_iteration=n_nets)  # stored resolved: resumes draw alike
     mine = world.share(n_nets)
-    if not mine:
+    if n_nets < world.size:  # every rank refuses alike (none waits in an all-reduce)
         raise DistillError(f"{n_nets} net(s) per meta-iteration cannot be shared by {world.size} "
                            "processes: raise --nets-per-iteration, or run --init fixed / "
                            "pretrained-fixed (one net) in one process")
@@ -91,20 +93,18 @@ def distill(
     if attack is not None and max(attack) >= data.num_classes:
         raise DistillError(f"--attack-class/--target-class must be below {data.num_classes} "
                            f"(the classes of {data.name}), got {attack}")
-    check_real_images_suffice(data, config.steps * config.images_per_class)
+    layout = _class_layout(config, data.num_classes)  # the class each distilled image starts as
+    check_real_images_suffice(data, int(torch.bincount(layout.flatten()).max()))
 
-    # ---- distilled steps: noise or real images, fixed labels, lrs through softplus
-    n_classes, ipc = data.num_classes, config.images_per_class
-    if config.image_init == "real":
-        images, labels = random_real(data, config.steps, ipc, steps_gen)
+    # ---- distilled steps: starting images, labels (fixed or learned), lrs through softplus
+    if config.image_init == "noise":
+        images = torch.randn(*layout.shape, *data.image_shape, generator=steps_gen)
     else:
-        images = torch.randn(config.steps, n_classes * ipc, *data.image_shape, generator=steps_gen)
-        labels = torch.arange(n_classes).repeat_interleave(ipc).repeat(config.steps, 1)
-    raw_lrs = torch.full((config.steps * config.distill_epochs,),
-                         inverse_softplus(config.distill_lr))
-    steps = DistilledSteps(images.to(device).requires_grad_(), labels.to(device),
-                           raw_lrs.to(device).requires_grad_())
-    optimizer = torch.optim.Adam([steps.images, steps.raw_lrs], lr=config.lr, betas=(0.5, 0.999))
+        images = images_for(INIT_BASELINE.get(config.image_init, config.image_init), data,
+                            layout, steps_gen)
+    steps = new_steps(images.to(device), layout.to(device), config.steps * config.distill_epochs,
+                      config.distill_lr, data.num_classes, config.labels == "learned")
+    optimizer = torch.optim.Adam(steps.learnable().values(), lr=config.lr, betas=(0.5, 0.999))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.decay_epochs, config.decay_factor)
 
     keep_every = config.backgrad_keep_every or math.ceil(math.sqrt(steps.num_steps))
@@ -133,8 +133,8 @@ def distill(
                                    relabel(data.train_labels[batch], attack), config.backward,
                                    keep_every, config.outer_chunk)
             if world.size > 1:  # the mean over all ranks' nets, identical on every rank
-                for grad in (steps.images.grad, steps.raw_lrs.grad):
-                    world.sum_(grad.mul_(len(mine) / n_nets))
+                for tensor in steps.learnable().values():
+                    world.sum_(tensor.grad.mul_(len(mine) / n_nets))
             meta_loss = float(world.sum_(losses.sum()) / n_nets)
             if not math.isfinite(meta_loss):
                 raise DistillError(
@@ -173,8 +173,8 @@ def distill(
     # ---- the artifact first; then the final evaluation, the comparison and the picture
     metrics: dict[str, Any] = {"history": history, "epochs_run": done}
     result = Distilled(
-        images=steps.images.detach().cpu(), labels=steps.labels.cpu(),
-        lrs=torch.nn.functional.softplus(steps.raw_lrs.detach()).cpu(),
+        images=steps.images.detach().cpu(), labels=steps.all_targets().cpu(),
+        lrs=steps.lrs().detach().cpu(),
         init=fixed_params, meta=_meta(config, data, module, custom_module, metrics))
     writes = out is not None and world.is_main
 
@@ -202,6 +202,8 @@ def _after_saving(metrics: dict[str, Any], name: str, make: Callable[[], Any]) -
     try:
         value = make()
     except Exception as exc:  # noqa: BLE001 (a finished run is never lost to a report)
+        if current().size > 1:  # the other ranks would wait in a collective: stop them all
+            raise
         print(f"datadistill: warning: {name.replace('_', ' ')} failed ({type(exc).__name__}: "
               f"{exc}); the distilled artifact is saved", file=sys.stderr)
         metrics.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
@@ -235,6 +237,11 @@ def _init_distributions(config: DistillConfig, module: nn.Module, data: Dataset,
     return pool.split("distill"), pool.split("held_out"), None
 
 
+def _class_layout(config: DistillConfig, num_classes: int) -> torch.Tensor:
+    return class_layout(config.steps, num_classes, config.images_per_class,
+                        config.images_per_step)
+
+
 def _eval_nets(config: DistillConfig) -> int:
     return 1 if config.init in ("fixed", "pretrained-fixed") else config.eval_nets
 
@@ -242,8 +249,8 @@ def _eval_nets(config: DistillConfig) -> int:
 def _evaluate(fmodel: FunctionalModel, init_dist: InitDistribution, steps: DistilledSteps,
               data: Dataset, config: DistillConfig) -> EvalResult:
     """Fresh nets (seeds disjoint from distillation's) trained on the distilled steps."""
-    lrs = torch.nn.functional.softplus(steps.raw_lrs.detach())
-    step_list = schedule(steps.images.detach(), steps.labels, lrs, config.distill_epochs)
+    lrs = steps.lrs().detach()
+    step_list = schedule(steps.images.detach(), steps.all_targets(), lrs, config.distill_epochs)
     return evaluate_steps(fmodel, init_dist, step_list, data.test_images, data.test_labels,
                           _eval_nets(config), generator(config.seed, "evaluation"),
                           attack=config.attack).after
@@ -255,12 +262,12 @@ def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Di
 
     For an attack these are real images with class K labelled T.
     """
-    images, labels = random_real(data, config.steps, config.images_per_class,
-                                 generator(config.seed, "random-real"))
+    labels = _class_layout(config, data.num_classes).to(data.train_images.device)
+    images = images_for("random", data, labels, generator(config.seed, "random-real"))
     run = schedule_evaluator(fmodel, init_dist, images, relabel(labels, config.attack),
                              data.test_images, data.test_labels, _eval_nets(config), config.seed,
                              "evaluation", attack=config.attack)
-    best, _ = best_of_grid(run, torch.nn.functional.softplus(steps.raw_lrs.detach()),
+    best, _ = best_of_grid(run, steps.lrs().detach(),
                            epochs=(config.distill_epochs,))
     return best
 
@@ -281,8 +288,7 @@ def _write_checkpoint(out: Path, config: DistillConfig, epoch: int, history: lis
                       scheduler: Any, data_gen: torch.Generator, init_gen: torch.Generator,
                       ) -> None:
     """Everything needed to continue exactly where this epoch ended, in one atomic file."""
-    tensors = {"images": steps.images, "raw_lrs": steps.raw_lrs,
-               "rng.data": data_gen.get_state(), "rng.init": init_gen.get_state(),
+    tensors = {**steps.learnable(), "rng.data": data_gen.get_state(), "rng.init": init_gen.get_state(),
                "rng.torch": torch.get_rng_state()}
     opt_state = optimizer.state_dict()
     for index, state in opt_state["state"].items():
@@ -308,8 +314,8 @@ def _restore(checkpoint, steps: DistilledSteps, optimizer: torch.optim.Optimizer
              scheduler: Any, data_gen: torch.Generator, init_gen: torch.Generator):
     tensors, info = checkpoint
     with torch.no_grad():
-        steps.images.copy_(tensors["images"])
-        steps.raw_lrs.copy_(tensors["raw_lrs"])
+        for name, tensor in steps.learnable().items():
+            tensor.copy_(tensors[name])
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("adam."):

@@ -18,12 +18,15 @@ def save_grid(
     distilled: Distilled, path: str | Path, mean: Sequence[float], std: Sequence[float],
     class_names: Sequence[str],
 ) -> None:
-    """PNG grid: rows = steps, columns = images of each step (class order), lrs per row."""
+    """PNG grid: rows = steps, columns = images of each step, lrs per row; above each image
+    its class, or its two most likely classes for learned labels."""
     images = distilled.images.float().cpu()
     n_steps, per_step = images.shape[:2]
     mean_t = torch.tensor(mean).view(-1, 1, 1)
     std_t = torch.tensor(std).view(-1, 1, 1)
     lrs = distilled.lrs.float().cpu().view(-1, n_steps)  # (epochs, steps)
+    labels = distilled.labels
+    same_classes_each_step = labels.dim() == 2 and bool((labels == labels[:1]).all())
     fig, axes = plt.subplots(n_steps, per_step, squeeze=False,
                              figsize=(1.1 * per_step + 1.6, 1.15 * n_steps + 0.5))
     for s in range(n_steps):
@@ -36,8 +39,8 @@ def save_grid(
                 ax.imshow(pixels)
             ax.set_xticks([])
             ax.set_yticks([])
-            if s == 0:
-                ax.set_title(class_names[int(distilled.labels[0, j])], fontsize=9)
+            if s == 0 or not same_classes_each_step:
+                ax.set_title(caption(distilled.labels[s, j], class_names), fontsize=7)
         lr_text = ", ".join(f"{float(v):.3g}" for v in lrs[:, s])
         axes[s][0].set_ylabel(f"step {s + 1}\nlr {lr_text}", fontsize=7, rotation=0,
                               ha="right", va="center")
@@ -48,3 +51,12 @@ def save_grid(
     fig.savefig(png, format="png", dpi=90)
     plt.close(fig)
     atomic_write(Path(path), png.getvalue())
+
+
+def caption(label: torch.Tensor, class_names: Sequence[str]) -> str:
+    """A class index as its name; soft label probabilities as the top two, e.g. "3 .81 8 .12"."""
+    if not label.is_floating_point():
+        return class_names[int(label)]
+    top = label.float().topk(min(2, label.numel()))
+    return " ".join(f"{class_names[int(i)]} {float(p):.2f}".replace("0.", ".")
+                    for p, i in zip(top.values, top.indices))

@@ -57,6 +57,11 @@ class DistilledSteps:
         """Batch s's targets: class indices (n,), or soft targets (n, K) for learned labels."""
         return F.softmax(self.labels[s], -1) if self.learns_labels else self.labels[s]
 
+    def all_targets(self) -> Tensor:
+        """Every batch's targets, detached: (S, n) classes or (S, n, K) probabilities."""
+        labels = self.labels.detach()
+        return F.softmax(labels, -1) if self.learns_labels else labels
+
     def lrs(self) -> Tensor:
         """Every step's learning rate (T,), differentiable w.r.t. the raw lrs."""
         return F.softplus(self.raw_lrs)

@@ -1,4 +1,9 @@
-"""Image baselines: random real, average real, k-means centroids, herding."""
+"""Image baselines: random real, average real, k-means centroids, herding.
+
+Each is a per-class selector ``(class images, count, generator) -> count images``; placed by
+a class layout (which class each slot of each step holds) they give baseline steps, and
+starting images for distillation (``--image-init``).
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -11,27 +16,46 @@ from ..data import Dataset
 from ..errors import DistillError
 from ..registry import Registry
 
-ImageBaseline = Callable[[Dataset, int, int, torch.Generator], tuple[Tensor, Tensor]]
-IMAGE_BASELINES: Registry[ImageBaseline] = Registry("baseline")
+Selector = Callable[[Tensor, int, torch.Generator], Tensor]
+IMAGE_BASELINES: Registry[Selector] = Registry("baseline")
 
 
-def _class_images(data: Dataset, c: int) -> Tensor:
-    return data.train_images[data.train_labels == c]
+def class_layout(steps: int, classes: int, images_per_class: int = 1,
+                 images_per_step: int = 0) -> Tensor:
+    """The class of every slot (steps, n): each step ``images_per_class`` of every class in
+    class order, or, with ``images_per_step``, that many slots whose classes go round the
+    classes from step to step."""
+    if images_per_step:
+        slots = torch.arange(steps * images_per_step) % classes
+        return slots.view(steps, images_per_step)
+    return torch.arange(classes).repeat_interleave(images_per_class).repeat(steps, 1)
 
 
-def _arrange(per_class: list[Tensor], steps: int, ipc: int, data: Dataset) -> tuple[Tensor, Tensor]:
-    """Per-class stacks of steps*ipc images -> (steps, classes*ipc, ...) with class-major steps."""
-    stacked = torch.stack([imgs.reshape(steps, ipc, *imgs.shape[1:]) for imgs in per_class], 1)
-    images = stacked.reshape(steps, len(per_class) * ipc, *stacked.shape[3:])
-    labels = torch.arange(len(per_class)).repeat_interleave(ipc).repeat(steps, 1)
-    return images.contiguous(), labels.to(images.device)
+def images_for(method: str, data: Dataset, labels: Tensor, generator: torch.Generator) -> Tensor:
+    """Images (steps, n, C, H, W) for a class layout, chosen per class by the ``method``
+    baseline (each class's images go to its slots in step order)."""
+    select = IMAGE_BASELINES.get(method)
+    flat = labels.flatten().cpu()
+    images = data.train_images.new_empty(len(flat), *data.image_shape)
+    for c in range(data.num_classes):
+        slots = (flat == c).nonzero().squeeze(1)
+        if len(slots):
+            members = data.train_images[data.train_labels == c]
+            images[slots.to(images.device)] = select(members, len(slots), generator)
+    return images.view(*labels.shape, *data.image_shape)
 
 
-def _each_class(data: Dataset, steps: int, ipc: int,
-                select: Callable[[Tensor, int], Tensor]) -> tuple[Tensor, Tensor]:
-    """Apply ``select(class_images, steps * ipc)`` to every class; arrange like distilled steps."""
-    per_class = [select(_class_images(data, c), steps * ipc) for c in range(data.num_classes)]
-    return _arrange(per_class, steps, ipc, data)
+def baseline_images(method: str, data: Dataset, steps: int, images_per_class: int,
+                    generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A baseline in the distilled layout: images (steps, classes × ipc, ...) and labels."""
+    labels = class_layout(steps, data.num_classes, images_per_class)
+    return images_for(method, data, labels, generator), labels.to(data.train_images.device)
+
+
+def random_real(data: Dataset, steps: int, images_per_class: int,
+                generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The same number of random real training images per class."""
+    return baseline_images("random", data, steps, images_per_class, generator)
 
 
 def check_real_images_suffice(data: Dataset, per_class: int) -> None:
@@ -47,53 +71,43 @@ def check_real_images_suffice(data: Dataset, per_class: int) -> None:
 
 
 @IMAGE_BASELINES.register("random")
-def random_real(data: Dataset, steps: int, ipc: int, generator: torch.Generator):
-    """The same number of random real training images per class."""
-    def select(members: Tensor, k: int) -> Tensor:
-        pick = torch.randperm(len(members), generator=generator)[:k]
-        return members[pick.to(members.device)]
-
-    return _each_class(data, steps, ipc, select)
+def _random(members: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """Random real images of the class."""
+    pick = torch.randperm(len(members), generator=generator)[:count]
+    return members[pick.to(members.device)]
 
 
 @IMAGE_BASELINES.register("average")
-def average_real(data: Dataset, steps: int, ipc: int, generator: torch.Generator):
-    """The per-class mean image, reused in every step (and slot)."""
-    return _each_class(data, steps, ipc,
-                       lambda members, k: members.mean(0, keepdim=True).expand(k, -1, -1, -1))
+def _average(members: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """The class's mean image in every slot."""
+    return members.mean(0, keepdim=True).expand(count, *members.shape[1:])
 
 
 @IMAGE_BASELINES.register("kmeans")
-def kmeans_centroids(data: Dataset, steps: int, ipc: int, generator: torch.Generator):
-    """Per class, k = steps*ipc k-means centroids (scikit-learn) as images."""
+def _kmeans(members: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """``count`` k-means centroids of the class (scikit-learn) as images."""
     from sklearn.cluster import KMeans
 
-    def select(members: Tensor, k: int) -> Tensor:
-        flat = members.reshape(len(members), -1).cpu().numpy().astype(np.float64)
-        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-        model = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(flat)
-        centroids = torch.as_tensor(model.cluster_centers_, dtype=members.dtype)
-        return centroids.view(-1, *members.shape[1:]).to(members.device)
-
-    return _each_class(data, steps, ipc, select)
+    flat = members.reshape(len(members), -1).cpu().numpy().astype(np.float64)
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+    model = KMeans(n_clusters=count, n_init=3, random_state=seed).fit(flat)
+    centroids = torch.as_tensor(model.cluster_centers_, dtype=members.dtype)
+    return centroids.view(-1, *members.shape[1:]).to(members.device)
 
 
 @IMAGE_BASELINES.register("herding")
-def herding(data: Dataset, steps: int, ipc: int, generator: torch.Generator):
-    """Per class, greedily pick real images whose running mean tracks the class mean (pixels)."""
-    def select(members: Tensor, count: int) -> Tensor:
-        flat = members.reshape(len(members), -1).double()
-        target = flat.mean(0)
-        chosen: list[int] = []
-        running = torch.zeros_like(target)
-        available = torch.ones(len(flat), dtype=torch.bool, device=flat.device)
-        for k in range(1, count + 1):
-            gaps = ((running * (k - 1) + flat) / k - target).norm(dim=1)
-            gaps[~available] = float("inf")
-            best = int(gaps.argmin())
-            chosen.append(best)
-            available[best] = False
-            running = (running * (k - 1) + flat[best]) / k
-        return members[torch.tensor(chosen, device=members.device)]
-
-    return _each_class(data, steps, ipc, select)
+def _herding(members: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    """Real images of the class picked greedily so their running mean tracks the class mean."""
+    flat = members.reshape(len(members), -1).double()
+    target = flat.mean(0)
+    chosen: list[int] = []
+    running = torch.zeros_like(target)
+    available = torch.ones(len(flat), dtype=torch.bool, device=flat.device)
+    for k in range(1, count + 1):
+        gaps = ((running * (k - 1) + flat) / k - target).norm(dim=1)
+        gaps[~available] = float("inf")
+        best = int(gaps.argmin())
+        chosen.append(best)
+        available[best] = False
+        running = (running * (k - 1) + flat[best]) / k
+    return members[torch.tensor(chosen, device=members.device)]

@@ -14,7 +14,7 @@ from ..evaluate import GRID_EPOCHS, EvalResult, best_of_grid, schedule, schedule
 from ..functional import FunctionalModel
 from ..init_distributions import InitDistribution
 from ..runtime import generator
-from .images import IMAGE_BASELINES, check_real_images_suffice, kmeans_centroids, random_real
+from .images import baseline_images, check_real_images_suffice, random_real
 from .knn import knn_accuracy
 
 METHODS = ("random", "optimized", "kmeans", "average", "herding", "knn-random", "knn-kmeans")
@@ -49,8 +49,8 @@ def run_baseline(
             raise DistillError("k-NN baselines take no GD step, so they do not apply to an attack")
         return _knn(method, data, steps, images_per_class, sets, seed)
     gen = generator(seed, f"baseline-{method}")
-    make = random_real if method == "optimized" else IMAGE_BASELINES.get(method)
-    images, labels = make(data, steps, images_per_class, gen)
+    images, labels = baseline_images("random" if method == "optimized" else method, data, steps,
+                                     images_per_class, gen)
     labels = relabel(labels, attack)
 
     def on_test(imgs: Tensor, lbls: Tensor, n: int, purpose: str):
@@ -100,9 +100,9 @@ def _optimized(data, fmodel, init, steps, ipc, lr, n_epochs, nets, search_nets, 
 
 
 def _knn(method, data, steps, ipc, sets, seed):
-    make = random_real if method == "knn-random" else kmeans_centroids
     gen = generator(seed, f"baseline-{method}")
-    draws = [make(data, steps, ipc, gen) for _ in range(sets)]
+    draws = [baseline_images(method.removeprefix("knn-"), data, steps, ipc, gen)
+             for _ in range(sets)]
     cells = []
     for k, metric in itertools.product((1, 3), ("l1", "l2")):
         accs = [knn_accuracy(imgs.flatten(0, 1), lbls, data.test_images, data.test_labels, k, metric)
