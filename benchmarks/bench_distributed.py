@@ -27,7 +27,7 @@ from bench_meta_iteration import machine, make_case  # noqa: E402
 from datadistill.distributed import init_from_env  # noqa: E402
 from datadistill.functional import FunctionalModel  # noqa: E402
 from datadistill.init_distributions import RandomInit  # noqa: E402
-from datadistill.inner_loop import meta_gradient
+from datadistill.backends import choose_meta_gradient  # noqa: E402
 from datadistill.state import DistilledSteps  # noqa: E402
 
 
@@ -43,7 +43,8 @@ def timed_iterations(nets: int, iterations: int) -> dict:
         params = {k: v[mine.start:mine.stop] for k, v in RandomInit(module).sample(nets, gen).items()}
         steps.images.grad = steps.raw_lrs.grad = None
         start = time.perf_counter()
-        meta_gradient(fmodel, params, steps, real_x, real_y)
+        choose_meta_gradient("auto", fmodel, params, steps, real_x).run(params, steps, real_x,
+                                                                        real_y)
         before_reduce = time.perf_counter()
         for grad in (steps.images.grad, steps.raw_lrs.grad):
             world.sum_(grad.mul_(len(mine) / nets))

@@ -31,7 +31,7 @@ def measure(setting: str, total_steps: int, mode: str) -> dict:
     """One meta-iteration in this process; the rise of the memory high-water mark in MiB."""
     from datadistill.functional import FunctionalModel
     from datadistill.init_distributions import RandomInit
-    from datadistill.inner_loop import meta_gradient
+    from datadistill.backends import choose_meta_gradient
     from datadistill.state import DistilledSteps
 
     arch, shape = SETTINGS[setting]
@@ -42,7 +42,8 @@ def measure(setting: str, total_steps: int, mode: str) -> dict:
     keep = math.ceil(math.sqrt(total_steps)) if mode == "backgrad" else 1
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    meta_gradient(FunctionalModel(module), params, steps, real_x, real_y, mode, keep, 512)
+    choose_meta_gradient("auto", FunctionalModel(module), params, steps, real_x, mode, keep,
+                         512).run(params, steps, real_x, real_y)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     return {"setting": setting, "T": total_steps, "mode": mode, "keep_every": keep,

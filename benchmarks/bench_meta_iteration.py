@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -63,17 +62,15 @@ def make_case(arch: str, shape: tuple[int, int, int], steps: int = 10, epochs: i
 
 
 def time_ours(case, nets: int, mode: str, chunk: int, kernels: bool = True) -> float:
-    """Seconds of one meta-iteration; ``kernels=False`` sets DATADISTILL_NO_KERNELS (PyTorch only)."""
+    """Seconds of one meta-iteration; ``kernels=False`` runs the PyTorch backend only."""
     module, images, labels, raw, real_x, real_y, gen = case
     params = RandomInit(module).sample(nets, gen)
     steps = DistilledSteps(images.clone().requires_grad_(), labels, raw.clone().requires_grad_())
-    os.environ["DATADISTILL_NO_KERNELS"] = "" if kernels else "1"
-    try:
-        start = time.perf_counter()
-        meta_gradient(FunctionalModel(module), params, steps, real_x, real_y, mode, 1, chunk)
-        return time.perf_counter() - start
-    finally:
-        del os.environ["DATADISTILL_NO_KERNELS"]
+    backend = choose_meta_gradient("auto" if kernels else "pytorch", FunctionalModel(module),
+                                   params, steps, real_x, mode, 1, chunk)
+    start = time.perf_counter()
+    backend.run(params, steps, real_x, real_y)
+    return time.perf_counter() - start
 
 
 def time_yardstick(case, nets: int) -> float:

@@ -203,3 +203,12 @@ def test_learned_labels_resume_equals_one_run(tmp_path, tiny_data):
                                   progress=False)
     assert torch.equal(whole.labels, resumed.labels)
     assert torch.equal(whole.images, resumed.images)
+
+
+def test_backend_is_chosen_once_and_recorded(tiny_data):
+    """Any user module runs in PyTorch; meta.json says so; asking for the compiled kernel
+    where it cannot run is a one-line error before any work."""
+    result = datadistill.distill(data=tiny_data, module=TinyConvNet(), **TINY)
+    assert result.meta["backend"] == "pytorch"
+    with pytest.raises(DistillError, match="--backend compiled runs only the registered LeNet"):
+        datadistill.distill(data=tiny_data, module=TinyConvNet(), backend="compiled", **TINY)

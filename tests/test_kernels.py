@@ -137,15 +137,17 @@ def test_no_compiler_warns_once_and_falls_back(monkeypatch, tmp_path):
 def _meta_gradients_both_ways(monkeypatch, fmodel, params, steps, real_x, real_y, keep_every):
     """(kernel, PyTorch) results of the back-gradient meta-gradient, each on fresh leaves
     copied from ``steps``: the losses and the grads of the learnable tensors."""
-    from datadistill.inner_loop import meta_gradient
+    from datadistill.backends import choose_meta_gradient
     from datadistill.state import DistilledSteps
 
     results = []
-    for kernels_off in ("", "1"):
-        monkeypatch.setenv("DATADISTILL_NO_KERNELS", kernels_off)
+    for choice, name in (("compiled", "compiled-lenet"), ("pytorch", "pytorch")):
         fresh = DistilledSteps(*(t.detach().clone().requires_grad_(t.is_floating_point())
                                  for t in (steps.images, steps.labels, steps.raw_lrs)))
-        losses = meta_gradient(fmodel, params, fresh, real_x, real_y, "backgrad", keep_every, 64)
+        backend = choose_meta_gradient(choice, fmodel, params, fresh, real_x, "backgrad",
+                                       keep_every, 64)
+        assert backend.name == name
+        losses = backend.run(params, fresh, real_x, real_y)
         results.append([losses, *(t.grad for t in fresh.learnable().values())])
     return results
 

@@ -62,6 +62,9 @@ class DistillConfig:
     decay_epochs: int = _opt(40, "multiply the Adam lr by --decay-factor every this many epochs")
     decay_factor: float = _opt(0.5, "lr decay factor")
     backward: str = _opt("full", "reverse pass through the inner steps", ("full", "backgrad"))
+    backend: str = _opt("auto", "where the meta-gradient runs: auto (the compiled LeNet kernel "
+                                "where it applies: LeNet, float32, CPU; else PyTorch), pytorch, "
+                                "compiled", ("auto", "pytorch", "compiled"))
     backgrad_keep_every: int = _opt(
         1, "backgrad: keep every k-th weight and recompute the rest (0: k = ceil(sqrt(T)))")
     outer_chunk: int = _opt(512, "real images per chunk of the outer gradient (memory/speed)")

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .artifacts import (CHECKPOINT_FILE, GRID_FILE, Distilled, check_out_folder, load_tensors,
                         run_meta, save_tensors)
+from .backends import choose_meta_gradient
 from .baselines.images import check_real_images_suffice, class_layout, images_for
 from .config import DistillConfig, check_known
 from .data import Dataset, crop_flip, load_dataset, relabel
@@ -26,7 +27,6 @@ from .errors import DistillError
 from .evaluate import EvalResult, best_of_grid, evaluate_steps, schedule, schedule_evaluator
 from .functional import FunctionalModel
 from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
-from .inner_loop import meta_gradient
 from .models import build_model
 from .pools import check_pool_fits, load_pool, load_pretrained
 from .runtime import generator, resolve_device
@@ -108,6 +108,10 @@ def distill(
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.decay_epochs, config.decay_factor)
 
     keep_every = config.backgrad_keep_every or math.ceil(math.sqrt(steps.num_steps))
+    backend = choose_meta_gradient(  # the compiled LeNet or PyTorch, once, recorded in meta.json
+        config.backend, fmodel, {k: v.to(device) for k, v in init_dist.sample(1, torch.Generator()).items()},
+        steps,
+        data.train_images[:config.batch_size], config.backward, keep_every, config.outer_chunk)
     n_train = data.train_images.shape[0]
     per_epoch = math.ceil(n_train / config.batch_size)
     first_epoch, history, elapsed_before = 0, [], 0.0
@@ -129,9 +133,8 @@ def distill(
             real_images = data.train_images[batch]
             if data.augment:
                 real_images = crop_flip(real_images, data_gen)
-            losses = meta_gradient(fmodel, params, steps, real_images,
-                                   relabel(data.train_labels[batch], attack), config.backward,
-                                   keep_every, config.outer_chunk)
+            losses = backend.run(params, steps, real_images,
+                                 relabel(data.train_labels[batch], attack))
             if world.size > 1:  # the mean over all ranks' nets, identical on every rank
                 for tensor in steps.learnable().values():
                     world.sum_(tensor.grad.mul_(len(mine) / n_nets))
@@ -175,7 +178,8 @@ def distill(
     result = Distilled(
         images=steps.images.detach().cpu(), labels=steps.all_targets().cpu(),
         lrs=steps.lrs().detach().cpu(),
-        init=fixed_params, meta=_meta(config, data, module, custom_module, metrics))
+        init=fixed_params, meta=_meta(config, data, module, custom_module, metrics,
+                                      backend=backend.name))
     writes = out is not None and world.is_main
 
     def save() -> None:
@@ -273,13 +277,13 @@ def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Di
 
 
 def _meta(config: DistillConfig, data: Dataset, module: nn.Module, custom: bool,
-          metrics: dict[str, Any]) -> dict[str, Any]:
+          metrics: dict[str, Any], backend: str) -> dict[str, Any]:
     """The artifact's record; a module the user brought has no registered name (``evaluate``
     then needs it passed again)."""
     model = {"name": None if custom else config.model or data.default_model,
              "class": type(module).__name__,
              "parameters": sum(p.numel() for p in module.parameters())}
-    return run_meta(config.to_dict(), data, model, metrics)
+    return run_meta(config.to_dict(), data, model, metrics, backend=backend)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from .functional import FunctionalModel, Params
-from .kernels.lenet import lenet_meta_gradient_fn
 from .recompute import states_in_reverse, unroll_keeping
 from .state import DistilledSteps
 
@@ -93,16 +92,11 @@ def meta_gradient(
 
     The meta-loss is the mean cross-entropy on the real batch (nets in eval mode),
     averaged over the N nets. Its gradient w.r.t. θ_T is taken in chunks of
-    ``chunk_size`` real images, then propagated through the inner steps. A LeNet on the CPU
-    runs through the compiled kernel instead (``kernels.lenet``): the same gradient by the
-    back-gradient walk, keeping every θ_t for ``full``, in one pass over the real batch.
+    ``chunk_size`` real images, then propagated through the inner steps (plain PyTorch, any
+    module; ``backends`` chooses between this and the compiled LeNet).
     """
     if mode not in ("full", "backgrad"):
         raise ValueError(f"unknown backward mode {mode!r}")
-    compiled = lenet_meta_gradient_fn(fmodel.module, params, real_images, steps.images[0])
-    if compiled is not None:  # the same gradient; all kept weights stand in for "full"
-        return compiled(params, steps, real_images, real_labels,
-                        keep_every if mode == "backgrad" else 1)
     if mode == "full":
         final = unroll(fmodel, params, steps)
         kept: dict[int, Params] = {}

@@ -1,0 +1,51 @@
+"""Where the meta-gradient runs, chosen once above the differentiable core.
+
+``pytorch`` runs any module on any device (``inner_loop.meta_gradient``: full backprop or the
+back-gradient walk, outer gradient in chunks). ``compiled-lenet`` runs a float32 LeNet on the
+CPU through the C kernel (``kernels.lenet``): the same gradient by the back-gradient walk,
+every θ_t kept for ``full``. The choice is recorded in each artifact's ``meta.json``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import Tensor
+
+from .errors import DistillError
+from .functional import FunctionalModel, Params
+from .inner_loop import meta_gradient
+from .kernels.lenet import lenet_meta_gradient_fn
+from .state import DistilledSteps
+
+CHOICES = ("auto", "pytorch", "compiled")
+
+
+@dataclass
+class MetaGradient:
+    """``run(params, steps, real_images, real_labels) -> losses (N,)``, accumulating the
+    learnable tensors' ``.grad``; ``name`` says which backend runs it."""
+
+    name: str
+    run: Callable[[Params, DistilledSteps, Tensor, Tensor], Tensor]
+
+
+def choose_meta_gradient(choice: str, fmodel: FunctionalModel, params: Params,
+                         steps: DistilledSteps, real_images: Tensor, mode: str = "full",
+                         keep_every: int = 1, chunk_size: int = 512) -> MetaGradient:
+    """The backend for these nets, steps and real images: ``auto`` takes the compiled one
+    where it applies, ``compiled`` insists on it, ``pytorch`` never takes it."""
+    if choice not in CHOICES:
+        raise DistillError(f"--backend must be one of {', '.join(CHOICES)}, got {choice!r}")
+    if mode not in ("full", "backgrad"):
+        raise DistillError(f"--backward must be full or backgrad, got {mode!r}")
+    compiled = None if choice == "pytorch" else lenet_meta_gradient_fn(
+        fmodel.module, params, real_images, steps.images[0])
+    if compiled is not None:
+        kept = keep_every if mode == "backgrad" else 1
+        return MetaGradient("compiled-lenet", lambda p, s, x, y: compiled(p, s, x, y, kept))
+    if choice == "compiled":
+        raise DistillError("--backend compiled runs only the registered LeNet in float32 on the "
+                           "CPU with a working C compiler; use --backend auto or pytorch")
+    return MetaGradient("pytorch", lambda p, s, x, y: meta_gradient(
+        fmodel, p, s, x, y, mode, keep_every, chunk_size))
