@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import datadistill
 from datadistill.evaluate import context_for, evaluate_steps, schedule

@@ -26,7 +26,7 @@ from yardstick import FlatNet, textbook, yardstick_iteration  # noqa: E402
 
 from datadistill.functional import FunctionalModel  # noqa: E402
 from datadistill.init_distributions import RandomInit  # noqa: E402
-from datadistill.inner_loop import meta_gradient
+from datadistill.backends import choose_meta_gradient  # noqa: E402
 from datadistill.state import DistilledSteps  # noqa: E402
 from datadistill.models import build_model  # noqa: E402
 

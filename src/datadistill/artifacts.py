@@ -5,10 +5,11 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
@@ -119,6 +120,21 @@ def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise DistillError(f"{damaged}: its contents do not match the stored SHA-256 digest; "
                            "re-run the command that wrote it")
     return tensors, info
+
+
+def after_saving(metrics: dict[str, Any], name: str, make: Callable[[], Any]) -> None:
+    """``metrics[name] = make()``; a failure is one warning line (the artifact is written)."""
+    try:
+        value = make()
+    except Exception as exc:  # noqa: BLE001 (a finished run is never lost to a report)
+        if current().size > 1:  # the other ranks would wait in a collective: stop them all
+            raise
+        print(f"datadistill: warning: {name.replace('_', ' ')} failed ({type(exc).__name__}: "
+              f"{exc}); the distilled artifact is saved", file=sys.stderr)
+        metrics.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
+        return
+    if value is not None:
+        metrics[name] = value
 
 
 @dataclass

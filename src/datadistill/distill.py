@@ -6,18 +6,17 @@ evaluation, checkpoints, artifacts).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from .artifacts import (CHECKPOINT_FILE, GRID_FILE, Distilled, check_out_folder, load_tensors,
-                        run_meta, save_tensors)
+from .artifacts import (CHECKPOINT_FILE, GRID_FILE, Distilled, after_saving, check_out_folder,
+                        load_tensors, run_meta, save_tensors)
 from .backends import choose_meta_gradient
 from .baselines.images import check_real_images_suffice, class_layout, images_for
 from .config import DistillConfig, check_known
@@ -188,32 +187,17 @@ def distill(
             result.save(out)
 
     save()
-    _after_saving(metrics, "final", lambda: (
+    after_saving(metrics, "final", lambda: (
         latest or _evaluate(fmodel, eval_dist, steps, data, config)).summary())
-    _after_saving(metrics, "random_real",
+    after_saving(metrics, "random_real",
                   lambda: _random_real(fmodel, eval_dist, steps, data, config))
     if writes:
         from .plots import save_grid
 
-        _after_saving(metrics, "picture", lambda: save_grid(
+        after_saving(metrics, "picture", lambda: save_grid(
             result, Path(out) / GRID_FILE, data.mean, data.std, data.class_names))
     save()
     return result
-
-
-def _after_saving(metrics: dict[str, Any], name: str, make: Callable[[], Any]) -> None:
-    """``metrics[name] = make()``; a failure is one warning line (the artifact is written)."""
-    try:
-        value = make()
-    except Exception as exc:  # noqa: BLE001 (a finished run is never lost to a report)
-        if current().size > 1:  # the other ranks would wait in a collective: stop them all
-            raise
-        print(f"datadistill: warning: {name.replace('_', ' ')} failed ({type(exc).__name__}: "
-              f"{exc}); the distilled artifact is saved", file=sys.stderr)
-        metrics.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
-        return
-    if value is not None:
-        metrics[name] = value
 
 
 def _init_distributions(config: DistillConfig, module: nn.Module, data: Dataset,

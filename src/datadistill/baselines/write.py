@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..artifacts import GRID_FILE, Distilled, check_out_folder, load, run_meta
+from ..artifacts import GRID_FILE, Distilled, after_saving, check_out_folder, load, run_meta
 from ..config import DistillConfig
 from ..errors import DistillError
 from ..evaluate import build_context, context_for
@@ -55,5 +55,6 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
     if artifact.num_steps:
         from ..plots import save_grid
 
-        save_grid(artifact, Path(out) / GRID_FILE, data.mean, data.std, data.class_names)
+        after_saving(report, "picture", lambda: save_grid(
+            artifact, Path(out) / GRID_FILE, data.mean, data.std, data.class_names))
     return report
