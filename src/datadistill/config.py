@@ -59,6 +59,9 @@ class DistillConfig:
     epochs: int = _opt(400, "passes over the real training set")
     batch_size: int = _opt(1024, "real images per meta-iteration")
     lr: float = _opt(0.01, "Adam learning rate for the images and learning rates")
+    label_lr: float = _opt(0.0, "Adam learning rate for learned label logits (0: --lr)")
+    label_confidence: float = _opt(0.9, "learned labels start with this probability on their "
+                                        "class, the rest spread evenly")
     decay_epochs: int = _opt(40, "multiply the Adam lr by --decay-factor every this many epochs")
     decay_factor: float = _opt(0.5, "lr decay factor")
     backward: str = _opt("full", "reverse pass through the inner steps", ("full", "backgrad"))
@@ -117,6 +120,11 @@ class DistillConfig:
         if self.stop_accuracy and not self.eval_every:
             raise DistillError("--stop-accuracy is checked at the periodic evaluations: "
                                "add --eval-every N")
+        if self.label_lr < 0:
+            raise DistillError(f"--label-lr must be 0 (--lr) or positive, got {self.label_lr}")
+        if not 0 < self.label_confidence < 1:
+            raise DistillError(f"--label-confidence is a probability in (0, 1), got "
+                               f"{self.label_confidence}")
         for name in ("distill_lr", "lr", "decay_factor"):
             if not getattr(self, name) > 0:
                 raise DistillError(f"--{name.replace('_', '-')} must be positive, "

@@ -102,8 +102,12 @@ def distill(
         images = images_for(INIT_BASELINE.get(config.image_init, config.image_init), data,
                             layout, steps_gen)
     steps = new_steps(images.to(device), layout.to(device), config.steps * config.distill_epochs,
-                      config.distill_lr, data.num_classes, config.labels == "learned")
-    optimizer = torch.optim.Adam(steps.learnable().values(), lr=config.lr, betas=(0.5, 0.999))
+                      config.distill_lr, data.num_classes, config.labels == "learned",
+                      config.label_confidence)
+    optimizer = torch.optim.Adam(
+        [{"params": [tensor], "lr": config.label_lr or config.lr} if name == "label_logits"
+         else {"params": [tensor]} for name, tensor in steps.learnable().items()],
+        lr=config.lr, betas=(0.5, 0.999))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.decay_epochs, config.decay_factor)
 
     keep_every = config.backgrad_keep_every or math.ceil(math.sqrt(steps.num_steps))
