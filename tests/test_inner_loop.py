@@ -157,3 +157,59 @@ def test_learned_label_backgrad_equals_full_autograd(keep_every):
     _, back = _label_grads(*problem, mode="backgrad", keep_every=keep_every)
     for name in full:
         assert (full[name] - back[name]).abs().max() < 1e-10, name
+
+
+def _windowed_problem(labels_learned: bool, minibatch: int):
+    """A flat set of 6 images (S = 1), 6 inner steps, minibatches of ``minibatch``."""
+    fmodel, params, images, labels, _, real_x, real_y = _problem(TinyConvNet(), n_steps=2)
+    images, labels = images.view(1, 6, 1, 4, 4), labels.view(1, 6)
+    if labels_learned:
+        labels = 2 * F.one_hot(labels, 3).double()
+    raw_lrs = torch.linspace(-1.5, -0.5, 6, dtype=torch.float64)
+    steps = DistilledSteps(images.requires_grad_(), labels.requires_grad_(labels_learned),
+                           raw_lrs.requires_grad_())
+    steps.draw_minibatches(minibatch, torch.Generator().manual_seed(5))
+    return fmodel, params, steps, real_x, real_y
+
+
+@pytest.mark.parametrize("mode", ["full", "backgrad"])
+@pytest.mark.parametrize("minibatch", [0, 4], ids=["whole", "minibatch"])
+def test_windowed_meta_gradient_matches_finite_differences(mode, minibatch):
+    """Through the window [2, 5) only: the steps before it are constants, the loss is at θ_5."""
+    from datadistill.inner_loop import _detached_step, unroll
+
+    fmodel, params, steps, real_x, real_y = _windowed_problem(True, minibatch)
+    window = range(2, 5)
+    meta_gradient(fmodel, params, steps, real_x, real_y, mode, keep_every=2, window=window)
+    before = params  # θ_2, held constant
+    for t in range(window.start):
+        before = _detached_step(fmodel, before, steps, t)
+
+    def meta_loss(name: str, index: int, delta: float) -> float:
+        tensors = {k: v.detach().clone() for k, v in steps.learnable().items()}
+        tensors[name].view(-1)[index] += delta
+        moved = DistilledSteps(tensors["images"], tensors["label_logits"], tensors["raw_lrs"],
+                               steps.order)
+        final = unroll(fmodel, before, moved, window)
+        return float(fmodel.losses(final, real_x, real_y, train=False).mean().detach())
+
+    eps = 1e-6
+    for name, tensor in steps.learnable().items():
+        grad = tensor.grad.flatten()
+        assert grad.abs().max() > 0, name
+        for i in range(0, grad.numel(), 7):
+            numeric = (meta_loss(name, i, eps) - meta_loss(name, i, -eps)) / (2 * eps)
+            assert numeric == pytest.approx(grad[i].item(), rel=1e-5, abs=1e-9), (name, i)
+    assert steps.raw_lrs.grad[[0, 1, 5]].abs().max() == 0  # outside the window: no gradient
+
+
+def test_window_draws_ends_uniformly_and_covers_everything_when_wide():
+    from datadistill.state import window_of
+
+    gen = torch.Generator().manual_seed(0)
+    ends = [window_of(10, 4, False, gen) for _ in range(2000)]
+    assert all(last - first == 4 and 4 <= last <= 10 for first, last in ends)
+    counts = torch.bincount(torch.tensor([last for _, last in ends]), minlength=11)[4:]
+    assert counts.min() > 200  # 7 possible ends, about 286 each
+    assert window_of(10, 4, True, gen) == (6, 10)
+    assert window_of(10, 0, False, gen) == (0, 10) and window_of(10, 12, False, gen) == (0, 10)

@@ -134,20 +134,23 @@ def test_no_compiler_warns_once_and_falls_back(monkeypatch, tmp_path):
     assert (fallback.confusion == plain.confusion).all()
 
 
-def _meta_gradients_both_ways(monkeypatch, fmodel, params, steps, real_x, real_y, keep_every):
+def _meta_gradients_both_ways(monkeypatch, fmodel, params, steps, real_x, real_y, keep_every,
+                              window=None):
     """(kernel, PyTorch) results of the back-gradient meta-gradient, each on fresh leaves
-    copied from ``steps``: the losses and the grads of the learnable tensors."""
+    copied from ``steps`` (same minibatches): the losses and the grads of the learnable
+    tensors."""
     from datadistill.backends import choose_meta_gradient
     from datadistill.state import DistilledSteps
 
     results = []
     for choice, name in (("compiled", "compiled-lenet"), ("pytorch", "pytorch")):
         fresh = DistilledSteps(*(t.detach().clone().requires_grad_(t.is_floating_point())
-                                 for t in (steps.images, steps.labels, steps.raw_lrs)))
+                                 for t in (steps.images, steps.labels, steps.raw_lrs)),
+                               steps.order)
         backend = choose_meta_gradient(choice, fmodel, params, fresh, real_x, "backgrad",
                                        keep_every, 64)
         assert backend.name == name
-        losses = backend.run(params, fresh, real_x, real_y)
+        losses = backend.run(params, fresh, real_x, real_y, window)
         results.append([losses, *(t.grad for t in fresh.learnable().values())])
     return results
 
@@ -203,6 +206,22 @@ def test_kernel_meta_gradient_with_learned_labels_equals_autograd(kernel, monkey
                                             real_x, real_y, keep_every)
     assert len(fast) == len(plain) == 4  # losses, images, raw lrs, label logits
     _assert_same_gradients(fast, plain)
+
+
+@needs_compiler
+@pytest.mark.parametrize("minibatch", [0, 6], ids=["whole", "minibatch"])
+def test_kernel_windowed_flat_set_equals_autograd(kernel, monkeypatch, minibatch):
+    """A flat set of 30 images (S = 1), learned labels, 6 steps on minibatches of 6, the
+    window [2, 5): the kernel against PyTorch."""
+    fmodel, params = _nets((1, 28, 28), n=2, seed=7)
+    logits = 2 * torch.randn(1, 30, 10, generator=torch.Generator().manual_seed(8))
+    steps, real_x, real_y = _steps_and_real_batch((1, 28, 28), logits, seed=9)
+    steps.images = steps.images.reshape(1, 30, 1, 28, 28)
+    steps.draw_minibatches(minibatch, torch.Generator().manual_seed(10))
+    fast, plain = _meta_gradients_both_ways(monkeypatch, fmodel, _reversed(params), steps,
+                                            real_x, real_y, 1, window=range(2, 5))
+    _assert_same_gradients(fast, plain)
+    assert fast[2][[0, 1, 5]].abs().max() == 0  # raw lrs outside the window
 
 
 @needs_compiler

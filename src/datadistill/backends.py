@@ -23,11 +23,12 @@ CHOICES = ("auto", "pytorch", "compiled")
 
 @dataclass
 class MetaGradient:
-    """``run(params, steps, real_images, real_labels) -> losses (N,)``, accumulating the
-    learnable tensors' ``.grad``; ``name`` says which backend runs it."""
+    """``run(params, steps, real_images, real_labels, window=None) -> losses (N,)``,
+    accumulating the learnable tensors' ``.grad`` (through the ``window`` of steps only, when
+    given); ``name`` says which backend runs it."""
 
     name: str
-    run: Callable[[Params, DistilledSteps, Tensor, Tensor], Tensor]
+    run: Callable[..., Tensor]
 
 
 def choose_meta_gradient(choice: str, fmodel: FunctionalModel, params: Params,
@@ -43,9 +44,10 @@ def choose_meta_gradient(choice: str, fmodel: FunctionalModel, params: Params,
         fmodel.module, params, real_images, steps.images[0])
     if compiled is not None:
         kept = keep_every if mode == "backgrad" else 1
-        return MetaGradient("compiled-lenet", lambda p, s, x, y: compiled(p, s, x, y, kept))
+        return MetaGradient("compiled-lenet", lambda p, s, x, y, window=None: compiled(
+            p, s, x, y, kept, window or range(s.num_steps)))
     if choice == "compiled":
         raise DistillError("--backend compiled runs only the registered LeNet in float32 on the "
                            "CPU with a working C compiler; use --backend auto or pytorch")
-    return MetaGradient("pytorch", lambda p, s, x, y: meta_gradient(
-        fmodel, p, s, x, y, mode, keep_every, chunk_size))
+    return MetaGradient("pytorch", lambda p, s, x, y, window=None: meta_gradient(
+        fmodel, p, s, x, y, mode, keep_every, chunk_size, window))

@@ -31,10 +31,12 @@ def gd_step(
     return {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
 
 
-def unroll(fmodel: FunctionalModel, params: Params, steps: DistilledSteps) -> Params:
-    """θ_T as a differentiable function of the images and lrs (full backpropagation)."""
+def unroll(fmodel: FunctionalModel, params: Params, steps: DistilledSteps,
+           window: range) -> Params:
+    """θ after the ``window`` steps from ``params``, a differentiable function of the
+    learnable tensors (full backpropagation)."""
     params = {k: v.detach().requires_grad_() for k, v in params.items()}
-    for t in range(steps.num_steps):
+    for t in window:
         params = gd_step(fmodel, params, *steps.step(t), create_graph=True)
     return params
 
@@ -48,25 +50,28 @@ def _detached_step(fmodel: FunctionalModel, params: Params, steps: DistilledStep
 
 
 def unroll_detached(
-    fmodel: FunctionalModel, params: Params, steps: DistilledSteps, keep_every: int = 1
+    fmodel: FunctionalModel, params: Params, steps: DistilledSteps, window: range,
+    keep_every: int = 1,
 ) -> tuple[Params, dict[int, Params]]:
-    """θ_T with no graph, and the kept weights {t: θ_t} for t a multiple of ``keep_every``."""
+    """θ after the ``window`` steps with no graph, and the kept weights {t: θ_t}, every
+    ``keep_every``-th t of the window."""
     return unroll_keeping(lambda p, t: _detached_step(fmodel, p, steps, t),
-                          {k: v.detach() for k, v in params.items()}, steps.num_steps, keep_every)
+                          {k: v.detach() for k, v in params.items()}, window, keep_every)
 
 
 def backgrad(
     fmodel: FunctionalModel, steps: DistilledSteps, kept: dict[int, Params],
-    grad_final: Params, keep_every: int = 1,
+    grad_final: Params, window: range, keep_every: int = 1,
 ) -> None:
-    """Reverse pass by Hessian-vector products; accumulates ``.grad`` of the learnable tensors.
+    """Reverse pass by Hessian-vector products through the ``window`` steps; accumulates
+    ``.grad`` of the learnable tensors.
 
     For step t, with g = dL/dθ_{t+1} held constant, s = <g, θ_t - η_t ∇ℓ(x_t, θ_t)> has
     ∂s/∂x_t, ∂s/∂η_t and ∂s/∂θ_t equal to the step's backpropagated gradients.
     """
     g = grad_final
     weights = states_in_reverse(lambda p, t: _detached_step(fmodel, p, steps, t), kept,
-                                steps.num_steps, keep_every)
+                                window, keep_every)
     for t, theta in weights:
         theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
         images, targets, lr = steps.step(t)
@@ -87,27 +92,33 @@ def meta_gradient(
     mode: str = "full",
     keep_every: int = 1,
     chunk_size: int = 512,
+    window: range | None = None,
 ) -> Tensor:
     """Meta-loss per net (N,) after the unrolled steps; accumulates ``.grad`` on the steps.
 
     The meta-loss is the mean cross-entropy on the real batch (nets in eval mode),
-    averaged over the N nets. Its gradient w.r.t. θ_T is taken in chunks of
+    averaged over the N nets. Its gradient w.r.t. θ is taken in chunks of
     ``chunk_size`` real images, then propagated through the inner steps (plain PyTorch, any
-    module; ``backends`` chooses between this and the compiled LeNet).
+    module; ``backends`` chooses between this and the compiled LeNet). With a ``window``
+    [first, last) of steps, the steps before it run without a graph and the meta-loss is
+    taken at θ_last (truncated backpropagation).
     """
     if mode not in ("full", "backgrad"):
         raise ValueError(f"unknown backward mode {mode!r}")
+    window = window or range(steps.num_steps)
+    for t in range(window.start):  # before a truncated window: no graph
+        params = _detached_step(fmodel, params, steps, t)
     if mode == "full":
-        final = unroll(fmodel, params, steps)
+        final = unroll(fmodel, params, steps, window)
         kept: dict[int, Params] = {}
     else:
-        final, kept = unroll_detached(fmodel, params, steps, keep_every)
+        final, kept = unroll_detached(fmodel, params, steps, window, keep_every)
 
     losses, grad_final = outer_gradient(fmodel, final, real_images, real_labels, chunk_size)
     if mode == "full":
         torch.autograd.backward(list(final.values()), list(grad_final.values()))
     else:
-        backgrad(fmodel, steps, kept, grad_final, keep_every)
+        backgrad(fmodel, steps, kept, grad_final, window, keep_every)
     return losses
 
 

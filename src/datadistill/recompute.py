@@ -11,26 +11,26 @@ from typing import Callable, Iterator, TypeVar
 State = TypeVar("State")
 
 
-def unroll_keeping(step: Callable[[State, int], State], state: State, num_steps: int,
+def unroll_keeping(step: Callable[[State, int], State], state: State, steps: range,
                    keep_every: int) -> tuple[State, dict[int, State]]:
-    """The state after ``num_steps`` steps, and the kept states {t: state_t}, t a multiple of
-    ``keep_every``."""
+    """The state after the ``steps`` (a range of step indices), and the kept states
+    {t: state_t} for every ``keep_every``-th t from the range's start."""
     kept: dict[int, State] = {}
-    for t in range(num_steps):
-        if t % keep_every == 0:
+    for t in steps:
+        if (t - steps.start) % keep_every == 0:
             kept[t] = state
         state = step(state, t)
     return state, kept
 
 
 def states_in_reverse(step: Callable[[State, int], State], kept: dict[int, State],
-                      num_steps: int, keep_every: int) -> Iterator[tuple[int, State]]:
-    """(t, state_t) for t = num_steps - 1 down to 0, each segment recomputed once from its kept
-    start."""
+                      steps: range, keep_every: int) -> Iterator[tuple[int, State]]:
+    """(t, state_t) for t in ``steps`` from the last down, each segment recomputed once from
+    its kept start."""
     segment: dict[int, State] = {}
-    for t in reversed(range(num_steps)):
+    for t in reversed(steps):
         if t not in segment:
-            start = t - t % keep_every
+            start = t - (t - steps.start) % keep_every
             segment = {start: kept[start]}
             for u in range(start, t):
                 segment[u + 1] = step(segment[u], u)

@@ -24,12 +24,15 @@ class DistilledSteps:
     """Images (S, n, C, H, W), labels, raw lrs (T,); step t uses batch ``t % S``.
 
     Labels are either fixed class indices (S, n) (int64, the paper) or learnable label
-    logits (S, n, K) (float), whose softmax is each image's soft target.
+    logits (S, n, K) (float), whose softmax is each image's soft target. With ``order``
+    (T, b) set (``draw_minibatches``), step t uses only the images ``order[t]`` of its batch:
+    a flat set (S = 1) trained on minibatches.
     """
 
     images: Tensor
     labels: Tensor
     raw_lrs: Tensor
+    order: Tensor | None = None
 
     @property
     def num_steps(self) -> int:
@@ -66,13 +69,40 @@ class DistilledSteps:
         """Every step's learning rate (T,), differentiable w.r.t. the raw lrs."""
         return F.softplus(self.raw_lrs)
 
+    def picked(self, t: int) -> Tensor | None:
+        """The indices of step t's minibatch within its batch, or None (the whole batch)."""
+        return None if self.order is None else self.order[t]
+
     def step(self, t: int) -> tuple[Tensor, Tensor, Tensor]:
         """(images, targets, lr) of inner step t, differentiable w.r.t. the learnable tensors."""
-        s = self.batch_of(t)
-        return self.images[s], self.targets(s), F.softplus(self.raw_lrs[t])
+        s, picked = self.batch_of(t), self.picked(t)
+        images, targets = self.images[s], self.targets(s)
+        if picked is not None:
+            images, targets = images[picked], targets[picked]
+        return images, targets, F.softplus(self.raw_lrs[t])
 
-    def detached(self) -> "DistilledSteps":
-        return DistilledSteps(self.images.detach(), self.labels.detach(), self.raw_lrs.detach())
+    def draw_minibatches(self, size: int, generator: torch.Generator) -> None:
+        """Each step's minibatch of ``size`` of its batch's images, drawn anew (no repeats
+        within a step); ``size`` 0 or the whole batch: every step sees its whole batch."""
+        n = self.images.shape[1]
+        if not 0 < size < n:
+            self.order = None
+            return
+        order = torch.stack([torch.randperm(n, generator=generator)[:size]
+                             for _ in range(self.num_steps)])
+        self.order = order.to(self.images.device)
+
+
+def window_of(num_steps: int, window: int, at_end: bool,
+              generator: torch.Generator) -> tuple[int, int]:
+    """The steps [first, last) that keep a graph: the last ``window`` steps before an end
+    drawn uniformly from [window, T] (random-start truncation), or at T (``at_end``); all T
+    steps when ``window`` is 0 or at least T."""
+    if not 0 < window < num_steps:
+        return 0, num_steps
+    last = num_steps if at_end else int(torch.randint(window, num_steps + 1, (1,),
+                                                      generator=generator))
+    return last - window, last
 
     def hard_labels(self) -> Tensor:
         """Each image's class (S, n): the label, or the argmax of its label logits."""

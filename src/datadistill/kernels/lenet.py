@@ -217,37 +217,47 @@ def lenet_meta_gradient_fn(module: nn.Module, params: Params, *images: Tensor
                            ) -> Callable[..., Tensor] | None:
     """The meta-gradient of ``inner_loop.meta_gradient`` through the kernel, or None where it
     does not apply (``images``: the real and the distilled ones). Call it as ``fn(params,
-    steps, real_images, real_labels, keep_every) -> losses (N,)``; it accumulates ``.grad`` of
-    the images, the raw lrs and learned label logits."""
+    steps, real_images, real_labels, keep_every, window) -> losses (N,)``; it accumulates
+    ``.grad`` of the images, the raw lrs and learned label logits."""
     net = _Net.of(module, params, *images)
     if net is None:
         return None
 
     def meta_gradient(params: Params, steps: DistilledSteps, real_images: Tensor,
-                      real_labels: Tensor, keep_every: int) -> Tensor:
+                      real_labels: Tensor, keep_every: int, window: range) -> Tensor:
         with torch.no_grad():
-            return _meta_gradient(net, params, steps, real_images, real_labels, keep_every)
+            return _meta_gradient(net, params, steps, real_images, real_labels, keep_every,
+                                  window)
 
     return meta_gradient
 
 
 def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images: Tensor,
-                   real_labels: Tensor, keep_every: int) -> Tensor:
-    """Unroll the steps keeping every ``keep_every``-th θ_t, take the outer gradient g on the
-    real batch, then walk back: dlr_t = -<g, ∇ℓ_t>, dx_t = -lr_t R_g{∇_x ℓ_t}, for learned
-    labels dq_t = lr_t scale R_g{z_t} (the targets' gradient, z_t the logits),
-    g <- g - lr_t H_t g."""
-    batches = [net.batch(x.detach(), steps.targets(s).detach()) for s, x in enumerate(steps.images)]
-    per_step = 1.0 / steps.labels.shape[1]  # each net's loss is the mean over its batch
+                   real_labels: Tensor, keep_every: int, window: range) -> Tensor:
+    """Run the steps before the ``window`` without keeping, unroll the window keeping every
+    ``keep_every``-th θ_t, take the outer gradient g on the real batch, then walk back:
+    dlr_t = -<g, ∇ℓ_t>, dx_t = -lr_t R_g{∇_x ℓ_t}, for learned labels
+    dq_t = lr_t scale R_g{z_t} (the targets' gradient, z_t the logits), g <- g - lr_t H_t g."""
+    targets = [steps.targets(s).detach() for s in range(steps.num_batches)]
+    whole = [net.batch(x.detach(), q) for x, q in zip(steps.images, targets)]
     raw_lrs = steps.raw_lrs.detach()
     lrs = F.softplus(raw_lrs).tolist()
 
+    def batch(t: int) -> _Batch:
+        s, picked = steps.batch_of(t), steps.picked(t)
+        if picked is None:
+            return whole[s]
+        return net.batch(steps.images[s, picked].detach(), targets[s][picked])
+
     def step(theta: Tensor, t: int) -> Tensor:
-        grad = net.gradient(theta, batches[t % len(batches)], per_step)[1]
+        current = batch(t)
+        grad = net.gradient(theta, current, 1.0 / current.size)[1]
         return theta.add(grad, alpha=-lrs[t])
 
-    theta, kept = unroll_keeping(step, net.flatten({k: v.detach() for k, v in params.items()}),
-                                 steps.num_steps, keep_every)
+    theta = net.flatten({k: v.detach() for k, v in params.items()})
+    for t in range(window.start):  # before a truncated window: nothing kept
+        theta = step(theta, t)
+    theta, kept = unroll_keeping(step, theta, window, keep_every)
 
     nets, total = theta.shape[0], real_images.shape[0]
     losses, g = net.gradient(theta, net.batch(real_images, real_labels),
@@ -256,14 +266,14 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
     grads = {"images": torch.zeros_like(steps.images), "raw_lrs": torch.zeros_like(raw_lrs)}
     target_grad = torch.zeros_like(steps.labels) if steps.learns_labels else None
     sigmoid = torch.sigmoid(raw_lrs)
-    for t, theta_t in states_in_reverse(step, kept, steps.num_steps, keep_every):
-        s = t % len(batches)
-        slopes, hvp, r_dx, r_logits = net.hessian_vector(theta_t, batches[s], per_step, g,
-                                                         logits=target_grad is not None)
+    for t, theta_t in states_in_reverse(step, kept, window, keep_every):
+        s, picked, current = steps.batch_of(t), steps.picked(t), batch(t)
+        slopes, hvp, r_dx, r_logits = net.hessian_vector(theta_t, current, 1.0 / current.size,
+                                                         g, logits=target_grad is not None)
         grads["raw_lrs"][t] = -slopes.sum() * sigmoid[t]
-        grads["images"][s] -= lrs[t] * net.crop(r_dx)
+        _add_at(grads["images"][s], picked, net.crop(r_dx), -lrs[t])
         if target_grad is not None:
-            target_grad[s] += lrs[t] * per_step * r_logits
+            _add_at(target_grad[s], picked, r_logits, lrs[t] / current.size)
         g = g.add(hvp, alpha=-lrs[t])
 
     if target_grad is not None:
@@ -271,6 +281,14 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
     for name, leaf in steps.learnable().items():
         leaf.grad = grads[name] if leaf.grad is None else leaf.grad + grads[name]
     return losses / total
+
+
+def _add_at(dest: Tensor, picked: Tensor | None, value: Tensor, alpha: float) -> None:
+    """dest += alpha * value, at the rows ``picked`` (a minibatch) or everywhere."""
+    if picked is None:
+        dest.add_(value, alpha=alpha)
+    else:
+        dest.index_add_(0, picked, value, alpha=alpha)
 
 
 def _softmax_backward(logits: Tensor, grad: Tensor) -> Tensor:
