@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from datadistill.functional import FunctionalModel
@@ -52,3 +53,21 @@ def test_textbook_networks_equal_ours_in_values_and_gradients():
         assert torch.equal(ours(x), paper(x))
         for a, b in zip(*grads):
             assert torch.allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_windowed_benchmark_computes_the_same_gradient_both_ways():
+    """bench_window's straightforward truncated backprop and datadistill's agree (float32)."""
+    import bench_window
+
+    module, steps, params, real_x, real_y = bench_window.make_case(
+        total_steps=12, per_class=3, batch=64)
+    window = range(4, 9)
+    plain, fast = bench_window.fresh(steps), bench_window.fresh(steps)
+    loss_plain = bench_window.straightforward(module, plain, params, real_x, real_y, window)
+    loss_fast = bench_window.ours(module, fast, params, real_x, real_y, window)
+    assert loss_fast == pytest.approx(loss_plain, rel=1e-5)
+    for name, tensor in plain.learnable().items():
+        other = fast.learnable()[name].grad
+        assert tensor.grad.abs().max() > 0
+        torch.testing.assert_close(other, tensor.grad, atol=1e-6 * float(tensor.grad.abs().max()),
+                                   rtol=1e-4)

@@ -212,3 +212,33 @@ def test_backend_is_chosen_once_and_recorded(tiny_data):
     assert result.meta["backend"] == "pytorch"
     with pytest.raises(DistillError, match="--backend compiled runs only the registered LeNet"):
         datadistill.distill(data=tiny_data, module=TinyConvNet(), backend="compiled", **TINY)
+
+
+def test_windowed_flat_set_with_minibatches_and_clipping_resumes_exactly(tmp_path, tiny_data):
+    """A flat set (one batch of 6 images), 8 inner steps on minibatches of 4, windows of 3
+    drawn anew each meta-iteration, clipping: an interrupted run resumes to the same result."""
+    settings = dict(TINY, steps=1, images_per_class=2, distill_epochs=8, minibatch=4, window=3,
+                    clip=1.5, labels="learned")
+    whole = datadistill.distill(data=tiny_data, **settings)
+    assert whole.images.shape == (1, 6, 1, 4, 4) and whole.lrs.shape == (8,)
+    datadistill.distill(data=tiny_data, out=tmp_path, **{**settings, "epochs": 2})
+    resumed = datadistill.distill(data=tiny_data, out=tmp_path, resume=True, epochs=4,
+                                  progress=False)
+    assert torch.equal(whole.images, resumed.images)
+    assert torch.equal(whole.lrs, resumed.lrs)
+    assert 0 <= resumed.meta["metrics"]["final"]["accuracy_mean"] <= 1
+
+
+def test_clipping_holds_the_norm_to_a_multiple_of_its_running_mean():
+    from datadistill.distill import clip_gradient
+    from datadistill.state import DistilledSteps
+
+    steps = DistilledSteps(torch.zeros(1, 2, 1, 2, 2, requires_grad=True),
+                           torch.tensor([[0, 1]]), torch.zeros(3, requires_grad=True))
+    steps.images.grad, steps.raw_lrs.grad = torch.ones(1, 2, 1, 2, 2), torch.zeros(3)
+    mean = clip_gradient(steps, 2.0, 0.0)  # the first norm starts the running mean
+    assert mean == pytest.approx(8 ** 0.5)
+    steps.images.grad = 10 * torch.ones(1, 2, 1, 2, 2)  # norm 10 sqrt(8): clipped to 2 means
+    mean = clip_gradient(steps, 2.0, mean)
+    assert float(steps.images.grad.norm()) == pytest.approx(2 * 8 ** 0.5)
+    assert mean == pytest.approx(0.9 * 8 ** 0.5 + 0.1 * 2 * 8 ** 0.5)

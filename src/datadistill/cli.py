@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .baselines.run import METHODS
-from .config import DistillConfig
+from .config import DistillConfig, read_config_file
 from .distributed import init_from_env
 from .errors import DistillError
 
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distill a dataset (the paper's defaults)")
     p.add_argument("--out", default="runs/distilled", help="run folder (default: runs/distilled)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="settings from a run's meta.json (or its folder), a .toml or a .yaml "
+                        "file of DistillConfig fields; flags given here override them")
     _add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="train fresh nets on an artifact's steps and test them")
@@ -108,6 +111,8 @@ def _distill(args: argparse.Namespace) -> None:
     from .distill import distill
 
     settings = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if hasattr(args, f.name)}
+    if args.config:  # the file's settings, overridden by the flags given
+        settings = {**read_config_file(args.config), **settings}
     result = distill(out=args.out, resume=args.resume, **settings)
     metrics = result.meta["metrics"]
     n_images = result.images.shape[0] * result.images.shape[1]

@@ -6,7 +6,10 @@ every artifact and checkpoint.
 from __future__ import annotations
 
 import difflib
+import json
+import tomllib
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from .errors import DistillError
@@ -65,6 +68,15 @@ class DistillConfig:
     decay_epochs: int = _opt(40, "multiply the Adam lr by --decay-factor every this many epochs")
     decay_factor: float = _opt(0.5, "lr decay factor")
     backward: str = _opt("full", "reverse pass through the inner steps", ("full", "backgrad"))
+    minibatch: int = _opt(0, "images per inner step drawn anew from its batch each "
+                             "meta-iteration (a flat set: --steps 1); 0: the whole batch")
+    window: int = _opt(0, "truncated backpropagation: only this many consecutive inner steps "
+                          "keep a graph, the steps before run without one (0: all steps)")
+    window_at_end: bool = _opt(False, "end the window at the last step instead of at a step "
+                                      "drawn uniformly each meta-iteration (random-start "
+                                      "truncation, RaT-BPTT)")
+    clip: float = _opt(0.0, "clip the meta-gradient's norm to this multiple of its running "
+                            "mean (0: no clipping)")
     backend: str = _opt("auto", "where the meta-gradient runs: auto (the compiled LeNet kernel "
                                 "where it applies: LeNet, float32, CPU; else PyTorch), pytorch, "
                                 "compiled", ("auto", "pytorch", "compiled"))
@@ -80,6 +92,8 @@ class DistillConfig:
                                      "accuracy reaches this fraction (0: run every epoch)")
     checkpoint_every: int = _opt(1, "write a checkpoint every this many epochs")
     progress: bool = _opt(True, "show a progress bar")
+    log_dir: str = _opt("", "write TensorBoard scalars and image grids to this folder "
+                            "(meta-loss, lrs, meta-gradient norm, evaluations; off when empty)")
 
     def validate(self) -> None:
         """Raise a one-line DistillError for a setting that cannot work."""
@@ -95,6 +109,11 @@ class DistillConfig:
             if getattr(self, name) < 1:
                 raise DistillError(f"--{name.replace('_', '-')} must be at least 1, "
                                    f"got {getattr(self, name)}")
+        for name in ("minibatch", "window"):
+            if getattr(self, name) < 0:
+                raise DistillError(f"--{name} must be 0 (off) or more, got {getattr(self, name)}")
+        if self.clip < 0:
+            raise DistillError(f"--clip must be 0 (off) or positive, got {self.clip}")
         if self.images_per_step < 0:
             raise DistillError(f"--images-per-step must be 0 (classes x --images-per-class) or "
                                f"more, got {self.images_per_step}")
@@ -149,6 +168,69 @@ class DistillConfig:
     def from_dict(cls, values: dict[str, Any]) -> "DistillConfig":
         check_known(values)
         return cls(**values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Settings from a file: a run's meta.json (its "config"; a run folder means its
+    meta.json), or a JSON, TOML or YAML (with PyYAML) table of DistillConfig fields."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "meta.json"
+    if not path.is_file():
+        raise DistillError(f"--config {path}: no such file; pass a run's meta.json or a "
+                           ".toml / .yaml / .json file of settings")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            values = json.loads(path.read_text())
+            if isinstance(values, dict) and isinstance(values.get("config"), dict):
+                values = values["config"]  # a run's meta.json
+        elif suffix == ".toml":
+            values = tomllib.loads(path.read_text())
+        elif suffix in (".yaml", ".yml"):
+            values = _read_yaml(path)
+        else:
+            raise DistillError(f"--config {path}: unknown format {suffix or '(no suffix)'!r}; "
+                               "use .json (e.g. a run's meta.json), .toml or .yaml")
+    except (ValueError, OSError) as exc:  # JSON and TOML errors are ValueErrors
+        raise DistillError(f"--config {path} cannot be read: {_one_line(exc)}") from None
+    if not isinstance(values, dict):
+        raise DistillError(f"--config {path} must hold a table of settings "
+                           f"(DistillConfig field = value), got {type(values).__name__}")
+    values = {str(name): value for name, value in values.items()}
+    try:
+        check_known(values)
+    except DistillError as exc:
+        raise DistillError(f"--config {path}: {exc}") from None
+    return {name: _typed(name, value, path) for name, value in values.items()}
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise DistillError(f"--config {path}: reading YAML needs PyYAML (pip install pyyaml), "
+                           "which is not installed; use a .toml or .json file") from None
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise DistillError(f"--config {path} cannot be read: {_one_line(exc)}") from None
+
+
+def _typed(name: str, value: Any, path: Path) -> Any:
+    """``value`` as the type of the field's default (an int is a fine float)."""
+    kind = type(getattr(DistillConfig(), name))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    raise DistillError(f"--config {path}: {name} must be {kinds.get(kind, kind.__name__)}, "
+                       f"got {value!r}")
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def check_known(settings: dict[str, Any]) -> None:

@@ -29,12 +29,13 @@ from .init_distributions import FixedInit, InitDistribution, RandomInit, initial
 from .models import build_model
 from .pools import check_pool_fits, load_pool, load_pretrained
 from .runtime import generator, resolve_device
-from .state import DistilledSteps, new_steps
+from .state import DistilledSteps, new_steps, window_of
+from .tracking import Tracker, check_log_dir
 
 # settings that may change when a run is resumed; the others must match the checkpoint
 INIT_BASELINE = {"real": "random"}  # --image-init names that differ from the baseline's
 RESUMABLE = {"epochs", "eval_every", "eval_nets", "stop_accuracy", "checkpoint_every", "progress",
-             "device"}
+             "device", "log_dir"}
 
 
 def distill(
@@ -63,6 +64,7 @@ def distill(
     config.validate()
     if out is not None:
         check_out_folder(Path(out))
+    check_log_dir(config.log_dir)
     device = resolve_device(config.device)
     start_time = time.perf_counter()
 
@@ -117,10 +119,11 @@ def distill(
         data.train_images[:config.batch_size], config.backward, keep_every, config.outer_chunk)
     n_train = data.train_images.shape[0]
     per_epoch = math.ceil(n_train / config.batch_size)
-    first_epoch, history, elapsed_before = 0, [], 0.0
+    first_epoch, history, elapsed_before, clip_mean = 0, [], 0.0, 0.0
     if checkpoint is not None:
-        first_epoch, history, elapsed_before = _restore(
+        first_epoch, history, elapsed_before, clip_mean = _restore(
             checkpoint, steps, optimizer, scheduler, data_gen, init_gen)
+    tracker = Tracker(config.log_dir, data, steps, first_epoch * per_epoch)  # --log-dir
 
     # ---- the outer loop (until --epochs, or the first evaluation at --stop-accuracy)
     done, latest = first_epoch, None  # latest: the evaluation of the last epoch run, if any
@@ -136,11 +139,16 @@ def distill(
             real_images = data.train_images[batch]
             if data.augment:
                 real_images = crop_flip(real_images, data_gen)
+            steps.draw_minibatches(config.minibatch, data_gen)  # a flat set's minibatches
+            window = range(*window_of(steps.num_steps, config.window, config.window_at_end,
+                                      data_gen))  # the steps that keep a graph
             losses = backend.run(params, steps, real_images,
-                                 relabel(data.train_labels[batch], attack))
+                                 relabel(data.train_labels[batch], attack), window)
             if world.size > 1:  # the mean over all ranks' nets, identical on every rank
                 for tensor in steps.learnable().values():
                     world.sum_(tensor.grad.mul_(len(mine) / n_nets))
+            if config.clip:
+                clip_mean = clip_gradient(steps, config.clip, clip_mean)
             meta_loss = float(world.sum_(losses.sum()) / n_nets)
             if not math.isfinite(meta_loss):
                 raise DistillError(
@@ -150,6 +158,7 @@ def distill(
             optimizer.step()
             bar.update()
             bar.set_postfix(epoch=epoch + 1, meta_loss=f"{meta_loss:.4f}")
+            tracker.iteration(epoch * per_epoch + it + 1, meta_loss, steps)
         scheduler.step()
 
         done, latest = epoch + 1, None
@@ -161,13 +170,14 @@ def distill(
                             "evaluation_s": time.perf_counter() - eval_start, **latest.summary()})
             if world.is_main:
                 bar.write(f"epoch {done}: {latest}")
+        tracker.epoch(done * per_epoch, steps, latest)
         reached = (latest is not None and config.stop_accuracy > 0
                    and latest.mean >= config.stop_accuracy)
         checkpoint_due = (done % config.checkpoint_every == 0 or done == config.epochs
                           or reached)
         if out is not None and world.is_main and checkpoint_due:
             _write_checkpoint(Path(out), config, done, history,
-                              elapsed_before + time.perf_counter() - start_time,
+                              elapsed_before + time.perf_counter() - start_time, clip_mean,
                               steps, optimizer, scheduler, data_gen, init_gen)
         if reached:
             if world.is_main:
@@ -175,6 +185,7 @@ def distill(
                           f"{100 * config.stop_accuracy:g}%")
             break
     bar.close()
+    tracker.close()
 
     # ---- the artifact first; then the final evaluation, the comparison and the picture
     metrics: dict[str, Any] = {"history": history, "epochs_run": done}
@@ -202,6 +213,19 @@ def distill(
             result, Path(out) / GRID_FILE, data.mean, data.std, data.class_names))
     save()
     return result
+
+
+def clip_gradient(steps: DistilledSteps, factor: float, running_mean: float) -> float:
+    """Scale the learnable tensors' gradient down to ``factor`` × the running mean of its
+    norm where it is longer; returns the updated running mean (of the clipped norms)."""
+    grads = [t.grad for t in steps.learnable().values()]
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g)
+                                                       for g in grads])))
+    if running_mean > 0 and norm > factor * running_mean:
+        for grad in grads:
+            grad.mul_(factor * running_mean / norm)
+        norm = factor * running_mean
+    return norm if running_mean == 0 else 0.9 * running_mean + 0.1 * norm
 
 
 def _init_distributions(config: DistillConfig, module: nn.Module, data: Dataset,
@@ -242,7 +266,8 @@ def _evaluate(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Disti
               data: Dataset, config: DistillConfig) -> EvalResult:
     """Fresh nets (seeds disjoint from distillation's) trained on the distilled steps."""
     lrs = steps.lrs().detach()
-    step_list = schedule(steps.images.detach(), steps.all_targets(), lrs, config.distill_epochs)
+    step_list = schedule(steps.images.detach(), steps.all_targets(), lrs, config.distill_epochs,
+                         config.minibatch)
     return evaluate_steps(fmodel, init_dist, step_list, data.test_images, data.test_labels,
                           _eval_nets(config), generator(config.seed, "evaluation"),
                           attack=config.attack).after
@@ -258,7 +283,7 @@ def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Di
     images = images_for("random", data, labels, generator(config.seed, "random-real"))
     run = schedule_evaluator(fmodel, init_dist, images, relabel(labels, config.attack),
                              data.test_images, data.test_labels, _eval_nets(config), config.seed,
-                             "evaluation", attack=config.attack)
+                             "evaluation", attack=config.attack, minibatch=config.minibatch)
     best, _ = best_of_grid(run, steps.lrs().detach(),
                            epochs=(config.distill_epochs,))
     return best
@@ -276,9 +301,9 @@ def _meta(config: DistillConfig, data: Dataset, module: nn.Module, custom: bool,
 
 # --------------------------------------------------------------------------- checkpoints
 def _write_checkpoint(out: Path, config: DistillConfig, epoch: int, history: list,
-                      elapsed: float, steps: DistilledSteps, optimizer: torch.optim.Optimizer,
-                      scheduler: Any, data_gen: torch.Generator, init_gen: torch.Generator,
-                      ) -> None:
+                      elapsed: float, clip_mean: float, steps: DistilledSteps,
+                      optimizer: torch.optim.Optimizer, scheduler: Any,
+                      data_gen: torch.Generator, init_gen: torch.Generator) -> None:
     """Everything needed to continue exactly where this epoch ended, in one atomic file."""
     tensors = {**steps.learnable(), "rng.data": data_gen.get_state(), "rng.init": init_gen.get_state(),
                "rng.torch": torch.get_rng_state()}
@@ -287,6 +312,7 @@ def _write_checkpoint(out: Path, config: DistillConfig, epoch: int, history: lis
         for key, value in state.items():
             tensors[f"adam.{index}.{key}"] = torch.as_tensor(value)
     info = {"config": config.to_dict(), "epoch": epoch, "history": history, "elapsed_s": elapsed,
+            "clip_mean": clip_mean,
             "scheduler": scheduler.state_dict(), "param_groups": opt_state["param_groups"]}
     save_tensors(out / CHECKPOINT_FILE, tensors, info)
 
@@ -318,4 +344,4 @@ def _restore(checkpoint, steps: DistilledSteps, optimizer: torch.optim.Optimizer
     data_gen.set_state(tensors["rng.data"])
     init_gen.set_state(tensors["rng.init"])
     torch.set_rng_state(tensors["rng.torch"])
-    return info["epoch"], info["history"], info["elapsed_s"]
+    return info["epoch"], info["history"], info["elapsed_s"], info.get("clip_mean", 0.0)

@@ -88,8 +88,12 @@ def _std(values: Tensor) -> float:
 
 
 def schedule(images: Tensor, labels: Tensor, lrs: Tensor | Sequence[float] | float,
-             epochs: int) -> list[Step]:
-    """GD steps over ``epochs`` passes of the S batches; lr t is ``lrs[t]`` (cycled) or a constant."""
+             epochs: int, minibatch: int = 0) -> list[Step]:
+    """GD steps over ``epochs`` passes of the S batches; lr t is ``lrs[t]`` (cycled) or a constant.
+
+    With ``minibatch`` (below a batch's size) step t takes that many of its batch's images,
+    drawn with a fixed seed so every evaluation sees the same sequence.
+    """
     n_batches = images.shape[0]
     total = n_batches * epochs
     if isinstance(lrs, (int, float)):
@@ -97,7 +101,13 @@ def schedule(images: Tensor, labels: Tensor, lrs: Tensor | Sequence[float] | flo
     else:
         values = [float(v) for v in lrs]
         lr_list = [values[t % len(values)] for t in range(total)]
-    return [(images[t % n_batches], labels[t % n_batches], lr_list[t]) for t in range(total)]
+    steps = [(images[t % n_batches], labels[t % n_batches], lr_list[t]) for t in range(total)]
+    if 0 < minibatch < images.shape[1]:
+        draws = generator(0, "evaluation-minibatches")
+        picks = [torch.randperm(images.shape[1], generator=draws)[:minibatch].to(images.device)
+                 for _ in steps]
+        steps = [(x[pick], y[pick], lr) for (x, y, lr), pick in zip(steps, picks)]
+    return steps
 
 
 def train_nets(fmodel: FunctionalModel, params: Params, steps: Sequence[Step]) -> Params:
@@ -226,11 +236,12 @@ def _gather(parts: list[EvalResult], mine: range, nets: int, classes: int, world
 def schedule_evaluator(
     fmodel: FunctionalModel, init: InitDistribution, images: Tensor, labels: Tensor,
     test_images: Tensor, test_labels: Tensor, nets: int, seed: int, purpose: str,
-    attack: tuple[int, int] | None = None,
+    attack: tuple[int, int] | None = None, minibatch: int = 0,
 ) -> Callable[[Tensor | float, int], EvalResult]:
     """``(lr, epochs) -> EvalResult`` for fixed images, the same ``nets`` held-out nets each call."""
     def run(lr: Tensor | float, epochs: int) -> EvalResult:
-        return evaluate_steps(fmodel, init, schedule(images, labels, lr, epochs), test_images,
+        return evaluate_steps(fmodel, init, schedule(images, labels, lr, epochs, minibatch),
+                              test_images,
                               test_labels, nets, generator(seed, purpose), attack=attack).after
 
     return run
@@ -333,7 +344,7 @@ def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: 
     config = distilled.meta["config"]
     n_epochs = epochs or distilled.num_steps // distilled.images.shape[0]
     steps = schedule(distilled.images.to(dev), distilled.labels.to(dev),
-                     distilled.lrs if lr is None else lr, n_epochs)
+                     distilled.lrs if lr is None else lr, n_epochs, config.get("minibatch", 0))
     result = evaluate_steps(fmodel, init, steps, data.test_images, data.test_labels,
                             1 if distilled.init is not None else nets,
                             generator(config["seed"], "held-out"), test_before=True,

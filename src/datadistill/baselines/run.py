@@ -33,6 +33,7 @@ def run_baseline(
     sets: int = 10,
     seed: int = 0,
     attack: tuple[int, int] | None = None,
+    minibatch: int = 0,
 ) -> tuple[Tensor, Tensor, list[float], dict[str, Any]]:
     """Images, labels, chosen lrs and a report (best grid cell, all cells, final mean ± std).
 
@@ -41,7 +42,8 @@ def run_baseline(
     keeps the best 20 % by accuracy on training data, and evaluates those; the k-NN methods
     report the best of l1/l2 × K∈{1,3}, mean ± std over ``sets`` draws. With an ``attack``
     (K, T) the chosen real images of class K are labelled T (label flipping), and cells are
-    ranked by accuracy w.r.t. the modified labels.
+    ranked by accuracy w.r.t. the modified labels. ``minibatch``: images per inner step, as
+    the distillation run trained with (0: each step's whole batch).
     """
     check_real_images_suffice(data, steps * images_per_class)
     if method.startswith("knn-"):
@@ -55,7 +57,7 @@ def run_baseline(
 
     def on_test(imgs: Tensor, lbls: Tensor, n: int, purpose: str):
         return schedule_evaluator(fmodel, init, imgs, lbls, data.test_images, data.test_labels,
-                                  n, seed, purpose, attack)
+                                  n, seed, purpose, attack, minibatch)
 
     # an attack is one GD step (Figure 6), so only the lrs are searched there
     best, grid = best_of_grid(on_test(images, labels, search_nets, "held-out-search"), learned_lrs,
