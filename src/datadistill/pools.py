@@ -20,10 +20,10 @@ from .artifacts import atomic_write, check_out_folder, load_tensors, save_tensor
 from .data import Dataset, crop_flip, load_dataset
 from .distributed import current
 from .errors import DistillError
-from .evaluate import test_nets
 from .functional import FunctionalModel, Params, num_nets
 from .init_distributions import PooledInit, RandomInit
 from .models import build_model
+from .nets import test_nets
 from .runtime import generator, resolve_device
 
 POOL_FILE = "pool.safetensors"
