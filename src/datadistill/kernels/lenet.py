@@ -271,9 +271,9 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
         slopes, hvp, r_dx, r_logits = net.hessian_vector(theta_t, current, 1.0 / current.size,
                                                          g, logits=target_grad is not None)
         grads["raw_lrs"][t] = -slopes.sum() * sigmoid[t]
-        _add_at(grads["images"][s], picked, net.crop(r_dx), -lrs[t])
+        _add_at(grads["images"][s], picked, -lrs[t] * net.crop(r_dx))
         if target_grad is not None:
-            _add_at(target_grad[s], picked, r_logits, lrs[t] / current.size)
+            _add_at(target_grad[s], picked, lrs[t] * (1.0 / current.size) * r_logits)
         g = g.add(hvp, alpha=-lrs[t])
 
     if target_grad is not None:
@@ -283,12 +283,12 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
     return losses / total
 
 
-def _add_at(dest: Tensor, picked: Tensor | None, value: Tensor, alpha: float) -> None:
-    """dest += alpha * value, at the rows ``picked`` (a minibatch) or everywhere."""
+def _add_at(dest: Tensor, picked: Tensor | None, value: Tensor) -> None:
+    """dest += value, at the rows ``picked`` (a minibatch) or everywhere."""
     if picked is None:
-        dest.add_(value, alpha=alpha)
+        dest.add_(value)
     else:
-        dest.index_add_(0, picked, value, alpha=alpha)
+        dest.index_add_(0, picked, value)
 
 
 def _softmax_backward(logits: Tensor, grad: Tensor) -> Tensor:
