@@ -14,6 +14,7 @@ import datadistill
 from datadistill.artifacts import ARTIFACT_FILE
 from datadistill.cli import main
 from datadistill.errors import DistillError
+from datadistill.pools import Schedule, pretrain
 
 from .conftest import make_dataset
 
@@ -42,6 +43,9 @@ def runs(tmp_path_factory):
     datadistill.distill(data=make_dataset(), steps=1, distill_epochs=1, epochs=1, eval_nets=2,
                         progress=False, out=root / "custom-data")
     (root / "a-file").write_text("not a folder")
+    pretrain("digits", models=3, out=root / "damaged-pool", held_out=1, group=3,
+             schedule=Schedule(epochs=1, lr=1e-3, decay_epochs=1), progress=False)
+    _flip(root / "damaged-pool" / "pool.safetensors", -7)
     return root
 
 
@@ -61,6 +65,8 @@ BAD_INPUTS = [
     (["evaluate", "RUNS/custom"], "distilled for your own module (Sequential)"),
     (["evaluate", "RUNS/damaged"], "do not match the stored SHA-256 digest"),
     (["distill", "--out", "RUNS/damaged-checkpoint", "--resume"], "is damaged"),
+    (["distill", "--out", "OUT", *QUICK, "--init", "pretrained-random", "--pool",
+      "RUNS/damaged-pool"], "is damaged"),
     (["evaluate", "RUNS/custom-data"], "distilled on a dataset of your own ('synthetic')"),
     (["evaluate", "RUNS/knn", "--nets", "0"], "--nets must be at least 1"),
     (["pretrain", "--dataset", "digits", "--models", "3", "--group", "0", "--out", "OUT"],
@@ -151,3 +157,14 @@ def test_damaged_tensor_data_is_reported_on_load(tmp_path):
     _flip(path, 8 + header_len + 3)  # inside the tensor data
     with pytest.raises(DistillError, match="do not match the stored SHA-256 digest"):
         datadistill.load(tmp_path)
+
+
+def test_nets_the_processes_cannot_share_are_refused_on_every_rank(monkeypatch, tiny_data):
+    """Under torchrun (faked: rank 1 of 2) a fixed init's one net is refused before any work,
+    on every rank alike, so none waits in an all-reduce."""
+    from datadistill.distributed import World
+
+    monkeypatch.setattr(sys.modules["datadistill.distill"], "current", lambda: World(1, 2))
+    with pytest.raises(DistillError, match="cannot be shared by 2 processes"):
+        datadistill.distill(data=tiny_data, init="fixed", steps=1, distill_epochs=1, epochs=1,
+                            progress=False)
