@@ -219,11 +219,12 @@ def test_windowed_flat_set_with_minibatches_and_clipping_resumes_exactly(tmp_pat
     drawn anew each meta-iteration, clipping: an interrupted run resumes to the same result."""
     settings = dict(TINY, steps=1, images_per_class=2, distill_epochs=8, minibatch=4, window=3,
                     clip=1.5, labels="learned")
-    whole = datadistill.distill(data=tiny_data, **settings)
+    whole = datadistill.distill(data=tiny_data, module=TinyConvNet(), **settings)
     assert whole.images.shape == (1, 6, 1, 4, 4) and whole.lrs.shape == (8,)
-    datadistill.distill(data=tiny_data, out=tmp_path, **{**settings, "epochs": 2})
-    resumed = datadistill.distill(data=tiny_data, out=tmp_path, resume=True, epochs=4,
-                                  progress=False)
+    datadistill.distill(data=tiny_data, module=TinyConvNet(), out=tmp_path,
+                        **{**settings, "epochs": 2})
+    resumed = datadistill.distill(data=tiny_data, module=TinyConvNet(), out=tmp_path,
+                                  resume=True, epochs=4, progress=False)
     assert torch.equal(whole.images, resumed.images)
     assert torch.equal(whole.lrs, resumed.lrs)
     assert 0 <= resumed.meta["metrics"]["final"]["accuracy_mean"] <= 1

@@ -87,6 +87,15 @@ BAD_INPUTS = [
     (["distill", "--out", "OUT", *QUICK, "--steps", "0"], "--steps must be at least 1"),
     (["distill", "--out", "OUT", *QUICK, "--stop-accuracy", "0.5"], "add --eval-every"),
     (["distill", "--out", "OUT", *QUICK, "--distill-lr", "1e30"], "distillation diverged"),
+    # the flags of learned labels, flat sets, windows, clipping and backends
+    (["distill", "--out", "OUT", *QUICK, "--images-per-step", "-1"], "--images-per-step must be"),
+    (["distill", "--out", "OUT", *QUICK, "--minibatch", "-2"], "--minibatch must be 0"),
+    (["distill", "--out", "OUT", *QUICK, "--window", "-3"], "--window must be 0"),
+    (["distill", "--out", "OUT", *QUICK, "--clip", "-1"], "--clip must be 0"),
+    (["distill", "--out", "OUT", *QUICK, "--label-lr", "-0.1"], "--label-lr must be"),
+    (["distill", "--out", "OUT", *QUICK, "--label-confidence", "1.5"], "--label-confidence is"),
+    (["distill", "--out", "OUT", *QUICK, "--backend", "compiled"], "--backend compiled runs only"),
+    (["distill", "--out", "OUT", *QUICK, "--log-dir", "RUNS/a-file"], "--log-dir"),
 ]
 
 

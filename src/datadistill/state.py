@@ -104,9 +104,6 @@ def window_of(num_steps: int, window: int, at_end: bool,
                                                       generator=generator))
     return last - window, last
 
-    def hard_labels(self) -> Tensor:
-        """Each image's class (S, n): the label, or the argmax of its label logits."""
-        return self.labels.argmax(-1) if self.learns_labels else self.labels
 
 
 def new_steps(images: Tensor, labels: Tensor, num_steps: int, lr: float, num_classes: int,
