@@ -87,6 +87,14 @@ BAD_INPUTS = [
     (["distill", "--out", "OUT", *QUICK, "--steps", "0"], "--steps must be at least 1"),
     (["distill", "--out", "OUT", *QUICK, "--stop-accuracy", "0.5"], "add --eval-every"),
     (["distill", "--out", "OUT", *QUICK, "--distill-lr", "1e30"], "distillation diverged"),
+    # text and audio data
+    (["distill", "--out", "OUT", *QUICK[2:], "--dataset", "text:RUNS/missing.csv"],
+     "is neither a folder"),
+    (["distill", "--out", "OUT", *QUICK[2:], "--dataset", "audio:RUNS/missing"],
+     "is not a folder of one subfolder of WAV files"),
+    (["distill", "--out", "OUT", *QUICK[2:], "--dataset", "npz:RUNS/a-file"], "cannot read"),
+    (["distill", "--out", "OUT", *QUICK, "--dataset", "digits@some/encoder"], "takes no encoder"),
+    (["distill", "--out", "OUT", *QUICK, "--model", "seqcnn"], "seqcnn takes sequences"),
     # the flags of learned labels, flat sets, windows, clipping and backends
     (["distill", "--out", "OUT", *QUICK, "--images-per-step", "-1"], "--images-per-step must be"),
     (["distill", "--out", "OUT", *QUICK, "--minibatch", "-2"], "--minibatch must be 0"),

@@ -8,7 +8,8 @@ from datadistill.errors import DistillError
 from datadistill.init_distributions import FixedInit, RandomInit, initial_parameters, list_init_schemes
 from datadistill.models import build_model, list_models
 
-SHAPES = {"lenet": (1, 28, 28), "alexcifarnet": (3, 32, 32), "mlp": (1, 8, 8), "alexnet": (3, 64, 64)}
+SHAPES = {"lenet": (1, 28, 28), "alexcifarnet": (3, 32, 32), "mlp": (1, 8, 8), "alexnet": (3, 64, 64),
+          "seqcnn": (13, 1, 16)}
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -38,7 +38,7 @@ def run_meta(config: dict[str, Any], data: Dataset, model: dict[str, Any],
 
     return {
         "format": "datadistill/1", **extra, "config": config,
-        "dataset": {"name": data.name, "mean": list(data.mean), "std": list(data.std),
+        "dataset": {"name": data.name, "kind": data.kind, "mean": list(data.mean), "std": list(data.std),
                     "class_names": list(data.class_names), "image_shape": list(data.image_shape),
                     "train_size": int(data.train_images.shape[0]),
                     "test_size": int(data.test_images.shape[0])},

@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="re-render the picture of an artifact")
     p.add_argument("run", help="run folder written by distill")
-    p.add_argument("--out", default=None, help="PNG path (default: RUN/distilled.png)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN/distilled.png); for "
+                   "audio and text data a folder (default: RUN)")
+    p.add_argument("--data-root", default=None, help="where the run's data is (audio, text)")
 
     sub.add_parser("list", help="list datasets, models and initialization schemes")
     return parser
@@ -125,7 +127,7 @@ def _distill(args: argparse.Namespace) -> None:
         real = metrics["random_real"]
         print(f"random real ({n_images} images, same steps, best lr {real['lr']}): "
               f"{100 * real['accuracy_mean']:.2f}% ± {100 * real['accuracy_std']:.2f}")
-    picture = "" if "picture" in metrics.get("failed", {}) else " and distilled.png"
+    picture = f" and {metrics['picture']}" if "picture" in metrics else ""
     print(f"wrote {Path(args.out) / 'distilled.safetensors'}, meta.json{picture} "
           f"in {metrics['wall_time_s']:.0f} s")
 
@@ -205,25 +207,33 @@ def _linreg(args: argparse.Namespace) -> None:
 
 def _show(args: argparse.Namespace) -> None:
     from .artifacts import GRID_FILE, load
-    from .plots import save_grid
+    from .plots import save_grid, save_picture
 
     distilled = load(args.run)
     dataset = distilled.meta["dataset"]
-    out = args.out or Path(args.run) / GRID_FILE
-    save_grid(distilled, out, dataset["mean"], dataset["std"], dataset["class_names"])
+    if dataset.get("kind", "image") == "image":  # drawn from the artifact alone
+        out = Path(args.out or Path(args.run) / GRID_FILE)
+        save_grid(distilled, out, dataset["mean"], dataset["std"], dataset["class_names"])
+    else:  # needs the real data: audio beside real inputs, text beside real documents
+        from .data import load_dataset
+
+        data = load_dataset(dataset["name"], args.data_root or distilled.meta["config"]["data_root"])
+        out = save_picture(distilled, data, Path(args.out) if args.out else Path(args.run))
+        if out.suffix == ".txt":
+            print(out.read_text(), end="")
     print(f"wrote {out}")
 
 
 def _list(args: argparse.Namespace) -> None:
-    from .data import DATASETS
+    from .data import DATASETS, PATH_FORMS
     from .init_distributions import list_init_schemes
     from .models import list_models
 
     print("datasets:")
     for name in DATASETS.names():
         print(f"  {name:14s} {DATASETS.get(name).description}")
-    print(f"  {'folder:DIR':14s} ImageFolder-style DIR/train/<class>/*, DIR/test/<class>/* "
-          "(224x224, ImageNet normalization, alexnet)")
+    for prefix, (_, description) in PATH_FORMS.items():
+        print(f"  {prefix + 'PATH':14s} {description}")
     print("models:", ", ".join(list_models()))
     print("initialization schemes:", ", ".join(list_init_schemes()))
 

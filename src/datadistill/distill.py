@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .artifacts import (CHECKPOINT_FILE, GRID_FILE, Distilled, after_saving, check_out_folder,
+from .artifacts import (CHECKPOINT_FILE, Distilled, after_saving, check_out_folder,
                         load_tensors, run_meta, save_tensors)
 from .backends import choose_meta_gradient
 from .baselines.images import check_real_images_suffice, class_layout, images_for
@@ -207,10 +207,9 @@ def distill(
     after_saving(metrics, "random_real",
                   lambda: _random_real(fmodel, eval_dist, steps, data, config))
     if writes:
-        from .plots import save_grid
+        from .plots import save_picture
 
-        after_saving(metrics, "picture", lambda: save_grid(
-            result, Path(out) / GRID_FILE, data.mean, data.std, data.class_names))
+        after_saving(metrics, "picture", lambda: save_picture(result, data, out).name)
     save()
     return result
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .artifacts import Distilled, load
-from .data import DATASETS, FOLDER, Dataset, load_dataset
+from .data import Dataset, is_known_dataset, load_dataset
 from .distributed import World, current
 from .errors import DistillError
 from .functional import FunctionalModel, Params
@@ -156,7 +156,7 @@ def context_for(distilled: Distilled, data_root: str | None = None, device: str 
             "cannot be rebuilt from the file; evaluate it from Python: "
             "datadistill.evaluate(RUN, module=YourModule(), data=...)")
     dataset = meta["dataset"]["name"]
-    if data is None and dataset not in DATASETS.names() and not dataset.startswith(FOLDER):
+    if data is None and not is_known_dataset(dataset):
         raise DistillError(f"this artifact was distilled on a dataset of your own ({dataset!r}); "
                            "evaluate it from Python: datadistill.evaluate(RUN, data=your_dataset)")
     return build_context(meta["config"], dataset, meta["model"].get("name"),

@@ -1,4 +1,4 @@
-"""The paper's networks, a small MLP, and the registry that builds them.
+"""The paper's networks, a small MLP, a 1-D CNN for sequences, and the registry that builds them.
 
 Any ``nn.Module`` works with the engine: it is run functionally on a parameter dict
 (``torch.func.functional_call``), so no special base class is needed.
@@ -142,6 +142,38 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class SequenceCNN(nn.Module):
+    """1-D convolutions along the positions of (C, 1, L) inputs (audio frames of C features,
+    or L token embeddings of C dimensions): three 3-wide convs with ReLU, one 2x average
+    pool, and a linear head over the pooled positions."""
+
+    def __init__(self, channels: int, length: int, num_classes: int, width: int = 128):
+        super().__init__()
+        if length < 2:
+            raise DistillError(f"seqcnn takes sequences (C, 1, L) with L >= 2 positions, got "
+                               f"L = {length}; pick --model mlp for vectors")
+        self.features = nn.Sequential(
+            nn.Conv1d(channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.AvgPool1d(2),
+            nn.Conv1d(width, width, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.classifier = nn.Linear(width * (length // 2), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x.flatten(2)).flatten(1))
+
+
+def _sequence_cnn(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    if shape[1] != 1:
+        raise DistillError(f"seqcnn takes sequences shaped (C, 1, L), got {tuple(shape)}; "
+                           "pick another --model for images")
+    return SequenceCNN(shape[0], shape[2], num_classes)
+
+
 MODELS.register("lenet")(lambda shape, k: LeNet(shape[0], shape[1], k))
 MODELS.register("alexcifarnet")(lambda shape, k: AlexCifarNet(shape[0], shape[1], k))
 def _alexnet(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
@@ -155,3 +187,4 @@ def _alexnet(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
 
 MODELS.register("alexnet")(_alexnet)
 MODELS.register("mlp")(lambda shape, k: MLP(shape[0] * shape[1] * shape[2], k))
+MODELS.register("seqcnn")(_sequence_cnn)

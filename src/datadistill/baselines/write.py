@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..artifacts import GRID_FILE, Distilled, after_saving, check_out_folder, load, run_meta
+from ..artifacts import Distilled, after_saving, check_out_folder, load, run_meta
 from ..config import DistillConfig
 from ..errors import DistillError
 from ..evaluate import build_context, context_for
@@ -54,8 +54,7 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
                          None, meta)
     artifact.save(out)
     if artifact.num_steps:
-        from ..plots import save_grid
+        from ..plots import save_picture
 
-        after_saving(report, "picture", lambda: save_grid(
-            artifact, Path(out) / GRID_FILE, data.mean, data.std, data.class_names))
+        after_saving(report, "picture", lambda: save_picture(artifact, data, out).name)
     return report
