@@ -195,8 +195,9 @@ def test_learned_labels_with_fewer_images_than_classes(tmp_path, tiny_data):
     assert caption(torch.tensor([0.1, 0.7, 0.2]), ("a", "b", "c")) == "b .70 c .20"
 
 
-def test_learned_labels_resume_equals_one_run(tmp_path, tiny_data):
-    settings = dict(TINY, labels="learned", image_init="kmeans")
+@pytest.mark.parametrize("labels", ["learned", "direct"])
+def test_learned_labels_resume_equals_one_run(tmp_path, tiny_data, labels):
+    settings = dict(TINY, labels=labels, image_init="kmeans")
     whole = datadistill.distill(data=tiny_data, **settings)
     datadistill.distill(data=tiny_data, out=tmp_path, **{**settings, "epochs": 2})
     resumed = datadistill.distill(data=tiny_data, out=tmp_path, resume=True, epochs=4,

@@ -92,6 +92,8 @@ BAD_INPUTS = [
     (["distill", "--out", "OUT", *QUICK, "--minibatch", "-2"], "--minibatch must be 0"),
     (["distill", "--out", "OUT", *QUICK, "--window", "-3"], "--window must be 0"),
     (["distill", "--out", "OUT", *QUICK, "--clip", "-1"], "--clip must be 0"),
+    (["distill", "--out", "OUT", *QUICK, "--labels", "soft"],
+     "--labels must be one of fixed, learned, direct"),
     (["distill", "--out", "OUT", *QUICK, "--label-lr", "-0.1"], "--label-lr must be"),
     (["distill", "--out", "OUT", *QUICK, "--label-confidence", "1.5"], "--label-confidence is"),
     (["distill", "--out", "OUT", *QUICK, "--backend", "compiled"], "--backend compiled runs only"),

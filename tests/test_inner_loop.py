@@ -114,8 +114,12 @@ def test_batchnorm_with_running_stats_is_refused():
     FunctionalModel(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False)))
 
 
+LABEL_KINDS = {"learned": (False, "label_logits"), "direct": (True, "label_targets")}
+
+
 def _label_problem(make_module, **kwargs):
-    """The same problem with learnable label logits (S, n, 3) instead of fixed classes."""
+    """The same problem with learnable labels (S, n, 3) instead of fixed classes: logits, or
+    direct targets that sum to anything but 1 and may be negative."""
     fmodel, params, images, labels, raw_lrs, real_x, real_y = _problem(make_module(), **kwargs)
     gen = torch.Generator().manual_seed(1)
     logits = 2 * F.one_hot(labels, 3).double() + 0.3 * torch.randn(
@@ -123,19 +127,23 @@ def _label_problem(make_module, **kwargs):
     return fmodel, params, images, logits, raw_lrs, real_x, real_y
 
 
-def _label_grads(fmodel, params, images, logits, raw_lrs, real_x, real_y, **kwargs):
+def _label_grads(fmodel, params, images, logits, raw_lrs, real_x, real_y, direct=False,
+                 **kwargs):
     steps = DistilledSteps(images.clone().requires_grad_(), logits.clone().requires_grad_(),
-                           raw_lrs.clone().requires_grad_())
+                           raw_lrs.clone().requires_grad_(), direct=direct)
     loss = meta_gradient(fmodel, params, steps, real_x, real_y, **kwargs)
     return loss.mean().item(), {k: v.grad for k, v in steps.learnable().items()}
 
 
+@pytest.mark.parametrize("kind", LABEL_KINDS)
 @pytest.mark.parametrize("mode", ["full", "backgrad"])
 @pytest.mark.parametrize("make_module", [_mlp, TinyConvNet], ids=["mlp", "conv"])
-def test_learned_label_gradient_matches_finite_differences(make_module, mode):
+def test_learned_label_gradient_matches_finite_differences(make_module, mode, kind):
+    direct, name = LABEL_KINDS[kind]
     fmodel, params, images, logits, raw_lrs, real_x, real_y = _label_problem(make_module)
-    _, grads = _label_grads(fmodel, params, images, logits, raw_lrs, real_x, real_y, mode=mode)
-    assert set(grads) == {"images", "raw_lrs", "label_logits"}
+    _, grads = _label_grads(fmodel, params, images, logits, raw_lrs, real_x, real_y,
+                            direct=direct, mode=mode)
+    assert set(grads) == {"images", "raw_lrs", name}
     eps = 1e-6
     flat = logits.flatten()
     for i in range(flat.numel()):
@@ -143,20 +151,33 @@ def test_learned_label_gradient_matches_finite_differences(make_module, mode):
         plus[i] += eps
         minus[i] -= eps
         numeric = (_label_grads(fmodel, params, images, plus.view_as(logits), raw_lrs, real_x,
-                                real_y)[0]
+                                real_y, direct=direct)[0]
                    - _label_grads(fmodel, params, images, minus.view_as(logits), raw_lrs,
-                                  real_x, real_y)[0]) / (2 * eps)
-        assert numeric == pytest.approx(grads["label_logits"].flatten()[i].item(), rel=1e-5,
-                                        abs=1e-9)
+                                  real_x, real_y, direct=direct)[0]) / (2 * eps)
+        assert numeric == pytest.approx(grads[name].flatten()[i].item(), rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.parametrize("kind", LABEL_KINDS)
 @pytest.mark.parametrize("keep_every", [1, 2])
-def test_learned_label_backgrad_equals_full_autograd(keep_every):
+def test_learned_label_backgrad_equals_full_autograd(keep_every, kind):
+    direct = LABEL_KINDS[kind][0]
     problem = _label_problem(TinyConvNet, n_steps=3, epochs=2)
-    _, full = _label_grads(*problem, mode="full")
-    _, back = _label_grads(*problem, mode="backgrad", keep_every=keep_every)
+    _, full = _label_grads(*problem, direct=direct, mode="full")
+    _, back = _label_grads(*problem, direct=direct, mode="backgrad", keep_every=keep_every)
     for name in full:
         assert (full[name] - back[name]).abs().max() < 1e-10, name
+
+
+def test_direct_labels_are_the_targets_and_start_one_hot():
+    from datadistill.state import new_steps
+
+    steps = new_steps(torch.zeros(1, 3, 1, 4, 4), torch.tensor([[2, 0, 1]]), 2, 0.02, 3,
+                      "direct")
+    assert set(steps.learnable()) == {"images", "raw_lrs", "label_targets"}
+    assert torch.equal(steps.targets(0), F.one_hot(torch.tensor([2, 0, 1]), 3).float())
+    with torch.no_grad():
+        steps.labels[0, 0] = torch.tensor([-0.5, 0.25, 2.0])
+    assert torch.equal(steps.all_targets()[0, 0], torch.tensor([-0.5, 0.25, 2.0]))
 
 
 def _windowed_problem(labels_learned: bool, minibatch: int):

@@ -154,8 +154,9 @@ class _Net:
     def hessian_vector(self, theta: Tensor, batch: _Batch, scale: float, u: Tensor,
                        logits: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Along the direction u (N, P): the slope <u, gradient> (N,), H u (N, P), the
-        derivative of the input gradient (B, C, 32, 32) and, if ``logits``, of the logits
-        (B, classes), both summed over nets."""
+        derivative of the input gradient (B, C, 32, 32) and, if ``logits``, that of the
+        logits less its mean under the softmax (B, classes) (minus the slope's derivative in
+        the targets, over ``scale``), both summed over nets."""
         nets, parts = theta.shape[0], self._parts(theta, batch)
         hvp = theta.new_empty(nets, parts, theta.shape[1])
         slopes = theta.new_empty(nets, parts)
@@ -237,7 +238,8 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
     """Run the steps before the ``window`` without keeping, unroll the window keeping every
     ``keep_every``-th θ_t, take the outer gradient g on the real batch, then walk back:
     dlr_t = -<g, ∇ℓ_t>, dx_t = -lr_t R_g{∇_x ℓ_t}, for learned labels
-    dq_t = lr_t scale R_g{z_t} (the targets' gradient, z_t the logits), g <- g - lr_t H_t g."""
+    dq_t = lr_t scale (R_g{z_t} - <p_t, R_g{z_t}>) (the targets' gradient, z_t the logits, p_t
+    their softmax; then through the label softmax unless direct), g <- g - lr_t H_t g."""
     targets = [steps.targets(s).detach() for s in range(steps.num_batches)]
     whole = [net.batch(x.detach(), q) for x, q in zip(steps.images, targets)]
     raw_lrs = steps.raw_lrs.detach()
@@ -277,7 +279,9 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
         g = g.add(hvp, alpha=-lrs[t])
 
     if target_grad is not None:
-        grads["label_logits"] = _softmax_backward(steps.labels.detach(), target_grad)
+        grads["label_targets"] = target_grad  # direct labels are the targets
+        if not steps.direct:
+            grads["label_logits"] = _softmax_backward(steps.labels.detach(), target_grad)
     for name, leaf in steps.learnable().items():
         leaf.grad = grads[name] if leaf.grad is None else leaf.grad + grads[name]
     return losses / total
