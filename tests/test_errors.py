@@ -71,6 +71,8 @@ BAD_INPUTS = [
     (["evaluate", "RUNS/knn", "--nets", "0"], "--nets must be at least 1"),
     (["pretrain", "--dataset", "digits", "--models", "3", "--group", "0", "--out", "OUT"],
      "--group must be at least 1"),
+    (["baseline", "--method", "random", "--distill-epochs", "0", "--dataset", "digits",
+      "--out", "OUT"], "--distill-epochs must be at least 1"),
     (["baseline", "--method", "optimized", "--sets", "0", "--dataset", "digits", "--out", "OUT"],
      "--sets must be at least 1"),
     (["baseline", "--method", "random", "--dataset", "digits", "--pool", "RUNS/nopool",

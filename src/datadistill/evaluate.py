@@ -28,6 +28,16 @@ GRID_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # the paper's constant lrs for 
 GRID_EPOCHS = (1, 3, 5)
 
 
+def grid_epochs(steps: int, distill_epochs: int) -> tuple[int, ...]:
+    """The passes a baseline's grid tries in a run's setting: the paper's 1, 3 and 5 over
+    per-step batches; for a flat set (one batch, a pass is one inner step) T/4, T/2, T and 2T
+    inner steps around the run's own T = ``distill_epochs``."""
+    if steps > 1 or distill_epochs <= max(GRID_EPOCHS):
+        return GRID_EPOCHS
+    return tuple(sorted({max(1, distill_epochs // 4), max(1, distill_epochs // 2),
+                         distill_epochs, 2 * distill_epochs}))
+
+
 @dataclass
 class Evaluation:
     """Held-out nets after training on the steps, and (optionally) before it."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -34,6 +34,7 @@ def run_baseline(
     seed: int = 0,
     attack: tuple[int, int] | None = None,
     minibatch: int = 0,
+    epochs: Sequence[int] = GRID_EPOCHS,
 ) -> tuple[Tensor, Tensor, list[float], dict[str, Any]]:
     """Images, labels, chosen lrs and a report (best grid cell, all cells, final mean ± std).
 
@@ -43,7 +44,8 @@ def run_baseline(
     report the best of l1/l2 × K∈{1,3}, mean ± std over ``sets`` draws. With an ``attack``
     (K, T) the chosen real images of class K are labelled T (label flipping), and cells are
     ranked by accuracy w.r.t. the modified labels. ``minibatch``: images per inner step, as
-    the distillation run trained with (0: each step's whole batch).
+    the distillation run trained with (0: each step's whole batch); ``epochs``: the passes
+    the grid tries (``evaluate.grid_epochs`` of a run's setting).
     """
     check_real_images_suffice(data, steps * images_per_class)
     if method.startswith("knn-"):
@@ -61,7 +63,7 @@ def run_baseline(
 
     # an attack is one GD step (Figure 6), so only the lrs are searched there
     best, grid = best_of_grid(on_test(images, labels, search_nets, "held-out-search"), learned_lrs,
-                              epochs=(1,) if attack else GRID_EPOCHS)
+                              epochs=(1,) if attack else epochs)
     lr = learned_lrs if best["lr"] == "learned" else float(best["lr"])
     report: dict[str, Any] = {"method": method, "best": {"lr": best["lr"], "epochs": best["epochs"]},
                               "grid": grid, "search_nets": search_nets}
