@@ -216,10 +216,11 @@ def test_backend_is_chosen_once_and_recorded(tiny_data):
 
 
 def test_windowed_flat_set_with_minibatches_and_clipping_resumes_exactly(tmp_path, tiny_data):
-    """A flat set (one batch of 6 images), 8 inner steps on minibatches of 4, windows of 3
-    drawn anew each meta-iteration, clipping: an interrupted run resumes to the same result."""
+    """A flat set (one batch of 6 images), 8 inner steps with momentum on minibatches of 4,
+    windows of 3 drawn anew each meta-iteration, clipping: an interrupted run resumes to the
+    same result."""
     settings = dict(TINY, steps=1, images_per_class=2, distill_epochs=8, minibatch=4, window=3,
-                    clip=1.5, labels="learned")
+                    clip=1.5, labels="learned", momentum=0.5)
     whole = datadistill.distill(data=tiny_data, module=TinyConvNet(), **settings)
     assert whole.images.shape == (1, 6, 1, 4, 4) and whole.lrs.shape == (8,)
     datadistill.distill(data=tiny_data, module=TinyConvNet(), out=tmp_path,

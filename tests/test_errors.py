@@ -92,10 +92,9 @@ BAD_INPUTS = [
     # the flags of learned labels, flat sets, windows, clipping and backends
     (["distill", "--out", "OUT", *QUICK, "--images-per-step", "-1"], "--images-per-step must be"),
     (["distill", "--out", "OUT", *QUICK, "--minibatch", "-2"], "--minibatch must be 0"),
+    (["distill", "--out", "OUT", *QUICK, "--momentum", "1"], "--momentum must lie in [0, 1)"),
     (["distill", "--out", "OUT", *QUICK, "--window", "-3"], "--window must be 0"),
     (["distill", "--out", "OUT", *QUICK, "--clip", "-1"], "--clip must be 0"),
-    (["distill", "--out", "OUT", *QUICK, "--labels", "soft"],
-     "--labels must be one of fixed, learned, direct"),
     (["distill", "--out", "OUT", *QUICK, "--label-lr", "-0.1"], "--label-lr must be"),
     (["distill", "--out", "OUT", *QUICK, "--label-confidence", "1.5"], "--label-confidence is"),
     (["distill", "--out", "OUT", *QUICK, "--backend", "compiled"], "--backend compiled runs only"),

@@ -70,6 +70,8 @@ class DistillConfig:
     decay_epochs: int = _opt(40, "multiply the Adam lr by --decay-factor every this many epochs")
     decay_factor: float = _opt(0.5, "lr decay factor")
     backward: str = _opt("full", "reverse pass through the inner steps", ("full", "backgrad"))
+    momentum: float = _opt(0.0, "heavy-ball momentum of the inner steps, in distillation and "
+                                "evaluation alike (torch.optim.SGD's; 0: plain GD, the paper)")
     minibatch: int = _opt(0, "images per inner step drawn anew from its batch each "
                              "meta-iteration (a flat set: --steps 1); 0: the whole batch")
     window: int = _opt(0, "truncated backpropagation: only this many consecutive inner steps "
@@ -114,6 +116,8 @@ class DistillConfig:
         for name in ("minibatch", "window"):
             if getattr(self, name) < 0:
                 raise DistillError(f"--{name} must be 0 (off) or more, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise DistillError(f"--momentum must lie in [0, 1), got {self.momentum}")
         if self.clip < 0:
             raise DistillError(f"--clip must be 0 (off) or positive, got {self.clip}")
         if self.images_per_step < 0:

@@ -105,7 +105,7 @@ def distill(
                             layout, steps_gen)
     steps = new_steps(images.to(device), layout.to(device), config.steps * config.distill_epochs,
                       config.distill_lr, data.num_classes, config.labels,
-                      config.label_confidence)
+                      config.label_confidence, config.momentum)
     optimizer = torch.optim.Adam(
         [{"params": [tensor], "lr": config.label_lr or config.lr} if name.startswith("label_")
          else {"params": [tensor]} for name, tensor in steps.learnable().items()],
@@ -270,7 +270,7 @@ def _evaluate(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Disti
                          config.minibatch)
     return evaluate_steps(fmodel, init_dist, step_list, data.test_images, data.test_labels,
                           _eval_nets(config), generator(config.seed, "evaluation"),
-                          attack=config.attack).after
+                          attack=config.attack, momentum=config.momentum).after
 
 
 def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: DistilledSteps,
@@ -283,7 +283,8 @@ def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Di
     images = images_for("random", data, labels, generator(config.seed, "random-real"))
     run = schedule_evaluator(fmodel, init_dist, images, relabel(labels, config.attack),
                              data.test_images, data.test_labels, _eval_nets(config), config.seed,
-                             "evaluation", attack=config.attack, minibatch=config.minibatch)
+                             "evaluation", attack=config.attack, minibatch=config.minibatch,
+                             momentum=config.momentum)
     best, _ = best_of_grid(run, steps.lrs().detach(),
                            epochs=(config.distill_epochs,))
     return best

@@ -37,6 +37,7 @@ class DistilledSteps:
     raw_lrs: Tensor
     order: Tensor | None = None
     direct: bool = False
+    momentum: float = 0.0  # the inner steps' heavy-ball momentum β (0: plain GD, the paper)
 
     @property
     def num_steps(self) -> int:
@@ -116,11 +117,12 @@ LABELS = ("fixed", "learned", "direct")
 
 
 def new_steps(images: Tensor, labels: Tensor, num_steps: int, lr: float, num_classes: int,
-              kind: str = "fixed", label_confidence: float = 0.9) -> DistilledSteps:
+              kind: str = "fixed", label_confidence: float = 0.9,
+              momentum: float = 0.0) -> DistilledSteps:
     """Learnable steps from starting images and class labels, every lr at ``lr``; labels of
     a ``kind`` in ``LABELS``. Learned labels start as logits whose softmax gives each image's
     class ``label_confidence`` and spreads the rest evenly over the other classes; direct
-    labels start one-hot."""
+    labels start one-hot. ``momentum``: the inner steps' heavy-ball β."""
     images = images.detach().clone().requires_grad_()
     if kind != "fixed":
         one_hot = F.one_hot(labels, num_classes).to(images.dtype)
@@ -129,4 +131,4 @@ def new_steps(images: Tensor, labels: Tensor, num_steps: int, lr: float, num_cla
         labels = (scale * one_hot).requires_grad_()
     raw_lrs = torch.full((num_steps,), inverse_softplus(lr), dtype=images.dtype,
                          device=images.device, requires_grad=True)
-    return DistilledSteps(images, labels, raw_lrs, direct=kind == "direct")
+    return DistilledSteps(images, labels, raw_lrs, direct=kind == "direct", momentum=momentum)

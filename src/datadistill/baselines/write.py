@@ -48,7 +48,8 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
     images, labels, lrs, report = run_baseline(
         method, data, fmodel, init, config.steps, config.images_per_class, learned,
         nets=nets, search_nets=search_nets, sets=sets, seed=config.seed, attack=config.attack,
-        minibatch=config.minibatch, epochs=grid_epochs(config.steps, config.distill_epochs))
+        minibatch=config.minibatch, epochs=grid_epochs(config.steps, config.distill_epochs),
+        momentum=config.momentum)
     meta = run_meta(config.to_dict(), data, model_meta,
                     {"final": report["final"], "baseline": report}, baseline=method)
     artifact = Distilled(images.cpu(), labels.cpu(), torch.tensor(lrs, dtype=torch.float32),
