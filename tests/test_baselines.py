@@ -70,3 +70,18 @@ def test_baseline_cli_writes_an_artifact_evaluate_accepts(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["after"]["accuracy_mean"] > result["before"]["accuracy_mean"]
     assert len(result["after"]["per_class_accuracy"]) == 10
+
+
+def test_a_flat_set_baseline_searches_inner_steps_around_its_t(tmp_path):
+    """Per-step batches keep the paper's 1/3/5 passes; a flat set (one batch, T inner steps)
+    is searched at T/4, T/2, T and 2T steps, so its best cell trains as long as the run."""
+    from datadistill.evaluate import grid_epochs
+
+    assert grid_epochs(10, 3) == grid_epochs(1, 3) == (1, 3, 5)
+    assert grid_epochs(1, 200) == (50, 100, 200, 400)
+    out = tmp_path / "herding"
+    assert main(["baseline", "--method", "herding", "--dataset", "digits", "--steps", "1",
+                 "--distill-epochs", "12", "--images-per-class", "2", "--nets", "2",
+                 "--search-nets", "2", "--out", str(out), "--device", "cpu"]) == 0
+    report = json.loads((out / "meta.json").read_text())["metrics"]["baseline"]
+    assert sorted({row["epochs"] for row in report["grid"]}) == [3, 6, 12, 24]

@@ -195,8 +195,9 @@ def test_learned_labels_with_fewer_images_than_classes(tmp_path, tiny_data):
     assert caption(torch.tensor([0.1, 0.7, 0.2]), ("a", "b", "c")) == "b .70 c .20"
 
 
-def test_learned_labels_resume_equals_one_run(tmp_path, tiny_data):
-    settings = dict(TINY, labels="learned", image_init="kmeans")
+@pytest.mark.parametrize("labels", ["learned", "direct"])
+def test_learned_labels_resume_equals_one_run(tmp_path, tiny_data, labels):
+    settings = dict(TINY, labels=labels, image_init="kmeans")
     whole = datadistill.distill(data=tiny_data, **settings)
     datadistill.distill(data=tiny_data, out=tmp_path, **{**settings, "epochs": 2})
     resumed = datadistill.distill(data=tiny_data, out=tmp_path, resume=True, epochs=4,
@@ -215,10 +216,11 @@ def test_backend_is_chosen_once_and_recorded(tiny_data):
 
 
 def test_windowed_flat_set_with_minibatches_and_clipping_resumes_exactly(tmp_path, tiny_data):
-    """A flat set (one batch of 6 images), 8 inner steps on minibatches of 4, windows of 3
-    drawn anew each meta-iteration, clipping: an interrupted run resumes to the same result."""
+    """A flat set (one batch of 6 images), 8 inner steps with momentum on minibatches of 4,
+    windows of 3 drawn anew each meta-iteration, clipping: an interrupted run resumes to the
+    same result."""
     settings = dict(TINY, steps=1, images_per_class=2, distill_epochs=8, minibatch=4, window=3,
-                    clip=1.5, labels="learned")
+                    clip=1.5, labels="learned", momentum=0.5)
     whole = datadistill.distill(data=tiny_data, module=TinyConvNet(), **settings)
     assert whole.images.shape == (1, 6, 1, 4, 4) and whole.lrs.shape == (8,)
     datadistill.distill(data=tiny_data, module=TinyConvNet(), out=tmp_path,

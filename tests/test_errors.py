@@ -71,6 +71,8 @@ BAD_INPUTS = [
     (["evaluate", "RUNS/knn", "--nets", "0"], "--nets must be at least 1"),
     (["pretrain", "--dataset", "digits", "--models", "3", "--group", "0", "--out", "OUT"],
      "--group must be at least 1"),
+    (["baseline", "--method", "random", "--distill-epochs", "0", "--dataset", "digits",
+      "--out", "OUT"], "--distill-epochs must be at least 1"),
     (["baseline", "--method", "optimized", "--sets", "0", "--dataset", "digits", "--out", "OUT"],
      "--sets must be at least 1"),
     (["baseline", "--method", "random", "--dataset", "digits", "--pool", "RUNS/nopool",
@@ -98,6 +100,7 @@ BAD_INPUTS = [
     # the flags of learned labels, flat sets, windows, clipping and backends
     (["distill", "--out", "OUT", *QUICK, "--images-per-step", "-1"], "--images-per-step must be"),
     (["distill", "--out", "OUT", *QUICK, "--minibatch", "-2"], "--minibatch must be 0"),
+    (["distill", "--out", "OUT", *QUICK, "--momentum", "1"], "--momentum must lie in [0, 1)"),
     (["distill", "--out", "OUT", *QUICK, "--window", "-3"], "--window must be 0"),
     (["distill", "--out", "OUT", *QUICK, "--clip", "-1"], "--clip must be 0"),
     (["distill", "--out", "OUT", *QUICK, "--label-lr", "-0.1"], "--label-lr must be"),

@@ -34,22 +34,24 @@ def _problem(module: nn.Module, n_steps: int = 2, epochs: int = 2, nets: int = 2
     return FunctionalModel(module), params, images, labels, raw_lrs, real_x, real_y
 
 
-def _grads(fmodel, params, images, labels, raw_lrs, real_x, real_y, **kwargs):
+def _grads(fmodel, params, images, labels, raw_lrs, real_x, real_y, momentum=0.0, **kwargs):
     steps = DistilledSteps(images.clone().requires_grad_(), labels,
-                           raw_lrs.clone().requires_grad_())
+                           raw_lrs.clone().requires_grad_(), momentum=momentum)
     loss = meta_gradient(fmodel, params, steps, real_x, real_y, **kwargs)
     return loss.mean().item(), steps.images.grad, steps.raw_lrs.grad
 
 
+@pytest.mark.parametrize("mode,momentum", [("full", 0.0), ("full", 0.9), ("backgrad", 0.9)])
 @pytest.mark.parametrize("make_module", [_mlp, TinyConvNet], ids=["mlp", "conv"])
-def test_meta_gradient_matches_finite_differences(make_module):
+def test_meta_gradient_matches_finite_differences(make_module, mode, momentum):
+    """Plain GD, and heavy-ball momentum through both reverse modes."""
     fmodel, params, images, labels, raw_lrs, real_x, real_y = _problem(make_module())
     _, grad_images, grad_lrs = _grads(fmodel, params, images, labels, raw_lrs, real_x, real_y,
-                                      chunk_size=7)
+                                      momentum, chunk_size=7, mode=mode)
     eps = 1e-6
 
     def meta_loss(x, r):
-        return _grads(fmodel, params, x, labels, r, real_x, real_y)[0]
+        return _grads(fmodel, params, x, labels, r, real_x, real_y, momentum)[0]
 
     flat = images.flatten()
     for i in range(0, flat.numel(), 5):  # every 5th pixel, and every lr
@@ -67,12 +69,13 @@ def test_meta_gradient_matches_finite_differences(make_module):
         assert numeric == pytest.approx(grad_lrs[t].item(), rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("keep_every", [1, 2, 3])
 @pytest.mark.parametrize("make_module", [_mlp, TinyConvNet], ids=["mlp", "conv"])
-def test_backgrad_equals_full_autograd(make_module, keep_every):
+def test_backgrad_equals_full_autograd(make_module, keep_every, momentum):
     problem = _problem(make_module(), n_steps=3, epochs=2)
-    loss_full, gi_full, gl_full = _grads(*problem, mode="full")
-    loss_bg, gi_bg, gl_bg = _grads(*problem, mode="backgrad", keep_every=keep_every)
+    loss_full, gi_full, gl_full = _grads(*problem, momentum, mode="full")
+    loss_bg, gi_bg, gl_bg = _grads(*problem, momentum, mode="backgrad", keep_every=keep_every)
     assert loss_bg == pytest.approx(loss_full, abs=1e-12)
     assert torch.allclose(gi_bg, gi_full, rtol=0, atol=1e-6 * gi_full.abs().max().item())
     assert torch.allclose(gl_bg, gl_full, rtol=0, atol=1e-6 * gl_full.abs().max().item())
@@ -108,14 +111,39 @@ def test_one_unrolled_step_equals_torch_sgd():
         assert torch.allclose(ours[k][0], v, atol=1e-6)
 
 
+def test_momentum_steps_equal_torch_sgd_with_momentum():
+    torch.manual_seed(0)
+    module = TinyConvNet()
+    batches = [(torch.randn(6, 1, 4, 4), torch.randint(0, 3, (6,)), lr) for lr in (0.1, 0.2, 0.05)]
+    params = {k: v.detach().unsqueeze(0) for k, v in module.named_parameters()}
+    from datadistill.evaluate import train_nets
+
+    ours = train_nets(FunctionalModel(module), params, batches, momentum=0.9)
+    reference = copy.deepcopy(module)
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    for x, y, lr in batches:
+        opt.param_groups[0]["lr"] = lr
+        opt.zero_grad()
+        F.cross_entropy(reference(x), y).backward()
+        opt.step()
+    plain = train_nets(FunctionalModel(module), params, batches)
+    for k, v in reference.named_parameters():
+        assert torch.allclose(ours[k][0], v, atol=1e-6)
+        assert not torch.allclose(plain[k][0], v, atol=1e-3)  # momentum made a difference
+
+
 def test_batchnorm_with_running_stats_is_refused():
     with pytest.raises(DistillError, match="track_running_stats=False"):
         FunctionalModel(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
     FunctionalModel(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False)))
 
 
+LABEL_KINDS = {"learned": (False, "label_logits"), "direct": (True, "label_targets")}
+
+
 def _label_problem(make_module, **kwargs):
-    """The same problem with learnable label logits (S, n, 3) instead of fixed classes."""
+    """The same problem with learnable labels (S, n, 3) instead of fixed classes: logits, or
+    direct targets that sum to anything but 1 and may be negative."""
     fmodel, params, images, labels, raw_lrs, real_x, real_y = _problem(make_module(), **kwargs)
     gen = torch.Generator().manual_seed(1)
     logits = 2 * F.one_hot(labels, 3).double() + 0.3 * torch.randn(
@@ -123,19 +151,23 @@ def _label_problem(make_module, **kwargs):
     return fmodel, params, images, logits, raw_lrs, real_x, real_y
 
 
-def _label_grads(fmodel, params, images, logits, raw_lrs, real_x, real_y, **kwargs):
+def _label_grads(fmodel, params, images, logits, raw_lrs, real_x, real_y, direct=False,
+                 **kwargs):
     steps = DistilledSteps(images.clone().requires_grad_(), logits.clone().requires_grad_(),
-                           raw_lrs.clone().requires_grad_())
+                           raw_lrs.clone().requires_grad_(), direct=direct)
     loss = meta_gradient(fmodel, params, steps, real_x, real_y, **kwargs)
     return loss.mean().item(), {k: v.grad for k, v in steps.learnable().items()}
 
 
+@pytest.mark.parametrize("kind", LABEL_KINDS)
 @pytest.mark.parametrize("mode", ["full", "backgrad"])
 @pytest.mark.parametrize("make_module", [_mlp, TinyConvNet], ids=["mlp", "conv"])
-def test_learned_label_gradient_matches_finite_differences(make_module, mode):
+def test_learned_label_gradient_matches_finite_differences(make_module, mode, kind):
+    direct, name = LABEL_KINDS[kind]
     fmodel, params, images, logits, raw_lrs, real_x, real_y = _label_problem(make_module)
-    _, grads = _label_grads(fmodel, params, images, logits, raw_lrs, real_x, real_y, mode=mode)
-    assert set(grads) == {"images", "raw_lrs", "label_logits"}
+    _, grads = _label_grads(fmodel, params, images, logits, raw_lrs, real_x, real_y,
+                            direct=direct, mode=mode)
+    assert set(grads) == {"images", "raw_lrs", name}
     eps = 1e-6
     flat = logits.flatten()
     for i in range(flat.numel()):
@@ -143,23 +175,36 @@ def test_learned_label_gradient_matches_finite_differences(make_module, mode):
         plus[i] += eps
         minus[i] -= eps
         numeric = (_label_grads(fmodel, params, images, plus.view_as(logits), raw_lrs, real_x,
-                                real_y)[0]
+                                real_y, direct=direct)[0]
                    - _label_grads(fmodel, params, images, minus.view_as(logits), raw_lrs,
-                                  real_x, real_y)[0]) / (2 * eps)
-        assert numeric == pytest.approx(grads["label_logits"].flatten()[i].item(), rel=1e-5,
-                                        abs=1e-9)
+                                  real_x, real_y, direct=direct)[0]) / (2 * eps)
+        assert numeric == pytest.approx(grads[name].flatten()[i].item(), rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.parametrize("kind", LABEL_KINDS)
 @pytest.mark.parametrize("keep_every", [1, 2])
-def test_learned_label_backgrad_equals_full_autograd(keep_every):
+def test_learned_label_backgrad_equals_full_autograd(keep_every, kind):
+    direct = LABEL_KINDS[kind][0]
     problem = _label_problem(TinyConvNet, n_steps=3, epochs=2)
-    _, full = _label_grads(*problem, mode="full")
-    _, back = _label_grads(*problem, mode="backgrad", keep_every=keep_every)
+    _, full = _label_grads(*problem, direct=direct, mode="full")
+    _, back = _label_grads(*problem, direct=direct, mode="backgrad", keep_every=keep_every)
     for name in full:
         assert (full[name] - back[name]).abs().max() < 1e-10, name
 
 
-def _windowed_problem(labels_learned: bool, minibatch: int):
+def test_direct_labels_are_the_targets_and_start_one_hot():
+    from datadistill.state import new_steps
+
+    steps = new_steps(torch.zeros(1, 3, 1, 4, 4), torch.tensor([[2, 0, 1]]), 2, 0.02, 3,
+                      "direct")
+    assert set(steps.learnable()) == {"images", "raw_lrs", "label_targets"}
+    assert torch.equal(steps.targets(0), F.one_hot(torch.tensor([2, 0, 1]), 3).float())
+    with torch.no_grad():
+        steps.labels[0, 0] = torch.tensor([-0.5, 0.25, 2.0])
+    assert torch.equal(steps.all_targets()[0, 0], torch.tensor([-0.5, 0.25, 2.0]))
+
+
+def _windowed_problem(labels_learned: bool, minibatch: int, momentum: float = 0.0):
     """A flat set of 6 images (S = 1), 6 inner steps, minibatches of ``minibatch``."""
     fmodel, params, images, labels, _, real_x, real_y = _problem(TinyConvNet(), n_steps=2)
     images, labels = images.view(1, 6, 1, 4, 4), labels.view(1, 6)
@@ -167,21 +212,22 @@ def _windowed_problem(labels_learned: bool, minibatch: int):
         labels = 2 * F.one_hot(labels, 3).double()
     raw_lrs = torch.linspace(-1.5, -0.5, 6, dtype=torch.float64)
     steps = DistilledSteps(images.requires_grad_(), labels.requires_grad_(labels_learned),
-                           raw_lrs.requires_grad_())
+                           raw_lrs.requires_grad_(), momentum=momentum)
     steps.draw_minibatches(minibatch, torch.Generator().manual_seed(5))
     return fmodel, params, steps, real_x, real_y
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.5], ids=["gd", "momentum"])
 @pytest.mark.parametrize("mode", ["full", "backgrad"])
 @pytest.mark.parametrize("minibatch", [0, 4], ids=["whole", "minibatch"])
-def test_windowed_meta_gradient_matches_finite_differences(mode, minibatch):
+def test_windowed_meta_gradient_matches_finite_differences(mode, minibatch, momentum):
     """Through the window [2, 5) only: the steps before it are constants, the loss is at θ_5."""
-    from datadistill.inner_loop import _detached_step, unroll
+    from datadistill.inner_loop import _detached_step, start, unroll
 
-    fmodel, params, steps, real_x, real_y = _windowed_problem(True, minibatch)
+    fmodel, params, steps, real_x, real_y = _windowed_problem(True, minibatch, momentum)
     window = range(2, 5)
     meta_gradient(fmodel, params, steps, real_x, real_y, mode, keep_every=2, window=window)
-    before = params  # θ_2, held constant
+    before = start(params, momentum)  # (θ_2, v_2), held constant
     for t in range(window.start):
         before = _detached_step(fmodel, before, steps, t)
 
@@ -189,7 +235,7 @@ def test_windowed_meta_gradient_matches_finite_differences(mode, minibatch):
         tensors = {k: v.detach().clone() for k, v in steps.learnable().items()}
         tensors[name].view(-1)[index] += delta
         moved = DistilledSteps(tensors["images"], tensors["label_logits"], tensors["raw_lrs"],
-                               steps.order)
+                               steps.order, momentum=momentum)
         final = unroll(fmodel, before, moved, window)
         return float(fmodel.losses(final, real_x, real_y, train=False).mean().detach())
 

@@ -146,7 +146,7 @@ def _meta_gradients_both_ways(monkeypatch, fmodel, params, steps, real_x, real_y
     for choice, name in (("compiled", "compiled-lenet"), ("pytorch", "pytorch")):
         fresh = DistilledSteps(*(t.detach().clone().requires_grad_(t.is_floating_point())
                                  for t in (steps.images, steps.labels, steps.raw_lrs)),
-                               steps.order)
+                               steps.order, steps.direct, steps.momentum)
         backend = choose_meta_gradient(choice, fmodel, params, fresh, real_x, "backgrad",
                                        keep_every, 64)
         assert backend.name == name
@@ -194,14 +194,18 @@ def test_kernel_meta_gradient_equals_autograd(kernel, monkeypatch, nets, keep_ev
 
 
 @needs_compiler
+@pytest.mark.parametrize("direct", [False, True], ids=["learned", "direct"])
 @pytest.mark.parametrize("nets,keep_every", [(1, 1), (1, 2), (2, 1), (2, 2)])
 def test_kernel_meta_gradient_with_learned_labels_equals_autograd(kernel, monkeypatch, nets,
-                                                                  keep_every):
-    """Learned label logits: the kernel's gradient of the images, raw lrs and label logits
-    (through R{logits} and the softmax) against PyTorch's."""
+                                                                  keep_every, direct):
+    """Learned label logits, or direct targets (any real values): the kernel's gradient of
+    the images, raw lrs and labels (through R{logits}, and the softmax for logits) against
+    PyTorch's."""
     fmodel, params = _nets((1, 28, 28), n=nets, seed=4)
-    logits = 2 * torch.randn(3, 10, 10, generator=torch.Generator().manual_seed(5))
-    steps, real_x, real_y = _steps_and_real_batch((1, 28, 28), logits, seed=6)
+    noise = torch.randn(3, 10, 10, generator=torch.Generator().manual_seed(5))
+    labels = torch.eye(10).expand(3, 10, 10) + 0.3 * noise if direct else 2 * noise
+    steps, real_x, real_y = _steps_and_real_batch((1, 28, 28), labels, seed=6)
+    steps.direct = direct
     fast, plain = _meta_gradients_both_ways(monkeypatch, fmodel, _reversed(params), steps,
                                             real_x, real_y, keep_every)
     assert len(fast) == len(plain) == 4  # losses, images, raw lrs, label logits
@@ -209,13 +213,15 @@ def test_kernel_meta_gradient_with_learned_labels_equals_autograd(kernel, monkey
 
 
 @needs_compiler
+@pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["gd", "momentum"])
 @pytest.mark.parametrize("minibatch", [0, 6], ids=["whole", "minibatch"])
-def test_kernel_windowed_flat_set_equals_autograd(kernel, monkeypatch, minibatch):
+def test_kernel_windowed_flat_set_equals_autograd(kernel, monkeypatch, minibatch, momentum):
     """A flat set of 30 images (S = 1), learned labels, 6 steps on minibatches of 6, the
-    window [2, 5): the kernel against PyTorch."""
+    window [2, 5), plain GD or heavy-ball momentum: the kernel against PyTorch."""
     fmodel, params = _nets((1, 28, 28), n=2, seed=7)
     logits = 2 * torch.randn(1, 30, 10, generator=torch.Generator().manual_seed(8))
     steps, real_x, real_y = _steps_and_real_batch((1, 28, 28), logits, seed=9)
+    steps.momentum = momentum
     steps.images = steps.images.reshape(1, 30, 1, 28, 28)
     steps.draw_minibatches(minibatch, torch.Generator().manual_seed(10))
     fast, plain = _meta_gradients_both_ways(monkeypatch, fmodel, _reversed(params), steps,
@@ -232,7 +238,9 @@ def test_kernel_training_with_soft_targets_equals_gd_step(kernel):
     fmodel, params = _nets((1, 28, 28), n=2, seed=7)
     gen = torch.Generator().manual_seed(8)
     steps = [(torch.randn(17, 1, 28, 28, generator=gen),
-              torch.softmax(2 * torch.randn(17, 10, generator=gen), -1), lr) for lr in (0.05, 0.1)]
+              torch.softmax(2 * torch.randn(17, 10, generator=gen), -1), 0.05),
+             (torch.randn(17, 1, 28, 28, generator=gen),  # direct targets: any real values
+              2 * torch.randn(17, 10, generator=gen), 0.1)]
     fused = lenet.lenet_train_fn(fmodel.module, _reversed(params), steps[0][0])(params, steps)
     plain = params
     for images, targets, lr in steps:
@@ -242,7 +250,8 @@ def test_kernel_training_with_soft_targets_equals_gd_step(kernel):
 
 
 @needs_compiler
-def test_train_nets_same_with_and_without_kernel(kernel, monkeypatch):
+@pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["gd", "momentum"])
+def test_train_nets_same_with_and_without_kernel(kernel, monkeypatch, momentum):
     from datadistill.evaluate import schedule, train_nets
 
     fmodel, params = _nets((1, 28, 28), n=3, seed=3)
@@ -250,8 +259,8 @@ def test_train_nets_same_with_and_without_kernel(kernel, monkeypatch):
     gen = torch.Generator().manual_seed(4)  # not the global stream: other tests move it
     images, labels = torch.randn(2, 10, 1, 28, 28, generator=gen), torch.arange(10).repeat(2, 1)
     steps = schedule(images, labels, torch.tensor([0.02, 0.03]), 2)
-    fused = train_nets(fmodel, params, steps)
+    fused = train_nets(fmodel, params, steps, momentum)
     monkeypatch.setenv("DATADISTILL_NO_KERNELS", "1")
-    plain = train_nets(fmodel, params, steps)
+    plain = train_nets(fmodel, params, steps, momentum)
     for name in params:
         torch.testing.assert_close(fused[name], plain[name], atol=1e-5, rtol=1e-4)

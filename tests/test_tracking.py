@@ -143,7 +143,7 @@ def test_only_rank_0_writes(tmp_path, monkeypatch, tiny_data):
     from datadistill.distributed import World
     from datadistill.state import new_steps
 
-    steps = new_steps(torch.zeros(1, 3, 1, 4, 4), torch.arange(3).view(1, 3), 2, 0.02, 3, False)
+    steps = new_steps(torch.zeros(1, 3, 1, 4, 4), torch.arange(3).view(1, 3), 2, 0.02, 3)
     monkeypatch.setattr(tracking, "current", lambda: World(rank=1, size=2))
     other = tracking.Tracker(str(tmp_path / "rank1"), tiny_data, steps)
     other.iteration(1, 0.5, steps)

@@ -14,6 +14,10 @@ from .config import DistillConfig, read_config_file
 from .distributed import init_from_env
 from .errors import DistillError
 
+# the DistillConfig fields a baseline takes as flags when not --like a run
+BASELINE_SETTINGS = ("dataset", "data_root", "model", "init_scheme", "pool", "steps",
+                     "distill_epochs", "images_per_class", "minibatch", "seed", "device")
+
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per DistillConfig field; only flags given on the command line are set."""
@@ -63,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nets", type=int, default=200, help="held-out nets for the final figure")
     p.add_argument("--search-nets", type=int, default=20, help="held-out nets per grid cell")
     p.add_argument("--sets", type=int, default=10, help="random draws (optimized real, k-NN)")
-    for name in ("dataset", "data_root", "model", "init_scheme", "pool", "steps",
-                 "images_per_class", "seed", "device"):
+    for name in BASELINE_SETTINGS:
         default = getattr(DistillConfig(), name)
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
                        help=f"when not --like (default: {default})")
@@ -159,9 +162,7 @@ def _baseline(args: argparse.Namespace) -> None:
 
     report = baseline_artifact(args.method, args.out, like=args.like, nets=args.nets,
                                search_nets=args.search_nets, sets=args.sets,
-                               settings={k: getattr(args, k) for k in (
-                                   "dataset", "data_root", "model", "init_scheme", "pool", "steps",
-                                   "images_per_class", "seed", "device")})
+                               settings={k: getattr(args, k) for k in BASELINE_SETTINGS})
     final, best = report["final"], report["best"]
     print(f"{args.method}: {100 * final['accuracy_mean']:.2f}% ± {100 * final['accuracy_std']:.2f} "
           f"(best {', '.join(f'{k} {v}' for k, v in best.items())}); wrote {args.out}")

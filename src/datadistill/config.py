@@ -50,9 +50,11 @@ class DistillConfig:
     images_per_step: int = _opt(0, "images in each step, their classes going round from step "
                                    "to step; may be fewer than the classes (0: classes x "
                                    "--images-per-class)")
-    labels: str = _opt("fixed", "labels of the distilled images: fixed classes (the paper) or "
-                                "learned soft labels (label logits trained with the images)",
-                       ("fixed", "learned"))
+    labels: str = _opt("fixed", "labels of the distilled images: fixed classes (the paper), "
+                                "learned soft labels (label logits trained with the images, "
+                                "targets their softmax) or direct (learned label vectors used "
+                                "as the targets themselves, unconstrained, starting one-hot)",
+                       ("fixed", "learned", "direct"))
     distill_lr: float = _opt(0.02, "initial value of every learned inner learning rate")
     image_init: str = _opt("noise", "starting images: standard-normal noise (the paper), "
                                     "random real training images, k-means centroids or herded "
@@ -62,12 +64,14 @@ class DistillConfig:
     epochs: int = _opt(400, "passes over the real training set")
     batch_size: int = _opt(1024, "real images per meta-iteration")
     lr: float = _opt(0.01, "Adam learning rate for the images and learning rates")
-    label_lr: float = _opt(0.0, "Adam learning rate for learned label logits (0: --lr)")
+    label_lr: float = _opt(0.0, "Adam learning rate for learned or direct labels (0: --lr)")
     label_confidence: float = _opt(0.9, "learned labels start with this probability on their "
                                         "class, the rest spread evenly")
     decay_epochs: int = _opt(40, "multiply the Adam lr by --decay-factor every this many epochs")
     decay_factor: float = _opt(0.5, "lr decay factor")
     backward: str = _opt("full", "reverse pass through the inner steps", ("full", "backgrad"))
+    momentum: float = _opt(0.0, "heavy-ball momentum of the inner steps, in distillation and "
+                                "evaluation alike (torch.optim.SGD's; 0: plain GD, the paper)")
     minibatch: int = _opt(0, "images per inner step drawn anew from its batch each "
                              "meta-iteration (a flat set: --steps 1); 0: the whole batch")
     window: int = _opt(0, "truncated backpropagation: only this many consecutive inner steps "
@@ -112,6 +116,8 @@ class DistillConfig:
         for name in ("minibatch", "window"):
             if getattr(self, name) < 0:
                 raise DistillError(f"--{name} must be 0 (off) or more, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise DistillError(f"--momentum must lie in [0, 1), got {self.momentum}")
         if self.clip < 0:
             raise DistillError(f"--clip must be 0 (off) or positive, got {self.clip}")
         if self.images_per_step < 0:

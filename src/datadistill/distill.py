@@ -97,17 +97,17 @@ def distill(
     layout = _class_layout(config, data.num_classes)  # the class each distilled image starts as
     check_real_images_suffice(data, int(torch.bincount(layout.flatten()).max()))
 
-    # ---- distilled steps: starting images, labels (fixed or learned), lrs through softplus
+    # ---- distilled steps: starting images, labels (fixed, learned or direct), lrs through softplus
     if config.image_init == "noise":
         images = torch.randn(*layout.shape, *data.image_shape, generator=steps_gen)
     else:
         images = images_for(INIT_BASELINE.get(config.image_init, config.image_init), data,
                             layout, steps_gen)
     steps = new_steps(images.to(device), layout.to(device), config.steps * config.distill_epochs,
-                      config.distill_lr, data.num_classes, config.labels == "learned",
-                      config.label_confidence)
+                      config.distill_lr, data.num_classes, config.labels,
+                      config.label_confidence, config.momentum)
     optimizer = torch.optim.Adam(
-        [{"params": [tensor], "lr": config.label_lr or config.lr} if name == "label_logits"
+        [{"params": [tensor], "lr": config.label_lr or config.lr} if name.startswith("label_")
          else {"params": [tensor]} for name, tensor in steps.learnable().items()],
         lr=config.lr, betas=(0.5, 0.999))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.decay_epochs, config.decay_factor)
@@ -269,7 +269,7 @@ def _evaluate(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Disti
                          config.minibatch)
     return evaluate_steps(fmodel, init_dist, step_list, data.test_images, data.test_labels,
                           _eval_nets(config), generator(config.seed, "evaluation"),
-                          attack=config.attack).after
+                          attack=config.attack, momentum=config.momentum).after
 
 
 def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: DistilledSteps,
@@ -282,7 +282,8 @@ def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Di
     images = images_for("random", data, labels, generator(config.seed, "random-real"))
     run = schedule_evaluator(fmodel, init_dist, images, relabel(labels, config.attack),
                              data.test_images, data.test_labels, _eval_nets(config), config.seed,
-                             "evaluation", attack=config.attack, minibatch=config.minibatch)
+                             "evaluation", attack=config.attack, minibatch=config.minibatch,
+                             momentum=config.momentum)
     best, _ = best_of_grid(run, steps.lrs().detach(),
                            epochs=(config.distill_epochs,))
     return best

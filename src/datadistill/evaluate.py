@@ -28,6 +28,16 @@ GRID_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # the paper's constant lrs for 
 GRID_EPOCHS = (1, 3, 5)
 
 
+def grid_epochs(steps: int, distill_epochs: int) -> tuple[int, ...]:
+    """The passes a baseline's grid tries in a run's setting: the paper's 1, 3 and 5 over
+    per-step batches; for a flat set (one batch, a pass is one inner step) T/4, T/2, T and 2T
+    inner steps around the run's own T = ``distill_epochs``."""
+    if steps > 1 or distill_epochs <= max(GRID_EPOCHS):
+        return GRID_EPOCHS
+    return tuple(sorted({max(1, distill_epochs // 4), max(1, distill_epochs // 2),
+                         distill_epochs, 2 * distill_epochs}))
+
+
 @dataclass
 class Evaluation:
     """Held-out nets after training on the steps, and (optionally) before it."""
@@ -53,8 +63,10 @@ def evaluate_steps(
     nets_per_batch: int = 25,
     test_before: bool = False,
     attack: tuple[int, int] | None = None,
+    momentum: float = 0.0,
 ) -> Evaluation:
-    """Sample ``nets`` initial weights, train each on ``steps``, and test them.
+    """Sample ``nets`` initial weights, train each on ``steps`` (heavy-ball ``momentum``
+    when above 0), and test them.
 
     From a pool of trained models, each model is taken once, in order (at most ``nets``); a
     fixed init is one net, whatever ``nets`` says (every copy would train alike). Under torchrun each rank trains and tests its share of the nets; every rank gets all
@@ -77,7 +89,7 @@ def evaluate_steps(
         params = {k: v[lo - start:hi - start].to(test_images.device) for k, v in drawn.items()}
         if test_before:
             parts["before"].append(test_nets(fmodel, params, test_images, test_labels))
-        parts["after"].append(test_nets(fmodel, train_nets(fmodel, params, steps),
+        parts["after"].append(test_nets(fmodel, train_nets(fmodel, params, steps, momentum),
                                         test_images, test_labels))
     classes = _num_outputs(fmodel, init, test_images)
     after = _gather(parts["after"], mine, nets, classes, world, attack)
@@ -107,13 +119,14 @@ def _gather(parts: list[EvalResult], mine: range, nets: int, classes: int, world
 def schedule_evaluator(
     fmodel: FunctionalModel, init: InitDistribution, images: Tensor, labels: Tensor,
     test_images: Tensor, test_labels: Tensor, nets: int, seed: int, purpose: str,
-    attack: tuple[int, int] | None = None, minibatch: int = 0,
+    attack: tuple[int, int] | None = None, minibatch: int = 0, momentum: float = 0.0,
 ) -> Callable[[Tensor | float, int], EvalResult]:
     """``(lr, epochs) -> EvalResult`` for fixed images, the same ``nets`` held-out nets each call."""
     def run(lr: Tensor | float, epochs: int) -> EvalResult:
         return evaluate_steps(fmodel, init, schedule(images, labels, lr, epochs, minibatch),
                               test_images,
-                              test_labels, nets, generator(seed, purpose), attack=attack).after
+                              test_labels, nets, generator(seed, purpose), attack=attack,
+                              momentum=momentum).after
 
     return run
 
@@ -217,7 +230,7 @@ def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: 
     result = evaluate_steps(fmodel, init, steps, data.test_images, data.test_labels,
                             1 if distilled.init is not None else nets,
                             generator(config["seed"], "held-out"), test_before=True,
-                            attack=_attack_of(config))
+                            attack=_attack_of(config), momentum=config.get("momentum", 0.0))
     return {"run": str(run), "dataset": data.name, "lr": "learned" if lr is None else lr,
             "epochs": n_epochs, **result.summary()}
 

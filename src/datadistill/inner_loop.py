@@ -8,6 +8,9 @@ weights) and accumulate ``.grad`` into the distilled images and the raw learning
 * ``backgrad``: the forward pass keeps only the weights θ_t (every ``keep_every``-th;
   the rest recomputed); the reverse pass walks the steps backwards with
   Hessian-vector products (Maclaurin et al., 2015), one step's graph at a time.
+
+The inner steps are plain GD (the paper), or with ``steps.momentum`` β heavy-ball momentum
+(``torch.optim.SGD``'s: v ← β v + ∇ℓ, θ ← θ - η v, v_0 = 0); the state then carries v.
 """
 from __future__ import annotations
 
@@ -19,65 +22,113 @@ from .recompute import states_in_reverse, unroll_keeping
 from .state import DistilledSteps
 
 
+# the inner state: weights θ and, with momentum, the velocity v (None for plain GD)
+Inner = tuple[Params, "Params | None"]
+
+
+def _gradient(fmodel: FunctionalModel, params: Params, images: Tensor, labels: Tensor,
+              create_graph: bool) -> tuple[Params, tuple[Tensor, ...]]:
+    """The params (detached leaves unless ``create_graph``) and their loss gradient."""
+    if not create_graph:
+        params = {k: v.detach().requires_grad_() for k, v in params.items()}
+    loss = fmodel.losses(params, images, labels, train=True).sum()
+    return params, torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+
+
 def gd_step(
     fmodel: FunctionalModel, params: Params, images: Tensor, labels: Tensor, lr: Tensor,
     create_graph: bool,
 ) -> Params:
     """One plain GD step of every net on the same distilled batch (nets in train mode)."""
-    if not create_graph:
-        params = {k: v.detach().requires_grad_() for k, v in params.items()}
-    loss = fmodel.losses(params, images, labels, train=True).sum()
-    grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+    params, grads = _gradient(fmodel, params, images, labels, create_graph)
     return {k: p - lr * g for (k, p), g in zip(params.items(), grads)}
 
 
-def unroll(fmodel: FunctionalModel, params: Params, steps: DistilledSteps,
+def momentum_step(
+    fmodel: FunctionalModel, params: Params, velocity: Params, images: Tensor, labels: Tensor,
+    lr: Tensor, momentum: float, create_graph: bool,
+) -> Inner:
+    """One heavy-ball step: v ← β v + ∇ℓ, θ ← θ - η v; returns (θ, v)."""
+    params, grads = _gradient(fmodel, params, images, labels, create_graph)
+    velocity = {k: momentum * velocity[k] + g for k, g in zip(params, grads)}
+    return {k: p - lr * velocity[k] for k, p in params.items()}, velocity
+
+
+def start(params: Params, momentum: float) -> Inner:
+    """The inner state before step 0: θ_0, and v_0 = 0 with momentum."""
+    return params, ({k: torch.zeros_like(v) for k, v in params.items()} if momentum else None)
+
+
+def inner_step(fmodel: FunctionalModel, state: Inner, steps: DistilledSteps, t: int,
+               create_graph: bool) -> Inner:
+    """Inner step t of ``steps`` from ``state``: plain GD, or heavy-ball with a velocity."""
+    params, velocity = state
+    if velocity is None:
+        return gd_step(fmodel, params, *steps.step(t), create_graph), None
+    return momentum_step(fmodel, params, velocity, *steps.step(t), steps.momentum, create_graph)
+
+
+def unroll(fmodel: FunctionalModel, state: Inner, steps: DistilledSteps,
            window: range) -> Params:
-    """θ after the ``window`` steps from ``params``, a differentiable function of the
+    """θ after the ``window`` steps from ``state``, a differentiable function of the
     learnable tensors (full backpropagation)."""
-    params = {k: v.detach().requires_grad_() for k, v in params.items()}
+    state = _detach(state, leaves=True)
     for t in window:
-        params = gd_step(fmodel, params, *steps.step(t), create_graph=True)
-    return params
+        state = inner_step(fmodel, state, steps, t, create_graph=True)
+    return state[0]
 
 
-def _detached_step(fmodel: FunctionalModel, params: Params, steps: DistilledSteps, t: int) -> Params:
-    images, targets, lr = steps.step(t)
+def _detach(state: Inner, leaves: bool = False) -> Inner:
+    def cut(p: Params) -> Params:
+        return {k: v.detach().requires_grad_(leaves) for k, v in p.items()}
+
+    return cut(state[0]), None if state[1] is None else cut(state[1])
+
+
+def _detached_step(fmodel: FunctionalModel, state: Inner, steps: DistilledSteps, t: int) -> Inner:
+    detached = DistilledSteps(*(x.detach() for x in (steps.images, steps.labels, steps.raw_lrs)),
+                              steps.order, steps.direct, steps.momentum)
     with torch.enable_grad():
-        new = gd_step(fmodel, params, images.detach(), targets.detach(), lr.detach(),
-                      create_graph=False)
-    return {k: v.detach() for k, v in new.items()}
+        return _detach(inner_step(fmodel, state, detached, t, create_graph=False))
 
 
 def unroll_detached(
-    fmodel: FunctionalModel, params: Params, steps: DistilledSteps, window: range,
+    fmodel: FunctionalModel, state: Inner, steps: DistilledSteps, window: range,
     keep_every: int = 1,
-) -> tuple[Params, dict[int, Params]]:
-    """θ after the ``window`` steps with no graph, and the kept weights {t: θ_t}, every
-    ``keep_every``-th t of the window."""
-    return unroll_keeping(lambda p, t: _detached_step(fmodel, p, steps, t),
-                          {k: v.detach() for k, v in params.items()}, window, keep_every)
+) -> tuple[Inner, dict[int, Inner]]:
+    """The state after the ``window`` steps with no graph, and the kept states {t: state_t},
+    every ``keep_every``-th t of the window."""
+    return unroll_keeping(lambda p, t: _detached_step(fmodel, p, steps, t), _detach(state),
+                          window, keep_every)
 
 
 def backgrad(
-    fmodel: FunctionalModel, steps: DistilledSteps, kept: dict[int, Params],
+    fmodel: FunctionalModel, steps: DistilledSteps, kept: dict[int, Inner], final: Inner,
     grad_final: Params, window: range, keep_every: int = 1,
 ) -> None:
     """Reverse pass by Hessian-vector products through the ``window`` steps; accumulates
     ``.grad`` of the learnable tensors.
 
     For step t, with g = dL/dθ_{t+1} held constant, s = <g, θ_t - η_t ∇ℓ(x_t, θ_t)> has
-    ∂s/∂x_t, ∂s/∂η_t and ∂s/∂θ_t equal to the step's backpropagated gradients.
+    ∂s/∂x_t, ∂s/∂η_t and ∂s/∂θ_t equal to the step's backpropagated gradients. With momentum
+    and h = dL/dv_{t+1}, s = <h, ∇ℓ> - η_t <g, β v_t + ∇ℓ> (v_t constant), and dL/dv_t =
+    β (h - η_t g).
     """
-    g = grad_final
-    weights = states_in_reverse(lambda p, t: _detached_step(fmodel, p, steps, t), kept,
-                                window, keep_every)
-    for t, theta in weights:
+    g, h = grad_final, None if final[1] is None else {k: torch.zeros_like(v)
+                                                        for k, v in grad_final.items()}
+    states = states_in_reverse(lambda p, t: _detached_step(fmodel, p, steps, t), kept,
+                               window, keep_every)
+    for t, (theta, velocity) in states:
         theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
         images, targets, lr = steps.step(t)
         loss = fmodel.losses(theta, images, targets, train=True).sum()
         grads = torch.autograd.grad(loss, list(theta.values()), create_graph=True)
-        s = -lr * sum((gk * dk).sum() for gk, dk in zip(g.values(), grads))
+        if h is None:
+            s = -lr * sum((gk * dk).sum() for gk, dk in zip(g.values(), grads))
+        else:
+            s = sum(((h[k] - lr * g[k]) * d - lr * steps.momentum * g[k] * velocity[k]).sum()
+                    for k, d in zip(g, grads))
+            h = {k: steps.momentum * (h[k] - lr.detach() * g[k]) for k in g}
         inputs = [*steps.learnable().values(), *theta.values()]
         torch.autograd.backward(s, inputs=inputs)
         g = {k: g[k] + theta[k].grad for k in g}
@@ -106,19 +157,17 @@ def meta_gradient(
     if mode not in ("full", "backgrad"):
         raise ValueError(f"unknown backward mode {mode!r}")
     window = window or range(steps.num_steps)
+    state = start(params, steps.momentum)
     for t in range(window.start):  # before a truncated window: no graph
-        params = _detached_step(fmodel, params, steps, t)
+        state = _detached_step(fmodel, state, steps, t)
     if mode == "full":
-        final = unroll(fmodel, params, steps, window)
-        kept: dict[int, Params] = {}
-    else:
-        final, kept = unroll_detached(fmodel, params, steps, window, keep_every)
-
-    losses, grad_final = outer_gradient(fmodel, final, real_images, real_labels, chunk_size)
-    if mode == "full":
+        final = unroll(fmodel, state, steps, window)
+        losses, grad_final = outer_gradient(fmodel, final, real_images, real_labels, chunk_size)
         torch.autograd.backward(list(final.values()), list(grad_final.values()))
     else:
-        backgrad(fmodel, steps, kept, grad_final, window, keep_every)
+        end, kept = unroll_detached(fmodel, state, steps, window, keep_every)
+        losses, grad_final = outer_gradient(fmodel, end[0], real_images, real_labels, chunk_size)
+        backgrad(fmodel, steps, kept, end, grad_final, window, keep_every)
     return losses
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .functional import FunctionalModel, Params, num_nets
-from .inner_loop import gd_step
+from .inner_loop import gd_step, momentum_step
 from .kernels.lenet import lenet_logits_fn, lenet_train_fn
 from .runtime import generator
 
@@ -100,16 +100,21 @@ def schedule(images: Tensor, labels: Tensor, lrs: Tensor | Sequence[float] | flo
     return steps
 
 
-def train_nets(fmodel: FunctionalModel, params: Params, steps: Sequence[Step]) -> Params:
-    """Apply the GD steps to N stacked nets at once (LeNets on the CPU through the compiled
-    kernel); returns the trained weights."""
+def train_nets(fmodel: FunctionalModel, params: Params, steps: Sequence[Step],
+               momentum: float = 0.0) -> Params:
+    """Apply the GD steps (heavy-ball with ``momentum`` β > 0) to N stacked nets at once
+    (LeNets on the CPU through the compiled kernel); returns the trained weights."""
     if steps and (compiled := lenet_train_fn(fmodel.module, params, steps[0][0])) is not None:
-        return compiled(params, steps)
+        return compiled(params, steps, momentum)
+    velocity = {k: torch.zeros_like(v) for k, v in params.items()} if momentum else {}
     for images, labels, lr in steps:
+        lr = torch.as_tensor(lr, dtype=images.dtype, device=images.device)
         with torch.enable_grad():
-            params = gd_step(fmodel, params, images, labels,
-                             torch.as_tensor(lr, dtype=images.dtype, device=images.device),
-                             create_graph=False)
+            if momentum:
+                params, velocity = momentum_step(fmodel, params, velocity, images, labels, lr,
+                                                 momentum, create_graph=False)
+            else:
+                params = gd_step(fmodel, params, images, labels, lr, create_graph=False)
         params = {k: v.detach() for k, v in params.items()}
     return params
 

@@ -1,7 +1,9 @@
 """The learnable distilled state: images, labels and learning rates, and how steps read them.
 
 The only place that knows that inner step t uses batch ``t % S``, that learning rates pass
-through a softplus, and that learned labels are soft targets (the softmax of label logits).
+through a softplus, and how learned labels become soft targets: the softmax of label logits
+(``learned``), or the learned label vectors themselves, unconstrained (``direct``, as
+Sucholutsky & Schonlau and RaT-BPTT learn them).
 The optimiser, the all-reduce and the checkpoint iterate over ``learnable()``.
 """
 from __future__ import annotations
@@ -23,8 +25,9 @@ def inverse_softplus(value: float) -> float:
 class DistilledSteps:
     """Images (S, n, C, H, W), labels, raw lrs (T,); step t uses batch ``t % S``.
 
-    Labels are either fixed class indices (S, n) (int64, the paper) or learnable label
-    logits (S, n, K) (float), whose softmax is each image's soft target. With ``order``
+    Labels are either fixed class indices (S, n) (int64, the paper) or learnable (S, n, K)
+    (float): label logits whose softmax is each image's soft target, or with ``direct`` the
+    targets themselves (any real values; the cross-entropy -Σ_k y_k log p_k). With ``order``
     (T, b) set (``draw_minibatches``), step t uses only the images ``order[t]`` of its batch:
     a flat set (S = 1) trained on minibatches.
     """
@@ -33,6 +36,8 @@ class DistilledSteps:
     labels: Tensor
     raw_lrs: Tensor
     order: Tensor | None = None
+    direct: bool = False
+    momentum: float = 0.0  # the inner steps' heavy-ball momentum β (0: plain GD, the paper)
 
     @property
     def num_steps(self) -> int:
@@ -50,7 +55,7 @@ class DistilledSteps:
         """The tensors the outer loop optimises, by name (the names of checkpoints)."""
         tensors = {"images": self.images, "raw_lrs": self.raw_lrs}
         if self.learns_labels:
-            tensors["label_logits"] = self.labels
+            tensors["label_targets" if self.direct else "label_logits"] = self.labels
         return tensors
 
     def batch_of(self, t: int) -> int:
@@ -58,12 +63,14 @@ class DistilledSteps:
 
     def targets(self, s: int) -> Tensor:
         """Batch s's targets: class indices (n,), or soft targets (n, K) for learned labels."""
-        return F.softmax(self.labels[s], -1) if self.learns_labels else self.labels[s]
+        return self._as_targets(self.labels[s])
 
     def all_targets(self) -> Tensor:
         """Every batch's targets, detached: (S, n) classes or (S, n, K) probabilities."""
-        labels = self.labels.detach()
-        return F.softmax(labels, -1) if self.learns_labels else labels
+        return self._as_targets(self.labels.detach())
+
+    def _as_targets(self, labels: Tensor) -> Tensor:
+        return F.softmax(labels, -1) if self.learns_labels and not self.direct else labels
 
     def lrs(self) -> Tensor:
         """Every step's learning rate (T,), differentiable w.r.t. the raw lrs."""
@@ -106,16 +113,22 @@ def window_of(num_steps: int, window: int, at_end: bool,
 
 
 
+LABELS = ("fixed", "learned", "direct")
+
+
 def new_steps(images: Tensor, labels: Tensor, num_steps: int, lr: float, num_classes: int,
-              learn_labels: bool, label_confidence: float = 0.9) -> DistilledSteps:
-    """Learnable steps from starting images and class labels, every lr at ``lr``. Learned
-    labels start as logits whose softmax gives each image's class ``label_confidence`` and
-    spreads the rest evenly over the other classes."""
+              kind: str = "fixed", label_confidence: float = 0.9,
+              momentum: float = 0.0) -> DistilledSteps:
+    """Learnable steps from starting images and class labels, every lr at ``lr``; labels of
+    a ``kind`` in ``LABELS``. Learned labels start as logits whose softmax gives each image's
+    class ``label_confidence`` and spreads the rest evenly over the other classes; direct
+    labels start one-hot. ``momentum``: the inner steps' heavy-ball β."""
     images = images.detach().clone().requires_grad_()
-    if learn_labels:
-        scale = math.log(label_confidence * (num_classes - 1) / (1 - label_confidence))
-        logits = scale * F.one_hot(labels, num_classes).to(images.dtype)
-        labels = logits.requires_grad_()
+    if kind != "fixed":
+        one_hot = F.one_hot(labels, num_classes).to(images.dtype)
+        scale = 1.0 if kind == "direct" else math.log(
+            label_confidence * (num_classes - 1) / (1 - label_confidence))
+        labels = (scale * one_hot).requires_grad_()
     raw_lrs = torch.full((num_steps,), inverse_softplus(lr), dtype=images.dtype,
                          device=images.device, requires_grad=True)
-    return DistilledSteps(images, labels, raw_lrs)
+    return DistilledSteps(images, labels, raw_lrs, direct=kind == "direct", momentum=momentum)

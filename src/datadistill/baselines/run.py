@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -34,6 +34,8 @@ def run_baseline(
     seed: int = 0,
     attack: tuple[int, int] | None = None,
     minibatch: int = 0,
+    epochs: Sequence[int] = GRID_EPOCHS,
+    momentum: float = 0.0,
 ) -> tuple[Tensor, Tensor, list[float], dict[str, Any]]:
     """Images, labels, chosen lrs and a report (best grid cell, all cells, final mean ± std).
 
@@ -43,7 +45,9 @@ def run_baseline(
     report the best of l1/l2 × K∈{1,3}, mean ± std over ``sets`` draws. With an ``attack``
     (K, T) the chosen real images of class K are labelled T (label flipping), and cells are
     ranked by accuracy w.r.t. the modified labels. ``minibatch``: images per inner step, as
-    the distillation run trained with (0: each step's whole batch).
+    the distillation run trained with (0: each step's whole batch); ``epochs``: the passes
+    the grid tries (``evaluate.grid_epochs`` of a run's setting); ``momentum``: the inner
+    steps' heavy-ball β, as the run trained with.
     """
     check_real_images_suffice(data, steps * images_per_class)
     if method.startswith("knn-"):
@@ -57,18 +61,18 @@ def run_baseline(
 
     def on_test(imgs: Tensor, lbls: Tensor, n: int, purpose: str):
         return schedule_evaluator(fmodel, init, imgs, lbls, data.test_images, data.test_labels,
-                                  n, seed, purpose, attack, minibatch)
+                                  n, seed, purpose, attack, minibatch, momentum)
 
     # an attack is one GD step (Figure 6), so only the lrs are searched there
     best, grid = best_of_grid(on_test(images, labels, search_nets, "held-out-search"), learned_lrs,
-                              epochs=(1,) if attack else GRID_EPOCHS)
+                              epochs=(1,) if attack else epochs)
     lr = learned_lrs if best["lr"] == "learned" else float(best["lr"])
     report: dict[str, Any] = {"method": method, "best": {"lr": best["lr"], "epochs": best["epochs"]},
                               "grid": grid, "search_nets": search_nets}
     if method == "optimized":
         images, labels, final = _optimized(data, fmodel, init, steps, images_per_class, lr,
                                            best["epochs"], nets, search_nets, sets, gen, seed,
-                                           attack)
+                                           attack, minibatch, momentum)
         report["sets"] = sets
     else:
         final = on_test(images, labels, nets, "held-out")(lr, best["epochs"])
@@ -78,8 +82,9 @@ def run_baseline(
 
 
 def _optimized(data, fmodel, init, steps, ipc, lr, n_epochs, nets, search_nets, sets, gen, seed,
-               attack):
-    """Best 20 % of random real sets by training-set accuracy, evaluated on the test set."""
+               attack, minibatch, momentum):
+    """Best 20 % of random real sets by training-set accuracy, evaluated on the test set
+    (trained with the run's minibatches and momentum)."""
     score_gen = torch.Generator().manual_seed(seed)
     subset = torch.randperm(len(data.train_labels), generator=score_gen)[:5000]
     subset = subset.to(data.train_images.device)
@@ -89,14 +94,16 @@ def _optimized(data, fmodel, init, steps, ipc, lr, n_epochs, nets, search_nets, 
         labels = relabel(labels, attack)
         summary = schedule_evaluator(fmodel, init, images, labels, data.train_images[subset],
                                      data.train_labels[subset], search_nets, seed,
-                                     "optimized-score", attack)(lr, n_epochs).summary()
+                                     "optimized-score", attack, minibatch,
+                                     momentum)(lr, n_epochs).summary()
         score = summary.get("modified_accuracy_mean", summary["accuracy_mean"])
         candidates.append((score, images, labels))
     candidates.sort(key=lambda c: c[0], reverse=True)
     kept = candidates[: max(1, round(0.2 * sets))]
     per_set = max(1, nets // len(kept))
     results = [schedule_evaluator(fmodel, init, imgs, lbls, data.test_images, data.test_labels,
-                                  per_set, seed, f"held-out-{i}", attack)(lr, n_epochs)
+                                  per_set, seed, f"held-out-{i}", attack, minibatch,
+                                  momentum)(lr, n_epochs)
                for i, (_, imgs, lbls) in enumerate(kept)]
     return kept[0][1], kept[0][2], EvalResult.cat(results)
 

@@ -9,7 +9,7 @@ import torch
 from ..artifacts import Distilled, after_saving, check_out_folder, load, run_meta
 from ..config import DistillConfig
 from ..errors import DistillError
-from ..evaluate import build_context, context_for
+from ..evaluate import build_context, context_for, grid_epochs
 from .run import run_baseline
 
 
@@ -18,7 +18,8 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
                       settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a baseline and write its artifact into ``out``; returns the report.
 
-    The setting is a distillation run's (``like``) or ``settings`` (DistillConfig fields); a
+    The setting is a distillation run's (``like``) or ``settings`` (DistillConfig fields), and
+    the grid's passes are ``grid_epochs`` of it (inner steps around T for a flat set); a
     ``pool`` there evaluates on its held-out models (pretrained-random) and, with ``like``,
     replaces the run's pool folder.
     """
@@ -47,7 +48,8 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
     images, labels, lrs, report = run_baseline(
         method, data, fmodel, init, config.steps, config.images_per_class, learned,
         nets=nets, search_nets=search_nets, sets=sets, seed=config.seed, attack=config.attack,
-        minibatch=config.minibatch)
+        minibatch=config.minibatch, epochs=grid_epochs(config.steps, config.distill_epochs),
+        momentum=config.momentum)
     meta = run_meta(config.to_dict(), data, model_meta,
                     {"final": report["final"], "baseline": report}, baseline=method)
     artifact = Distilled(images.cpu(), labels.cpu(), torch.tensor(lrs, dtype=torch.float32),

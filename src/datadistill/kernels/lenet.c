@@ -299,37 +299,43 @@ typedef struct {
     vec pad[C1 * (A1 + 8) * (A1 + 8)];
 } Scratch;
 
-/* Softmax cross-entropy of the first `lanes` lanes against their targets q ([LANES][classes]):
- * dz3 = scale (p - q), with u R{dz3} = scale (p*rz - p <p, rz>) and the slope
- * <u, gradient> = <dz3, rz3> added to *slope; the other lanes get zeros. Returns the summed
- * loss logsumexp(z) - <q, z> of those lanes. */
+/* Cross-entropy -<q, log softmax(z)> of the first `lanes` lanes against their targets q
+ * ([LANES][classes], any real values; s = their sum, 1 for class probabilities):
+ * dz3 = scale (s p - q), with u R{dz3} = scale s (p*rz - p <p, rz>), the slope
+ * <u, gradient> = <dz3, rz3> added to *slope and, unless NULL, rz - <p, rz> written to
+ * r_logits ([LANES][classes]: minus the slope's derivative in q, over scale); the other lanes
+ * get zeros. Returns the summed loss s logsumexp(z) - <q, z> of those lanes. */
 static float softmax_cross_entropy(const float *q, int lanes, int classes, float scale, int with_r,
-                                   float *slope, Scratch *m) {
+                                   float *slope, float *r_logits, Scratch *m) {
     float loss = 0.f;
     for (int l = 0; l < LANES; ++l) {
+        float *rl = r_logits ? r_logits + l * classes : 0;
         if (l >= lanes) {
             for (int o = 0; o < classes; ++o) m->dz3[o][l] = m->rdz3[o][l] = 0.f;
+            if (rl) for (int o = 0; o < classes; ++o) rl[o] = 0.f;
             continue;
         }
         const float *ql = q + (int64_t)l * classes;
-        float top = m->z3[0][l], total = 0.f, qz = 0.f, p[MAX_CLASSES];
+        float top = m->z3[0][l], total = 0.f, qz = 0.f, qs = 0.f, p[MAX_CLASSES];
         for (int o = 1; o < classes; ++o) top = m->z3[o][l] > top ? m->z3[o][l] : top;
         for (int o = 0; o < classes; ++o) {
             total += p[o] = expf(m->z3[o][l] - top);
             qz += ql[o] * m->z3[o][l];
+            qs += ql[o];
         }
-        loss += logf(total) + top - qz;
+        loss += qs * (logf(total) + top) - qz;
         float p_rz = 0.f;
         for (int o = 0; o < classes; ++o) {
             p[o] /= total;
             if (with_r) p_rz += p[o] * m->rz3[o][l];
         }
         for (int o = 0; o < classes; ++o) {
-            m->dz3[o][l] = scale * (p[o] - ql[o]);
+            m->dz3[o][l] = scale * (qs * p[o] - ql[o]);
             if (with_r) {
-                m->rdz3[o][l] = scale * p[o] * (m->rz3[o][l] - p_rz);
+                m->rdz3[o][l] = scale * qs * p[o] * (m->rz3[o][l] - p_rz);
                 *slope += m->dz3[o][l] * m->rz3[o][l];
             }
+            if (rl) rl[o] = m->rz3[o][l] - p_rz;
         }
     }
     return loss;
@@ -338,7 +344,8 @@ static float softmax_cross_entropy(const float *q, int lanes, int classes, float
 /* One block of LANES images (the first `lanes` of them real) through one net: forward and loss
  * against the targets q ([LANES][classes]); the gradient added to grad (unless NULL); with u,
  * the R-operator passes: R of the gradient added to r_grad, R of the input gradient written to
- * rdx (unless NULL), R of the logits written to r_logits ([LANES][classes], unless NULL), and
+ * rdx (unless NULL), R of the logits less their mean under softmax, R{z} - <p, R{z}>, written
+ * to r_logits ([LANES][classes], unless NULL: the slope's derivative in the targets), and
  * the slope <u, gradient> = R{loss} added to *slope. Returns the summed loss of the real
  * lanes. */
 static float block_step(const vec *x, const float *q, int lanes, int cin, int classes,
@@ -370,10 +377,8 @@ static float block_step(const vec *x, const float *q, int lanes, int cin, int cl
         dense(m->f2, H2, u + L.f3, u + L.g3, classes, m->rz3, 0);
         dense(m->rf2, H2, w + L.f3, 0, classes, m->rz3, 1);
     }
-    if (u && r_logits)
-        for (int l = 0; l < LANES; ++l)
-            for (int o = 0; o < classes; ++o) r_logits[l * classes + o] = m->rz3[o][l];
-    const float loss = softmax_cross_entropy(q, lanes, classes, scale, u != 0, slope, m);
+    const float loss = softmax_cross_entropy(q, lanes, classes, scale, u != 0, slope,
+                                             u ? r_logits : 0, m);
     /* dense backward (and its R), output layer first */
     if (grad) dense_weight_grad(m->dz3, classes, m->f2, H2, grad + L.f3, grad + L.g3);
     dense_transpose(m->dz3, classes, w + L.f3, H2, m->dz2, 0);

@@ -154,8 +154,9 @@ class _Net:
     def hessian_vector(self, theta: Tensor, batch: _Batch, scale: float, u: Tensor,
                        logits: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Along the direction u (N, P): the slope <u, gradient> (N,), H u (N, P), the
-        derivative of the input gradient (B, C, 32, 32) and, if ``logits``, of the logits
-        (B, classes), both summed over nets."""
+        derivative of the input gradient (B, C, 32, 32) and, if ``logits``, that of the
+        logits less its mean under the softmax (B, classes) (minus the slope's derivative in
+        the targets, over ``scale``), both summed over nets."""
         nets, parts = theta.shape[0], self._parts(theta, batch)
         hvp = theta.new_empty(nets, parts, theta.shape[1])
         slopes = theta.new_empty(nets, parts)
@@ -194,19 +195,22 @@ def lenet_logits_fn(module: nn.Module, params: Params,
 
 
 def lenet_train_fn(module: nn.Module, params: Params,
-                   images: Tensor) -> Callable[[Params, Steps], Params] | None:
-    """``(params, steps) -> params``: plain GD of the N stacked LeNets on the steps (images,
-    labels, lr), labels class indices (B,) or soft targets (B, classes), as
-    ``evaluate.train_nets`` does; or None."""
+                   images: Tensor) -> Callable[[Params, Steps, float], Params] | None:
+    """``(params, steps, momentum) -> params``: GD (heavy-ball with ``momentum`` β > 0) of the
+    N stacked LeNets on the steps (images, labels, lr), labels class indices (B,) or soft
+    targets (B, classes), as ``nets.train_nets`` does; or None."""
     net = _Net.of(module, params, images)
     if net is None:
         return None
 
-    def train(params: Params, steps: Steps) -> Params:
+    def train(params: Params, steps: Steps, momentum: float = 0.0) -> Params:
         with torch.no_grad():
             theta = net.flatten(params)
+            velocity = torch.zeros_like(theta) if momentum else None
             for x, y, lr in steps:
                 grad = net.gradient(theta, net.batch(x, y), 1.0 / y.shape[0])[1]
+                if momentum:
+                    grad = velocity = velocity.mul_(momentum).add_(grad)
                 theta = theta.add(grad, alpha=-float(lr))
         return net.unflatten(theta)
 
@@ -237,7 +241,10 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
     """Run the steps before the ``window`` without keeping, unroll the window keeping every
     ``keep_every``-th θ_t, take the outer gradient g on the real batch, then walk back:
     dlr_t = -<g, ∇ℓ_t>, dx_t = -lr_t R_g{∇_x ℓ_t}, for learned labels
-    dq_t = lr_t scale R_g{z_t} (the targets' gradient, z_t the logits), g <- g - lr_t H_t g."""
+    dq_t = lr_t scale (R_g{z_t} - <p_t, R_g{z_t}>) (the targets' gradient, z_t the logits, p_t
+    their softmax; then through the label softmax unless direct), g <- g - lr_t H_t g.
+    With momentum β (state (θ, v), h = dL/dv) the direction is u = h - lr_t g instead of
+    -lr_t g: dlr_t = -<g, v_{t+1}>, dx_t = R_u{∇_x ℓ_t}, g <- g + H_t u, h <- β u."""
     targets = [steps.targets(s).detach() for s in range(steps.num_batches)]
     whole = [net.batch(x.detach(), q) for x, q in zip(steps.images, targets)]
     raw_lrs = steps.raw_lrs.detach()
@@ -249,16 +256,22 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
             return whole[s]
         return net.batch(steps.images[s, picked].detach(), targets[s][picked])
 
-    def step(theta: Tensor, t: int) -> Tensor:
+    def step(state: tuple[Tensor, Tensor | None], t: int) -> tuple[Tensor, Tensor | None]:
+        theta, velocity = state
         current = batch(t)
         grad = net.gradient(theta, current, 1.0 / current.size)[1]
-        return theta.add(grad, alpha=-lrs[t])
+        if velocity is None:
+            return theta.add(grad, alpha=-lrs[t]), None
+        velocity = velocity.mul(steps.momentum).add_(grad)
+        return theta.add(velocity, alpha=-lrs[t]), velocity
 
     theta = net.flatten({k: v.detach() for k, v in params.items()})
+    state = theta, torch.zeros_like(theta) if steps.momentum else None
     for t in range(window.start):  # before a truncated window: nothing kept
-        theta = step(theta, t)
-    theta, kept = unroll_keeping(step, theta, window, keep_every)
+        state = step(state, t)
+    after, kept = unroll_keeping(step, state, window, keep_every)
 
+    theta = after[0]
     nets, total = theta.shape[0], real_images.shape[0]
     losses, g = net.gradient(theta, net.batch(real_images, real_labels),
                              1.0 / (total * nets))  # g: gradient of the mean over nets
@@ -266,18 +279,27 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
     grads = {"images": torch.zeros_like(steps.images), "raw_lrs": torch.zeros_like(raw_lrs)}
     target_grad = torch.zeros_like(steps.labels) if steps.learns_labels else None
     sigmoid = torch.sigmoid(raw_lrs)
-    for t, theta_t in states_in_reverse(step, kept, window, keep_every):
+    h = None if after[1] is None else torch.zeros_like(g)
+    for t, (theta_t, velocity_t) in states_in_reverse(step, kept, window, keep_every):
         s, picked, current = steps.batch_of(t), steps.picked(t), batch(t)
+        # the HVP direction and its weight: g and -lr_t (plain GD), or u = h - lr_t g and 1
+        direction, weight = (g, -lrs[t]) if h is None else (h.add(g, alpha=-lrs[t]), 1.0)
         slopes, hvp, r_dx, r_logits = net.hessian_vector(theta_t, current, 1.0 / current.size,
-                                                         g, logits=target_grad is not None)
-        grads["raw_lrs"][t] = -slopes.sum() * sigmoid[t]
-        _add_at(grads["images"][s], picked, -lrs[t] * net.crop(r_dx))
+                                                         direction, logits=target_grad is not None)
+        lr_slope = slopes.sum() if h is None else (g * after[1]).sum()
+        grads["raw_lrs"][t] = -lr_slope * sigmoid[t]
+        _add_at(grads["images"][s], picked, weight * net.crop(r_dx))
         if target_grad is not None:
-            _add_at(target_grad[s], picked, lrs[t] * (1.0 / current.size) * r_logits)
-        g = g.add(hvp, alpha=-lrs[t])
+            _add_at(target_grad[s], picked, -weight * (1.0 / current.size) * r_logits)
+        g = g.add(hvp, alpha=weight)
+        if h is not None:
+            h = direction.mul_(steps.momentum)
+        after = theta_t, velocity_t
 
     if target_grad is not None:
-        grads["label_logits"] = _softmax_backward(steps.labels.detach(), target_grad)
+        grads["label_targets"] = target_grad  # direct labels are the targets
+        if not steps.direct:
+            grads["label_logits"] = _softmax_backward(steps.labels.detach(), target_grad)
     for name, leaf in steps.learnable().items():
         leaf.grad = grads[name] if leaf.grad is None else leaf.grad + grads[name]
     return losses / total
