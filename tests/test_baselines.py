@@ -85,3 +85,23 @@ def test_a_flat_set_baseline_searches_inner_steps_around_its_t(tmp_path):
                  "--search-nets", "2", "--out", str(out), "--device", "cpu"]) == 0
     report = json.loads((out / "meta.json").read_text())["metrics"]["baseline"]
     assert sorted({row["epochs"] for row in report["grid"]}) == [3, 6, 12, 24]
+
+
+def test_converge_baselines_write_what_evaluate_takes(tmp_path, capsys):
+    """A k-means floor and the full-data ceiling under the converge protocol; the floor's
+    artifact evaluates again under the same protocol to the same figure."""
+    common = ["--protocol", "converge", "--epochs", "30", "--nets", "2", "--device", "cpu",
+              "--json"]
+    assert main(["baseline", "--method", "kmeans", "--steps", "1", "--images-per-class", "3",
+                 "--dataset", "digits", "--out", str(tmp_path / "kmeans"), *common]) == 0
+    floor = json.loads(capsys.readouterr().out)
+    assert floor["images"] == 30 and floor["model"] == "mlp" and floor["after"]["nets"] == 2
+    assert len(floor["curve"]["train_loss"]) == 30
+    assert main(["evaluate", str(tmp_path / "kmeans"), *common]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["after"]["accuracy_mean"] == floor["after"]["accuracy_mean"]
+    assert main(["baseline", "--method", "full", "--dataset", "digits", "--out",
+                 str(tmp_path / "full"), *common]) == 0
+    ceiling = json.loads(capsys.readouterr().out)
+    assert ceiling["images"] == 1437 and ceiling["after"]["accuracy_mean"] > 0.9
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["meta.json"]

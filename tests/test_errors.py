@@ -14,12 +14,15 @@ import datadistill
 from datadistill.artifacts import ARTIFACT_FILE
 from datadistill.cli import main
 from datadistill.errors import DistillError
+from datadistill.exchange import export_set
 from datadistill.pools import Schedule, pretrain
 
 from .conftest import make_dataset
 
 QUICK = ["--dataset", "digits", "--steps", "1", "--distill-epochs", "1", "--epochs", "1",
          "--eval-nets", "2", "--no-progress", "--device", "cpu"]
+
+CONVERGE = ["--protocol", "converge", "--epochs", "1", "--device", "cpu"]
 
 
 def _mlp() -> nn.Module:
@@ -43,6 +46,7 @@ def runs(tmp_path_factory):
     datadistill.distill(data=make_dataset(), steps=1, distill_epochs=1, epochs=1, eval_nets=2,
                         progress=False, out=root / "custom-data")
     (root / "a-file").write_text("not a folder")
+    export_set(root / "knn", root / "set.safetensors")
     pretrain("digits", models=3, out=root / "damaged-pool", held_out=1, group=3,
              schedule=Schedule(epochs=1, lr=1e-3, decay_epochs=1), progress=False)
     _flip(root / "damaged-pool" / "pool.safetensors", -7)
@@ -60,8 +64,8 @@ BAD_INPUTS = [
     (["distill", "--out", "RUNS/a-file", *QUICK], "is a file, not a folder"),
     (["distill", "--out", "OUT", *QUICK, "--steps", "40", "--images-per-class", "10"],
      "asks for 400 images per class"),
-    (["evaluate", "RUNS/knn", "--epochs", "2"], "k-NN baseline, which takes no GD steps"),
-    (["evaluate", "RUNS/knn"], "k-NN baseline, which takes no GD steps"),
+    (["evaluate", "RUNS/knn", "--epochs", "2"], "holds no learning rates (a k-NN baseline"),
+    (["evaluate", "RUNS/knn"], "holds no learning rates (a k-NN baseline"),
     (["evaluate", "RUNS/custom"], "distilled for your own module (Sequential)"),
     (["evaluate", "RUNS/damaged"], "do not match the stored SHA-256 digest"),
     (["distill", "--out", "RUNS/damaged-checkpoint", "--resume"], "is damaged"),
@@ -107,6 +111,37 @@ BAD_INPUTS = [
     (["distill", "--out", "OUT", *QUICK, "--label-confidence", "1.5"], "--label-confidence is"),
     (["distill", "--out", "OUT", *QUICK, "--backend", "compiled"], "--backend compiled runs only"),
     (["distill", "--out", "OUT", *QUICK, "--log-dir", "RUNS/a-file"], "--log-dir"),
+    # the converge protocol, its baselines, export and import
+    (["evaluate", "RUNS/knn", *CONVERGE, "--epochs", "0"], "--epochs must be at least 1"),
+    (["evaluate", "RUNS/knn", *CONVERGE, "--nets", "0"], "--nets must be at least 1"),
+    (["evaluate", "RUNS/knn", *CONVERGE, "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["evaluate", "RUNS/knn", *CONVERGE, "--lr", "0"], "--lr must be positive"),
+    (["evaluate", "RUNS/knn", *CONVERGE, "--momentum", "-1"], "--momentum must be 0 or more"),
+    (["evaluate", "RUNS/knn", *CONVERGE, "--weight-decay", "-1"], "--weight-decay must be 0"),
+    (["evaluate", "RUNS/knn", *CONVERGE, "--nets-per-batch", "-1"], "--nets-per-batch must be"),
+    (["evaluate", "RUNS/knn", *CONVERGE, "--test-every", "-1"], "--test-every must be"),
+    (["evaluate", "RUNS/knn", *CONVERGE, "--dsa", "--dsa-ops", "crop,mirror"],
+     "unknown DSA operation mirror"),
+    (["evaluate", "RUNS/knn", *CONVERGE, "--curve", "RUNS/a-file"], "is not a .png file path"),
+    (["evaluate", "RUNS/knn", *CONVERGE, "--model", "resnet"], "unknown model 'resnet'"),
+    (["evaluate", "RUNS/knn", *CONVERGE, "--init-scheme", "zeros"],
+     "unknown initialization scheme 'zeros'"),
+    (["evaluate", "RUNS/knn", "--model", "convnet"], "--model belongs to the converge protocol"),
+    (["baseline", "--method", "full", "--dataset", "digits", "--out", "OUT"],
+     "add --protocol converge"),
+    (["baseline", "--method", "knn-random", *CONVERGE, "--dataset", "digits", "--out", "OUT"],
+     "has no converge-protocol form"),
+    (["baseline", "--method", "random", *CONVERGE, "--dataset", "digits", "--out", "OUT",
+      "--dsa", "--dsa-ops", "spin"], "unknown DSA operation spin"),
+    (["export", "RUNS/knn", "--out", "RUNS/a-file"], "is not a .safetensors file path"),
+    (["export", "RUNS/missing", "--out", "OUT/set.safetensors"], "no distilled.safetensors"),
+    (["import", "RUNS/missing.pt", "--dataset", "digits", "--out", "OUT"], "is not a set file"),
+    (["import", "RUNS/knn/distilled.safetensors", "--dataset", "digits", "--out", "OUT"],
+     "do not match the layout images (N, C, H, W)"),  # a run's (steps, n, ...) file
+    (["import", "RUNS/set.safetensors", "--dataset", "digits", "--out", "OUT", "--model",
+      "resnet"], "unknown model 'resnet'"),
+    (["import", "RUNS/set.safetensors", "--dataset", "digits28", "--out", "OUT"],
+     "pass the --dataset the set was made for"),
 ]
 
 

@@ -5,17 +5,65 @@ import pytest
 import torch
 
 from datadistill.errors import DistillError
+from datadistill.functional import FunctionalModel
 from datadistill.init_distributions import FixedInit, RandomInit, initial_parameters, list_init_schemes
 from datadistill.models import build_model, list_models
 
-SHAPES = {"lenet": (1, 28, 28), "alexcifarnet": (3, 32, 32), "mlp": (1, 8, 8), "alexnet": (3, 64, 64),
+SHAPES = {"alexcifarnet": (3, 32, 32), "mlp": (1, 8, 8), "alexnet": (3, 64, 64),
           "seqcnn": (13, 1, 16)}
+MNIST = (1, 28, 28)  # every other model's test shape
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_model_builds_and_runs(name):
-    model = build_model(name, SHAPES[name], 10)
-    assert model(torch.randn(2, *SHAPES[name])).shape == (2, 10)
+    shape = SHAPES.get(name, MNIST)
+    model = build_model(name, shape, 10)
+    assert model(torch.randn(2, *shape)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n != "alexnet"])
+def test_every_model_runs_batched_through_the_functional_path(name):
+    """Two stacked nets through vmap(functional_call) give each net's own module gradient
+    (float64: deep nets amplify rounding; 32 px: no all-zero padded border, whose max-pool
+    ties the batched kernel may break another way)."""
+    shape = SHAPES.get(name, (1, 32, 32))
+    module = build_model(name, shape, 10).double()
+    fmodel = FunctionalModel(module)
+    params = RandomInit(module).sample(2, torch.Generator().manual_seed(0))
+    params = {k: v.requires_grad_() for k, v in params.items()}
+    x, y = torch.randn(3, *shape, dtype=torch.float64), torch.randint(10, (3,))
+    fmodel.losses(params, x, y, train=True).sum().backward()
+    one = {k: v[1].detach() for k, v in params.items()}
+    module.load_state_dict(one, strict=False)
+    module.zero_grad()
+    torch.nn.functional.cross_entropy(module(x), y).backward()
+    for k, p in module.named_parameters():
+        torch.testing.assert_close(params[k].grad[1], p.grad)
+
+
+def test_convnet_is_dc_s_convnet_3():
+    """Width 128, three conv/instance-norm/ReLU/avg-pool blocks, 28 px padded to 32, so the
+    head sees 128 x 4 x 4 features (320k parameters on MNIST, as DC reports)."""
+    net = build_model("convnet", MNIST, 10)
+    kinds = [type(m).__name__ for m in net.features]
+    assert kinds == ["Conv2d", "GroupNorm", "ReLU", "AvgPool2d"] * 3
+    assert all(m.num_groups == m.num_channels == 128 and m.affine
+               for m in net.features if isinstance(m, torch.nn.GroupNorm))
+    assert net.classifier.in_features == 128 * 4 * 4
+    assert sum(p.numel() for p in net.parameters()) == 317_706
+    assert build_model("convnet-w32", MNIST, 10).classifier.in_features == 32 * 4 * 4
+    assert build_model("convnet-d2", MNIST, 10).classifier.in_features == 128 * 8 * 8
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in build_model("convnet-nn", MNIST, 10).modules())
+
+
+@pytest.mark.parametrize("name", ["convnet", "resnet18", "vgg11"])
+def test_families_keep_no_running_statistics(name):
+    assert dict(build_model(name, MNIST, 10).named_buffers()) == {}
+
+
+def test_too_deep_a_convnet_for_the_images_is_refused():
+    with pytest.raises(DistillError, match="pick a shallower --model"):
+        build_model("convnet-d4", (1, 8, 8), 10)
 
 
 def test_lenet_matches_the_paper():
@@ -75,3 +123,16 @@ def test_strided_max_pool_equals_the_native_kernel(kernel, stride, padding):
     x.requires_grad_()
     StridedMaxPool2d(kernel, stride, padding)(x).sum().backward()
     assert x.grad.sum() == native.numel()  # the native backward: one winner per window
+
+
+def test_a_convnet_distils_in_the_loop():
+    """A flat set distilled with a narrow ConvNet in the inner loop lowers its meta-loss."""
+    import datadistill
+
+    settings = dict(dataset="digits", model="convnet-w16", steps=1, distill_epochs=2,
+                    images_per_class=2, minibatch=10, eval_nets=2, progress=False, device="cpu")
+    start = datadistill.distill(**settings, epochs=1, lr=1e-12)
+    trained = datadistill.distill(**settings, epochs=3)
+    assert not torch.equal(start.images, trained.images)
+    assert trained.meta["model"]["name"] == "convnet-w16"
+    assert trained.meta["metrics"]["final"]["nets"] == 2

@@ -1,4 +1,5 @@
-"""Command line: distill | evaluate | baseline | pretrain | pool-import | linreg | show | list."""
+"""Command line: distill | evaluate | baseline | pretrain | pool-import | export | import |
+linreg | show | list."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ from typing import Sequence
 
 from .baselines.run import METHODS
 from .config import DistillConfig, read_config_file
+from .converge import ConvergeSettings
 from .distributed import init_from_env
 from .errors import DistillError
 
@@ -34,6 +36,46 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                                 default=argparse.SUPPRESS, help=help_text)
 
 
+PROTOCOLS = ("few-step", "converge")
+CONVERGE_INIT = "default"  # the fresh nets of the published recipe start from PyTorch's init
+
+
+def _add_converge_flags(parser: argparse.ArgumentParser) -> None:
+    """The converge protocol's settings (defaults: the published recipe); --epochs, --lr and
+    --model are the command's own."""
+    defaults = ConvergeSettings()
+    group = parser.add_argument_group("converge protocol")
+    group.add_argument("--momentum", type=float, default=defaults.momentum)
+    group.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    group.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                       help=f"images per minibatch (default: {defaults.batch_size})")
+    group.add_argument("--nets-per-batch", type=int, default=defaults.nets_per_batch,
+                       help="nets trained together on stacked parameters (0: 10 on CUDA, 1 on "
+                            "the CPU, where batching convs does not pay)")
+    group.add_argument("--test-every", type=int, default=defaults.test_every,
+                       help="test accuracy on the learning curve every this many epochs "
+                            "(0: at the end only)")
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                       default=defaults.channels_last, help="channels-last conv inputs")
+    group.add_argument("--dsa", action="store_true",
+                       help="differentiable siamese augmentation of the images (DSA)")
+    group.add_argument("--dsa-ops", default="",
+                       help="comma-separated DSA operations (default: color,crop,cutout,flip,"
+                            "scale,rotate; no flip for digits)")
+    group.add_argument("--curve", default=None, metavar="PNG",
+                       help="write the learning curve picture here")
+
+
+def _converge_settings(args: argparse.Namespace) -> ConvergeSettings:
+    defaults = ConvergeSettings()
+    return ConvergeSettings(
+        epochs=defaults.epochs if args.epochs is None else args.epochs,
+        lr=defaults.lr if args.lr is None else args.lr,
+        momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
+        nets_per_batch=args.nets_per_batch, test_every=args.test_every,
+        channels_last=args.channels_last)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="datadistill",
@@ -49,28 +91,56 @@ def build_parser() -> argparse.ArgumentParser:
                         "file of DistillConfig fields; flags given here override them")
     _add_config_flags(p)
 
-    p = sub.add_parser("evaluate", help="train fresh nets on an artifact's steps and test them")
-    p.add_argument("run", help="run folder written by distill or baseline")
-    p.add_argument("--nets", type=int, default=200, help="held-out nets (default: 200)")
-    p.add_argument("--lr", type=float, default=None, help="constant lr instead of the learned ones")
-    p.add_argument("--epochs", type=int, default=None, help="passes over the steps (default: as distilled)")
+    p = sub.add_parser("evaluate", help="train fresh nets on an artifact's images and test them")
+    p.add_argument("run", help="run folder written by distill, baseline or import")
+    p.add_argument("--protocol", default="few-step", choices=PROTOCOLS,
+                   help="few-step: the paper's GD steps with the learned lrs (default); "
+                        "converge: minibatch SGD to convergence on the images as a flat set")
+    p.add_argument("--nets", type=int, default=None,
+                   help="held-out nets (default: 200 few-step, 5 converge)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="few-step: constant lr instead of the learned ones; converge: SGD lr "
+                        "(default: 0.01, x0.1 halfway)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="passes over the steps (default: as distilled) or the flat set "
+                        "(converge, default: 1000)")
     p.add_argument("--data-root", default=None, help="override the stored data root")
     p.add_argument("--pool", default=None, help="override the stored pool folder (pretrained-random)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--model", default=None,
+                   help="converge: architecture of the fresh nets (default: the artifact's); "
+                        "e.g. convnet, resnet18, vgg11 (`datadistill list`)")
+    p.add_argument("--init-scheme", default=CONVERGE_INIT,
+                   help=f"converge: initialization of the fresh nets (default: {CONVERGE_INIT}, "
+                        "PyTorch's own, as published)")
+    _add_converge_flags(p)
 
     p = sub.add_parser("baseline", help="real-image baselines with the paper's lr x epochs grid")
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--method", required=True, choices=(*METHODS, "full"),
+                   help="full: the whole training set (--protocol converge)")
     p.add_argument("--like", default=None,
                    help="a distill run folder: take its dataset, model, init, steps and learned lrs")
     p.add_argument("--out", required=True, help="folder for the baseline's artifact")
-    p.add_argument("--nets", type=int, default=200, help="held-out nets for the final figure")
+    p.add_argument("--protocol", default="few-step", choices=PROTOCOLS,
+                   help="few-step: the paper's lr x epochs grid (default); converge: fresh nets "
+                        "trained to convergence on the steps x images-per-class images per class "
+                        "as one flat set (method full: the whole training set)")
+    p.add_argument("--nets", type=int, default=None,
+                   help="held-out nets for the final figure (default: 200 few-step, 5 converge)")
+    p.add_argument("--epochs", type=int, default=None, help="converge: passes (default: 1000)")
+    p.add_argument("--lr", type=float, default=None, help="converge: SGD lr (default: 0.01)")
+    p.add_argument("--json", action="store_true", help="converge: print the result as JSON")
+    _add_converge_flags(p)
     p.add_argument("--search-nets", type=int, default=20, help="held-out nets per grid cell")
     p.add_argument("--sets", type=int, default=10, help="random draws (optimized real, k-NN)")
-    for name in BASELINE_SETTINGS:
+    for name in (n for n in BASELINE_SETTINGS if n != "init_scheme"):  # that one below
         default = getattr(DistillConfig(), name)
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
                        help=f"when not --like (default: {default})")
+    p.add_argument("--init-scheme", default=None,
+                   help=f"when not --like (default: {DistillConfig().init_scheme}; converge: "
+                        f"{CONVERGE_INIT})")
 
     p = sub.add_parser("pretrain", help="train a pool of models (pretrained-init settings, attacks)")
     p.add_argument("--dataset", required=True, help="registered dataset to train on")
@@ -97,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", type=int, default=None, help="models kept for evaluation only")
     p.add_argument("--data-root", default="data")
     p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("export", help="write a run's images, labels and normalisation as "
+                                      "plain tensors (docs/exchange.md)")
+    p.add_argument("run", help="run folder written by distill, baseline or import")
+    p.add_argument("--out", required=True, help="a .safetensors file")
+
+    p = sub.add_parser("import", help="make a run folder of a set made elsewhere "
+                                      "(.safetensors or .pt tensors, docs/exchange.md)")
+    p.add_argument("file", help=".safetensors or .pt file of images and labels")
+    p.add_argument("--dataset", required=True, help="registered dataset the set was made for")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--model", default="", help="architecture it was made with (default: the "
+                                               "dataset's)")
+    p.add_argument("--data-root", default="data")
 
     p = sub.add_parser("linreg", help="Section 3.3: one GD step on linear regression needs M >= D")
     p.add_argument("--dim", type=int, default=8, help="features D (default: 8)")
@@ -136,9 +220,18 @@ def _distill(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    if args.protocol == "converge":
+        _evaluate_converge(args)
+        return
     from .evaluate import evaluate
 
-    result = evaluate(args.run, nets=args.nets, lr=args.lr, epochs=args.epochs,
+    converge_only = [flag for flag, value in (("--model", args.model), ("--dsa", args.dsa),
+                                              ("--curve", args.curve)) if value]
+    if converge_only:
+        raise DistillError(f"{converge_only[0]} belongs to the converge protocol; add "
+                           "--protocol converge")
+    nets = 200 if args.nets is None else args.nets
+    result = evaluate(args.run, nets=nets, lr=args.lr, epochs=args.epochs,
                       data_root=args.data_root, device=args.device, pool=args.pool)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -157,12 +250,74 @@ def _evaluate(args: argparse.Namespace) -> None:
               f"{100 * after['attack_ratio_mean']:.2f}% ± {100 * after['attack_ratio_std']:.2f}")
 
 
+def _evaluate_converge(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_converge
+
+    if args.curve:
+        check_png_path(args.curve)
+    result = evaluate_converge(args.run, nets=5 if args.nets is None else args.nets,
+                               model=args.model,
+                               settings=_converge_settings(args), dsa=args.dsa,
+                               dsa_ops=args.dsa_ops, init_scheme=args.init_scheme,
+                               data_root=args.data_root, device=args.device)
+    _report_converge(result, args)
+
+
+def _report_converge(result: dict, args: argparse.Namespace) -> None:
+    """Print a converge-protocol result (or its JSON) and draw its curve when asked."""
+    after, settings = result["after"], result["settings"]
+    if args.curve:
+        from .plots import save_curve
+
+        save_curve(result["curve"], args.curve, f"{result['dataset']}, {result['images']} "
+                   f"images, {result['model']}, {after['nets']} nets")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    augment = "DSA " + ",".join(result["dsa"]) if result["dsa"] else "no augmentation"
+    print(f"{after['nets']} fresh {result['model']} nets, {result['images']} images, converge "
+          f"protocol: {settings['epochs']} epochs, lr {settings['lr']}, {augment}")
+    print(f"  {result['dataset']} test set: {100 * after['accuracy_mean']:.2f}% ± "
+          f"{100 * after['accuracy_std']:.2f} (loss {after['loss_mean']:.3f})")
+    print("  per class:       " + " ".join(f"{100 * a:.1f}" for a in after["per_class_accuracy"]))
+
+
+def check_png_path(path: str) -> None:
+    """Refuse a picture path that cannot be written, before any training."""
+    target = Path(path)
+    if target.suffix.lower() != ".png" or target.is_dir():
+        raise DistillError(f"--curve {path} is not a .png file path; pass e.g. curve.png")
+    parent = next((p for p in target.parents if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DistillError(f"--curve: cannot write into {parent}; choose another path")
+
+
 def _baseline(args: argparse.Namespace) -> None:
+    settings = {k: getattr(args, k) for k in BASELINE_SETTINGS}
+    converge = args.protocol == "converge"
+    settings["init_scheme"] = args.init_scheme or (
+        CONVERGE_INIT if converge else DistillConfig().init_scheme)
+    if converge:
+        from .baselines.write import converge_baseline
+
+        if args.curve:
+            check_png_path(args.curve)
+        result = converge_baseline(args.method, args.out, settings, _converge_settings(args),
+                                   nets=5 if args.nets is None else args.nets, dsa=args.dsa,
+                                   dsa_ops=args.dsa_ops)
+        _report_converge(result, args)
+        if not args.json:
+            print(f"wrote {args.out}")
+        return
+    if args.method == "full":
+        raise DistillError("--method full trains on the whole training set: add --protocol "
+                           "converge")
     from .baselines.write import baseline_artifact
 
-    report = baseline_artifact(args.method, args.out, like=args.like, nets=args.nets,
+    nets = 200 if args.nets is None else args.nets
+    report = baseline_artifact(args.method, args.out, like=args.like, nets=nets,
                                search_nets=args.search_nets, sets=args.sets,
-                               settings={k: getattr(args, k) for k in BASELINE_SETTINGS})
+                               settings=settings)
     final, best = report["final"], report["best"]
     print(f"{args.method}: {100 * final['accuracy_mean']:.2f}% ± {100 * final['accuracy_std']:.2f} "
           f"(best {', '.join(f'{k} {v}' for k, v in best.items())}); wrote {args.out}")
@@ -195,6 +350,27 @@ def _print_pool(pool, out: str) -> None:
           f"test accuracy {100 * min(acc):.2f}-{100 * max(acc):.2f}% "
           f"(mean {100 * sum(acc) / len(acc):.2f}%), {len(pool.manifest['distill'])} for distilling, "
           f"{len(pool.manifest['held_out'])} held out; wrote {out}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .exchange import export_set
+
+    if not args.out.endswith(".safetensors") or Path(args.out).is_dir():
+        raise DistillError(f"--out {args.out} is not a .safetensors file path; pass e.g. "
+                           "set.safetensors")
+    tensors = export_set(args.run, args.out)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items()))
+
+
+def _import_set(args: argparse.Namespace) -> None:
+    from .exchange import import_set
+
+    distilled = import_set(args.file, args.dataset, args.out, model=args.model,
+                           data_root=args.data_root)
+    labels = "soft labels" if distilled.labels.is_floating_point() else "labels"
+    print(f"wrote {args.out}: {distilled.images.shape[0] * distilled.images.shape[1]} images "
+          f"and {labels} for {args.dataset}; evaluate it with `datadistill evaluate {args.out} "
+          "--protocol converge`")
 
 
 def _linreg(args: argparse.Namespace) -> None:
@@ -245,7 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
     commands = {"distill": _distill, "evaluate": _evaluate, "baseline": _baseline,
                 "linreg": _linreg,
-                "pretrain": _pretrain, "pool-import": _pool_import, "show": _show, "list": _list}
+                "pretrain": _pretrain, "pool-import": _pool_import, "show": _show, "list": _list,
+                "export": _export, "import": _import_set}
     try:
         commands[args.command](args)
     except DistillError as exc:

@@ -46,6 +46,17 @@ class FunctionalModel:
             return one_net({k: v[0] for k, v in params.items()}, images).unsqueeze(0)
         return vmap(one_net, in_dims=(0, None), randomness="different")(params, images)
 
+    def logits_each(self, params: Params, images: Tensor, train: bool) -> Tensor:
+        """Logits (N, B, classes) of N nets, net i on its own batch ``images[i]`` (B, ...)."""
+        self.module.train(train)
+
+        def one_net(p: Params, x: Tensor) -> Tensor:
+            return functional_call(self.module, (p, self.buffers), (x,))
+
+        if num_nets(params) == 1:
+            return one_net({k: v[0] for k, v in params.items()}, images[0]).unsqueeze(0)
+        return vmap(one_net, randomness="different")(params, images)
+
     def losses(self, params: Params, images: Tensor, targets: Tensor, train: bool) -> Tensor:
         """Mean cross-entropy of each of the N nets on the batch: shape (N,). ``targets`` are
         class indices (B,) or class probabilities (B, classes) (soft labels)."""

@@ -1,4 +1,5 @@
-"""The paper's networks, a small MLP, a 1-D CNN for sequences, and the registry that builds them.
+"""The paper's networks, a small MLP, a 1-D CNN for sequences, the ConvNet family
+(``convnets``), and the registry that builds them.
 
 Any ``nn.Module`` works with the engine: it is run functionally on a parameter dict
 (``torch.func.functional_call``), so no special base class is needed.
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .convnets import CONV_FAMILIES
 from .errors import DistillError
 from .registry import Registry
 
@@ -188,3 +190,5 @@ def _alexnet(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
 MODELS.register("alexnet")(_alexnet)
 MODELS.register("mlp")(lambda shape, k: MLP(shape[0] * shape[1] * shape[2], k))
 MODELS.register("seqcnn")(_sequence_cnn)
+for _name, _factory in CONV_FAMILIES.items():
+    MODELS.register(_name)(_factory)

@@ -64,6 +64,27 @@ def save_grid(
                               ha="right", va="center")
     fig.suptitle(f"{distilled.meta.get('dataset', {}).get('name', '')} distilled: "
                  f"{n_steps} steps x {lrs.shape[0]} epochs", fontsize=10)
+    _save(fig, path)
+
+
+def save_curve(curve: dict[str, list], path: str | Path, title: str) -> None:
+    """PNG of a converge-protocol learning curve: training loss per epoch (left axis) and
+    test accuracy where it was measured (right axis), means over the nets."""
+    fig, loss_ax = plt.subplots(figsize=(6, 3.5))
+    epochs = range(1, len(curve["train_loss"]) + 1)
+    loss_ax.plot(epochs, curve["train_loss"], color="tab:blue")
+    loss_ax.set_yscale("log")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("training loss", color="tab:blue")
+    acc_ax = loss_ax.twinx()
+    acc_ax.plot(curve["test_epochs"], [100 * a for a in curve["test_accuracy"]], "o-",
+                color="tab:red")
+    acc_ax.set_ylabel("test accuracy (%)", color="tab:red")
+    loss_ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> None:
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=90)

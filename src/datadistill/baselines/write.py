@@ -1,15 +1,20 @@
 """Baselines as artifacts: the same files as a distillation run, so evaluate/show apply."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..artifacts import Distilled, after_saving, check_out_folder, load, run_meta
+from ..artifacts import (META_FILE, Distilled, after_saving, atomic_write, check_out_folder,
+                         load, run_meta)
 from ..config import DistillConfig
+from ..converge import ConvergeSettings
 from ..errors import DistillError
-from ..evaluate import build_context, context_for, grid_epochs
+from ..evaluate import build_context, context_for, converge_report, grid_epochs
+from ..runtime import generator
+from .images import baseline_images, check_real_images_suffice
 from .run import run_baseline
 
 
@@ -59,4 +64,40 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
         from ..plots import save_picture
 
         after_saving(report, "picture", lambda: save_picture(artifact, data, out).name)
+    return report
+
+
+def converge_baseline(method: str, out: str | Path, settings: dict[str, Any],
+                      converge: ConvergeSettings, nets: int = 5, dsa: bool = False,
+                      dsa_ops: str = "") -> dict[str, Any]:
+    """A floor or ceiling under the converge protocol: fresh nets trained to convergence on
+    ``method``'s real images (steps x images-per-class per class, one flat set) or, for
+    ``full``, on the whole training set. Writes the images (not for ``full``) and meta.json
+    into ``out``; returns the report."""
+    if nets < 1:
+        raise DistillError(f"--nets must be at least 1, got {nets}")
+    if method.startswith("knn-") or method == "optimized":
+        raise DistillError(f"--method {method} has no converge-protocol form; choose random, "
+                           "kmeans, herding, average or full")
+    converge.check()
+    check_out_folder(Path(out))
+    config = DistillConfig(**settings)
+    config.validate()
+    data, fmodel, init = build_context(config.to_dict(), config.dataset, config.model, None,
+                                       None, config.device, None, None, None)
+    if method == "full":
+        images, labels = data.train_images, data.train_labels
+    else:
+        check_real_images_suffice(data, config.steps * config.images_per_class)
+        images, labels = baseline_images(method, data, config.steps, config.images_per_class,
+                                         generator(config.seed, f"baseline-{method}"))
+    model = config.model or data.default_model
+    report = converge_report(data, fmodel, init, images.reshape(-1, *data.image_shape),
+                             labels.reshape(-1), nets, converge, dsa, dsa_ops, config.seed, model)
+    meta = run_meta(config.to_dict(), data, {"name": model, "class": type(fmodel.module).__name__},
+                    {"final": report["after"], "converge": report}, baseline=method)
+    if method == "full":
+        atomic_write(Path(out) / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    else:
+        Distilled(images.cpu(), labels.cpu(), torch.zeros(0), None, meta).save(out)
     return report

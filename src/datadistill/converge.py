@@ -1,0 +1,152 @@
+"""The modern evaluation protocol: fresh nets trained to convergence on a flat set.
+
+The recipe of DC, DSA, DM and MTT: minibatch SGD with momentum 0.9 and weight decay 5e-4,
+lr 0.01 multiplied by 0.1 halfway, 1000 epochs, minibatches of 256, DSA augmentation of the
+set's images; each net then tested on the full test set. N nets train at once on stacked
+parameters (``torch.func.vmap``), each on its own minibatch order and augmentation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .augment import DSA
+from .errors import DistillError
+from .functional import FunctionalModel, Params
+from .init_distributions import InitDistribution, PooledInit
+from .nets import EvalResult, test_nets
+
+
+@dataclass(frozen=True)
+class ConvergeSettings:
+    """Training of the held-out nets (defaults: the published recipe)."""
+
+    epochs: int = 1000  # passes over the flat set
+    lr: float = 0.01  # SGD lr, multiplied by 0.1 after half the epochs
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256  # images per minibatch (the whole set when it is smaller)
+    nets_per_batch: int = 0  # nets trained together on stacked parameters (0: auto)
+    test_every: int = 0  # test accuracy on the learning curve every this many epochs (0: end)
+    channels_last: bool = False  # memory format of conv inputs (measured in benchmarks/)
+
+    def check(self) -> None:
+        """One-line errors for settings that cannot work."""
+        if self.nets_per_batch < 0:
+            raise DistillError(f"--nets-per-batch must be 0 (auto) or more, "
+                               f"got {self.nets_per_batch}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise DistillError(f"--{name.replace('_', '-')} must be at least 1, "
+                                   f"got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise DistillError(f"--lr must be positive, got {self.lr}")
+        for name in ("momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise DistillError(f"--{name.replace('_', '-')} must be 0 or more, "
+                                   f"got {getattr(self, name)}")
+        if self.test_every < 0:
+            raise DistillError(f"--test-every must be 0 (at the end) or more, got {self.test_every}")
+
+
+@dataclass
+class Curve:
+    """Mean training loss per epoch and test accuracy (mean over nets) at some epochs."""
+
+    train_loss: list[float] = field(default_factory=list)
+    test_epochs: list[int] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"train_loss": self.train_loss, "test_epochs": self.test_epochs,
+                "test_accuracy": self.test_accuracy}
+
+
+def train_to_convergence(
+    fmodel: FunctionalModel, params: Params, images: Tensor, targets: Tensor,
+    settings: ConvergeSettings, augment: DSA | None, generator: torch.Generator,
+    test: tuple[Tensor, Tensor] | None = None, curve: Curve | None = None,
+) -> Params:
+    """Train N stacked nets on the flat set ``images`` (M, C, H, W) with ``targets`` (class
+    indices (M,) or probabilities (M, K)); every net draws its own minibatches and
+    augmentations from ``generator``. Returns the trained parameters (no graph)."""
+    n, m = next(iter(params.values())).shape[0], images.shape[0]
+    leaves = [p.detach().clone().requires_grad_() for p in params.values()]
+    trained = dict(zip(params, leaves))
+    optimiser = torch.optim.SGD(leaves, lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=settings.weight_decay)
+    for epoch in range(settings.epochs):
+        if epoch == settings.epochs // 2:  # lr x 0.1 halfway
+            for group in optimiser.param_groups:
+                group["lr"] = settings.lr * 0.1
+        order = torch.argsort(torch.rand(n, m, generator=generator), dim=1).to(images.device)
+        epoch_loss = 0.0
+        for start in range(0, m, settings.batch_size):
+            pick = order[:, start:start + settings.batch_size]  # (N, b)
+            x = images[pick]  # (N, b, C, H, W)
+            if augment is not None:
+                x = augment(x, generator)
+            if settings.channels_last:
+                x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)
+            with torch.enable_grad():
+                logits = fmodel.logits_each(trained, x, train=True)  # (N, b, K)
+                losses = F.cross_entropy(logits.flatten(0, 1), targets[pick].flatten(0, 1),
+                                         reduction="none").view(n, -1).mean(1)
+                optimiser.zero_grad(set_to_none=True)
+                losses.sum().backward()  # each net's gradient is that of its own mean loss
+            optimiser.step()
+            epoch_loss += float(losses.detach().mean()) * pick.shape[1] / m
+        if curve is not None:
+            curve.train_loss.append(epoch_loss)
+            done = epoch + 1
+            if test is not None and settings.test_every and done % settings.test_every == 0 \
+                    and done < settings.epochs:
+                result = test_nets(fmodel, _detached(trained), *test)
+                curve.test_epochs.append(done)
+                curve.test_accuracy.append(result.mean)
+    return _detached(trained)
+
+
+def _detached(params: Params) -> Params:
+    return {k: v.detach() for k, v in params.items()}
+
+
+def evaluate_converged(
+    fmodel: FunctionalModel, init: InitDistribution, images: Tensor, targets: Tensor,
+    test_images: Tensor, test_labels: Tensor, nets: int, settings: ConvergeSettings,
+    augment: DSA | None, generator: torch.Generator,
+) -> tuple[EvalResult, Curve]:
+    """``nets`` fresh nets from ``init`` trained to convergence on the flat set and tested;
+    the learning curve averages over the nets of all groups."""
+    settings.check()
+    if isinstance(init, PooledInit):
+        nets = min(nets, len(init))
+    parts, curves = [], []
+    # batching convs over nets pays on CUDA, not on the CPU (benchmarks/bench_converge.py)
+    per_batch = settings.nets_per_batch or (10 if images.device.type == "cuda" else 1)
+    for start in range(0, nets, per_batch):
+        n = min(per_batch, nets - start)
+        drawn = init.take(start, n) if isinstance(init, PooledInit) else init.sample(n, generator)
+        params = {k: v.to(images.device) for k, v in drawn.items()}
+        curve = Curve()
+        trained = train_to_convergence(fmodel, params, images, targets, settings, augment,
+                                       generator, (test_images, test_labels), curve)
+        parts.append(test_nets(fmodel, trained, test_images, test_labels))
+        curve.test_epochs.append(settings.epochs)
+        curve.test_accuracy.append(parts[-1].mean)
+        curves.append((n, curve))
+    return EvalResult.cat(parts), _weighted(curves)
+
+
+def _weighted(curves: list[tuple[int, Curve]]) -> Curve:
+    """Curves of net groups joined into one, each point weighted by its group's nets."""
+    total = sum(n for n, _ in curves)
+    mean = lambda values: [sum(n * v for (n, _), v in zip(curves, column)) / total  # noqa: E731
+                           for column in zip(*values)]
+    first = curves[0][1]
+    return Curve(mean([c.train_loss for _, c in curves]), first.test_epochs,
+                 mean([c.test_accuracy for _, c in curves]))
