@@ -106,6 +106,33 @@ def test_divergence_is_a_one_line_error(tiny_data):
         datadistill.distill(data=tiny_data, **{**TINY, "distill_lr": 1e8})
 
 
+def test_a_meta_iteration_with_a_non_finite_loss_is_skipped_and_the_run_goes_on(
+        tiny_data, monkeypatch):
+    """One net blowing up in one meta-iteration costs that iteration, not the run."""
+    import sys
+
+    from datadistill.backends import MetaGradient
+
+    distill_module = sys.modules["datadistill.distill"]
+    choose = distill_module.choose_meta_gradient
+    calls = []
+
+    def one_bad_iteration(*args, **kwargs):
+        real = choose(*args, **kwargs)
+
+        def run(*run_args, **run_kwargs):
+            losses = real.run(*run_args, **run_kwargs)
+            calls.append(1)
+            return losses * float("nan") if len(calls) == 2 else losses
+
+        return MetaGradient(real.name, run)
+
+    monkeypatch.setattr(distill_module, "choose_meta_gradient", one_bad_iteration)
+    result = datadistill.distill(data=tiny_data, **{**TINY, "epochs": 2})
+    assert len(calls) >= 3 and result.meta["metrics"]["nonfinite_iterations_skipped"] == 1
+    assert torch.isfinite(result.images).all()
+
+
 def test_bad_settings_are_one_line_errors(tiny_data):
     with pytest.raises(DistillError, match="--steps must be at least 1"):
         datadistill.distill(data=tiny_data, **{**TINY, "steps": 0})

@@ -33,6 +33,7 @@ from .state import DistilledSteps, new_steps, window_of
 from .tracking import Tracker, check_log_dir
 
 # settings that may change when a run is resumed; the others must match the checkpoint
+MAX_NONFINITE_IN_A_ROW = 5  # meta-iterations with a non-finite meta-loss before giving up
 INIT_BASELINE = {"real": "random"}  # --image-init names that differ from the baseline's
 RESUMABLE = {"epochs", "eval_every", "eval_nets", "stop_accuracy", "checkpoint_every", "progress",
              "device", "log_dir"}
@@ -127,6 +128,7 @@ def distill(
 
     # ---- the outer loop (until --epochs, or the first evaluation at --stop-accuracy)
     done, latest = first_epoch, None  # latest: the evaluation of the last epoch run, if any
+    skipped, nonfinite_in_a_row = 0, 0  # meta-iterations skipped for a non-finite meta-loss
     bar = tqdm(total=config.epochs * per_epoch, initial=first_epoch * per_epoch,
                disable=not (config.progress and world.is_main), unit="it", dynamic_ncols=True)
     for epoch in range(first_epoch, config.epochs):
@@ -147,14 +149,22 @@ def distill(
             if world.size > 1:  # the mean over all ranks' nets, identical on every rank
                 for tensor in steps.learnable().values():
                     world.sum_(tensor.grad.mul_(len(mine) / n_nets))
+            meta_loss = float(world.sum_(losses.sum()) / n_nets)
+            if not math.isfinite(meta_loss):  # some net's inner training blew up: skip it
+                nonfinite_in_a_row += 1
+                skipped += 1
+                whole_epoch = it == per_epoch - 1 and nonfinite_in_a_row > it
+                if nonfinite_in_a_row == MAX_NONFINITE_IN_A_ROW or whole_epoch:
+                    raise DistillError(
+                        f"distillation diverged: meta-loss is {meta_loss} in "
+                        f"{nonfinite_in_a_row} meta-iteration(s) in a row (epoch {epoch + 1}, "
+                        f"iteration {it + 1}); lower --lr (now {config.lr}) or --distill-lr "
+                        f"(now {config.distill_lr}), or add --clip")
+                bar.update()
+                continue
+            nonfinite_in_a_row = 0
             if config.clip:
                 clip_mean = clip_gradient(steps, config.clip, clip_mean)
-            meta_loss = float(world.sum_(losses.sum()) / n_nets)
-            if not math.isfinite(meta_loss):
-                raise DistillError(
-                    f"distillation diverged: meta-loss is {meta_loss} at epoch {epoch + 1}, "
-                    f"iteration {it + 1}; lower --lr (now {config.lr}) or --distill-lr "
-                    f"(now {config.distill_lr})")
             optimizer.step()
             bar.update()
             bar.set_postfix(epoch=epoch + 1, meta_loss=f"{meta_loss:.4f}")
@@ -189,6 +199,8 @@ def distill(
 
     # ---- the artifact first; then the final evaluation, the comparison and the picture
     metrics: dict[str, Any] = {"history": history, "epochs_run": done}
+    if skipped:  # counted since this process started (a resume counts afresh)
+        metrics["nonfinite_iterations_skipped"] = skipped
     result = Distilled(
         images=steps.images.detach().cpu(), labels=steps.all_targets().cpu(),
         lrs=steps.lrs().detach().cpu(),
