@@ -10,7 +10,7 @@ from datadistill.init_distributions import FixedInit, RandomInit, initial_parame
 from datadistill.models import build_model, list_models
 
 SHAPES = {"alexcifarnet": (3, 32, 32), "mlp": (1, 8, 8), "alexnet": (3, 64, 64),
-          "seqcnn": (13, 1, 16)}
+          "seqcnn": (13, 1, 16), "textcnn": (384, 1, 64)}
 MNIST = (1, 28, 28)  # every other model's test shape
 
 

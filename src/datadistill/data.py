@@ -371,7 +371,7 @@ def _text_spec(source: Callable[[], Path], classes: tuple[str, ...], level: str,
             features = text.token_sequences(texts, encoder)
         return _split(features, torch.tensor(labels), texts=texts)
 
-    return DatasetSpec(load, None, None, classes, "mlp" if level == "sentences" else "seqcnn",
+    return DatasetSpec(load, None, None, classes, "mlp" if level == "sentences" else "textcnn",
                        f"{description} ({encoder})", kind=level, encoder=encoder,
                        with_encoder=lambda other: _text_spec(source, classes, level, other,
                                                              description))
@@ -431,7 +431,7 @@ PATH_FORMS: dict[str, tuple[Callable[[Path], DatasetSpec], str]] = {
     "text:": (_documents_spec("sentences"), "DIR/<class>/*.txt or a CSV (text, label), "
               "embedded by a sentence encoder (add @ENCODER), mlp"),
     "tokens:": (_documents_spec("tokens"), "the same as sequences of 64 input token "
-                "embeddings, seqcnn"),
+                "embeddings, textcnn"),
     "audio:": (_audio_spec, "DIR/<class>/*.wav (or DIR/train/, DIR/test/): 13 MFCCs x 16 "
                "frames, seqcnn"),
     "npz:": (_npz_spec, "X (N, features), (N, features, frames) or (N, C, H, W), y "

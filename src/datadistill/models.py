@@ -169,6 +169,20 @@ class SequenceCNN(nn.Module):
         return self.classifier(self.features(x.flatten(2)).flatten(1))
 
 
+class TextCNN(nn.Module):
+    """A convolution over token positions (3 tokens wide) with ReLU, the maximum over all
+    positions (Kim's sentence CNN, one filter width), and a linear head: what a text says,
+    wherever it says it."""
+
+    def __init__(self, channels: int, num_classes: int, width: int = 128):
+        super().__init__()
+        self.conv = nn.Conv1d(channels, width, 3, padding=1)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.relu(self.conv(x.flatten(2))).amax(dim=2))
+
+
 def _sequence_cnn(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     if shape[1] != 1:
         raise DistillError(f"seqcnn takes sequences shaped (C, 1, L), got {tuple(shape)}; "
@@ -190,5 +204,6 @@ def _alexnet(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
 MODELS.register("alexnet")(_alexnet)
 MODELS.register("mlp")(lambda shape, k: MLP(shape[0] * shape[1] * shape[2], k))
 MODELS.register("seqcnn")(_sequence_cnn)
+MODELS.register("textcnn")(lambda shape, k: TextCNN(shape[0], k))
 for _name, _factory in CONV_FAMILIES.items():
     MODELS.register(_name)(_factory)
