@@ -71,3 +71,28 @@ def test_windowed_benchmark_computes_the_same_gradient_both_ways():
         assert tensor.grad.abs().max() > 0
         torch.testing.assert_close(other, tensor.grad, atol=1e-6 * float(tensor.grad.abs().max()),
                                    rtol=1e-4)
+
+
+def test_converge_benchmark_evaluators_do_the_same_work():
+    """bench_converge's straightforward evaluator and datadistill's train the same nets to
+    the same test accuracies (one minibatch an epoch, so the order of draws does not matter)."""
+    import bench_converge
+
+    from datadistill.converge import ConvergeSettings, evaluate_converged
+
+    from .conftest import make_dataset
+
+    data = make_dataset(classes=3, size=8)
+    module = build_model("convnet-w16", (1, 8, 8), 3).double()
+    images, labels = data.train_images[:12].double(), data.train_labels[:12]
+    test_x = data.test_images.double()
+    stacked = RandomInit(module, "default").sample(2, torch.Generator().manual_seed(0))
+    settings = ConvergeSettings(epochs=40, lr=0.05)
+    plain = bench_converge.straightforward(
+        module, [{k: v[i] for k, v in stacked.items()} for i in range(2)], images, labels,
+        test_x, data.test_labels, settings, None, 0)
+    ours, _ = evaluate_converged(FunctionalModel(module), bench_converge._InOrder(stacked),
+                                 images, labels, test_x, data.test_labels, 2, settings, None,
+                                 torch.Generator().manual_seed(0))
+    assert torch.equal(plain.double(), ours.accuracies.double())
+    assert plain.min() > 0.5  # they learned something

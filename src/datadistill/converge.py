@@ -145,8 +145,10 @@ def evaluate_converged(
 def _weighted(curves: list[tuple[int, Curve]]) -> Curve:
     """Curves of net groups joined into one, each point weighted by its group's nets."""
     total = sum(n for n, _ in curves)
-    mean = lambda values: [sum(n * v for (n, _), v in zip(curves, column)) / total  # noqa: E731
-                           for column in zip(*values)]
-    first = curves[0][1]
-    return Curve(mean([c.train_loss for _, c in curves]), first.test_epochs,
-                 mean([c.test_accuracy for _, c in curves]))
+
+    def mean(field_of) -> list[float]:
+        columns = zip(*(field_of(curve) for _, curve in curves))
+        return [sum(n * v for (n, _), v in zip(curves, column)) / total for column in columns]
+
+    return Curve(mean(lambda c: c.train_loss), curves[0][1].test_epochs,
+                 mean(lambda c: c.test_accuracy))

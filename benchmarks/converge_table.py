@@ -1,0 +1,50 @@
+"""The converge-protocol table of docs/results.md, from the JSON reports of a folder of runs.
+
+    .venv/bin/python benchmarks/converge_table.py runs/conv
+
+Reads every ``NAME.json`` that ``datadistill baseline|evaluate --protocol converge --json``
+wrote into the folder and the wall times in its ``log.txt`` (lines ``NAME rc=0 wall=Ns``),
+and puts one row per report into the ``converge`` block of docs/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report import percent, write_block  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+
+
+def rows(folder: Path) -> list[str]:
+    walls = dict(re.findall(r"^(\S+) rc=0 wall=(\d+)s", (folder / "log.txt").read_text(), re.M))
+    out = []
+    for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
+        text = path.read_text().strip()
+        if not text or path.stem not in walls:
+            continue
+        report = json.loads(text)
+        s = report["settings"]
+        dsa = "DSA" if report["dsa"] else "none"
+        out.append(f"| `{path.stem}` | {report['dataset']} | {report['images']} | "
+                   f"{report['model']} | {s['epochs']} | {dsa} | {report['after']['nets']} | "
+                   f"**{percent(report['after'])}** | {walls[path.stem]} s |")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args()
+    lines = ["| report | dataset | images | model | epochs | augmentation | nets | "
+             "accuracy (%) | wall |", "|---|---|---|---|---|---|---|---|---|", *rows(args.folder)]
+    print(write_block(RESULTS, "converge", "The converge protocol: ConvNets, floors and ceilings",
+                      lines))
+
+
+if __name__ == "__main__":
+    main()
