@@ -176,6 +176,17 @@ def test_audio_distillation_separates_tones_and_draws_maps_beside_real(tmp_path)
     assert (tmp_path / "again" / "distilled.png").exists()
 
 
+def test_a_users_own_module_distils_audio(tmp_path):
+    from torch import nn
+
+    data = load_dataset(f"audio:{_tone_folder(tmp_path)}")
+    module = nn.Sequential(nn.Flatten(), nn.Linear(13 * 16, 16), nn.ReLU(), nn.Linear(16, 2))
+    result = datadistill.distill(data=data, module=module, steps=1, distill_epochs=5,
+                                 image_init="real", epochs=5, eval_nets=4, progress=False)
+    assert result.meta["model"]["class"] == "Sequential"
+    assert result.meta["metrics"]["final"]["accuracy_mean"] > 0.9  # chance is 1/2
+
+
 def test_fixed_frames_resamples_time_keeping_the_ends():
     sequence = np.stack([np.linspace(0, 1, 7), np.linspace(5, 6, 7)], axis=1)  # (time, 2)
     maps = fixed_frames(sequence, frames=16)

@@ -356,15 +356,18 @@ _register("digits", DatasetSpec(
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 
 
-def _text_spec(source: Callable[[], Path], classes: tuple[str, ...], level: str, encoder: str,
-               description: str) -> DatasetSpec:
-    """Documents of ``source()`` (a folder of .txt per class or a CSV) as sentence embeddings
+Documents = tuple[list[str], list[int], tuple[str, ...]]  # texts, labels, class names
+
+
+def _text_spec(documents: Callable[[], Documents], classes: tuple[str, ...], level: str,
+               encoder: str, description: str) -> DatasetSpec:
+    """The ``documents()`` (of a folder of .txt per class or a CSV) as sentence embeddings
     (``level`` "sentences", for an MLP) or input token embeddings ("tokens", for a 1-D CNN),
     split 80/20 with seed 0; the encoder is chosen with ``NAME@ENCODER``."""
     from . import text
 
     def load(root: Path | None, download: bool) -> RawSplits:
-        texts, labels, _ = text.read_documents(source())
+        texts, labels, _ = documents()
         if level == "sentences":
             features = text.sentence_embeddings(texts, encoder).view(len(texts), -1, 1, 1)
         else:
@@ -373,7 +376,7 @@ def _text_spec(source: Callable[[], Path], classes: tuple[str, ...], level: str,
 
     return DatasetSpec(load, None, None, classes, "mlp" if level == "sentences" else "textcnn",
                        f"{description} ({encoder})", kind=level, encoder=encoder,
-                       with_encoder=lambda other: _text_spec(source, classes, level, other,
+                       with_encoder=lambda other: _text_spec(documents, classes, level, other,
                                                              description))
 
 
@@ -381,8 +384,9 @@ def _documents_spec(level: str) -> Callable[[Path], DatasetSpec]:
     from .text import DEFAULT_ENCODER, read_documents
 
     def make(path: Path) -> DatasetSpec:
-        classes = read_documents(path)[2]
-        return _text_spec(lambda: path, classes, level, DEFAULT_ENCODER, f"text under {path}")
+        documents = read_documents(path)  # read once: the classes now, the texts at load
+        return _text_spec(lambda: documents, documents[2], level, DEFAULT_ENCODER,
+                          f"text under {path}")
 
     return make
 
@@ -440,9 +444,10 @@ PATH_FORMS: dict[str, tuple[Callable[[Path], DatasetSpec], str]] = {
 
 
 def _bbc_news(level: str, description: str) -> DatasetSpec:
-    from .text import DEFAULT_ENCODER, bbc_news_folder
+    from .text import DEFAULT_ENCODER, bbc_news_folder, read_documents
 
-    return _text_spec(bbc_news_folder, BBC_TOPICS, level, DEFAULT_ENCODER, description)
+    return _text_spec(lambda: read_documents(bbc_news_folder()), BBC_TOPICS, level,
+                      DEFAULT_ENCODER, description)
 
 
 def _spoken_digits(root: Path | None, download: bool) -> RawSplits:
