@@ -89,7 +89,7 @@ def test_token_sequences_map_back_to_their_own_tokens(text_folder):
 
     expected = load_encoder(DEFAULT_ENCODER).tokenizer.convert_ids_to_tokens(
         token_ids([doc], DEFAULT_ENCODER)[0].tolist())
-    assert nearest_tokens(sequence, DEFAULT_ENCODER) == expected
+    assert nearest_tokens(sequence[None], DEFAULT_ENCODER)[0] == expected
     assert "bread" in expected
 
 

@@ -147,12 +147,13 @@ def describe_text(distilled: Distilled, data: Dataset) -> str:
     labels = distilled.labels.flatten(0, 1)
     real = torch.nn.functional.normalize(data.train_images.flatten(1).float().cpu(), dim=1)
     similar = torch.nn.functional.normalize(examples.flatten(1), dim=1) @ real.T
+    tokens = (nearest_tokens(_denormalized(examples, data), data.encoder)
+              if data.kind == "tokens" else None)
     lines = [f"{data.name}: {len(examples)} distilled examples"]
-    for i, example in enumerate(examples):
+    for i in range(len(examples)):
         lines.append(f"\n[{i}] label {caption(labels[i], data.class_names)}")
-        if data.kind == "tokens":
-            tokens = nearest_tokens(_denormalized(example, data), data.encoder)
-            lines.append("  nearest tokens: " + " ".join(tokens))
+        if tokens is not None:
+            lines.append("  nearest tokens: " + " ".join(tokens[i]))
         for score, j in zip(*similar[i].topk(min(NEAREST_DOCUMENTS, len(real)))):
             document = data.train_texts[j] if data.train_texts else f"training input {int(j)}"
             title = document.strip().splitlines()[0][:90] if document.strip() else ""

@@ -138,9 +138,11 @@ def token_sequences(texts: list[str], encoder: str, length: int = TOKENS) -> Ten
     return table[token_ids(texts, encoder, length)].permute(0, 2, 1).unsqueeze(2).contiguous()
 
 
-def nearest_tokens(sequence: Tensor, encoder: str) -> list[str]:
-    """The vocabulary token nearest (cosine) to each position of a (D, 1, L) sequence."""
+def nearest_tokens(sequences: Tensor, encoder: str) -> list[list[str]]:
+    """The vocabulary token nearest (cosine) to each position of each (D, 1, L) sequence in
+    ``sequences`` (N, D, 1, L); the table is normalized once for all of them."""
     table = torch.nn.functional.normalize(token_table(encoder), dim=1)
-    vectors = torch.nn.functional.normalize(sequence.float().flatten(1).T, dim=1)
-    ids = (vectors @ table.T).argmax(dim=1)
-    return load_encoder(encoder).tokenizer.convert_ids_to_tokens(ids.tolist())
+    vectors = torch.nn.functional.normalize(sequences.float().flatten(2).transpose(1, 2), dim=2)
+    ids = (vectors @ table.T).argmax(dim=2)
+    tokenizer = load_encoder(encoder).tokenizer
+    return [tokenizer.convert_ids_to_tokens(row) for row in ids.tolist()]
