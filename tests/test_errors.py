@@ -96,6 +96,8 @@ BAD_INPUTS = [
     # text and audio data
     (["distill", "--out", "OUT", *QUICK[2:], "--dataset", "text:RUNS/missing.csv"],
      "is neither a folder"),
+    (["distill", "--out", "OUT", *QUICK[2:], "--dataset", "tokens:RUNS/missing"],
+     "is neither a folder"),
     (["distill", "--out", "OUT", *QUICK[2:], "--dataset", "audio:RUNS/missing"],
      "is not a folder of one subfolder of WAV files"),
     (["distill", "--out", "OUT", *QUICK[2:], "--dataset", "npz:RUNS/a-file"], "cannot read"),
