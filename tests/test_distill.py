@@ -259,6 +259,21 @@ def test_windowed_flat_set_with_minibatches_and_clipping_resumes_exactly(tmp_pat
     assert 0 <= resumed.meta["metrics"]["final"]["accuracy_mean"] <= 1
 
 
+def test_dsa_in_distillation_changes_the_result_and_resumes_exactly(tmp_path, tiny_data):
+    """--dsa augments each inner step's images with draws from the run's generator, so an
+    interrupted run resumes to the same images; the compiled kernel is never chosen."""
+    settings = dict(TINY, steps=1, images_per_class=2, distill_epochs=4, window=2, dsa=True)
+    whole = datadistill.distill(data=tiny_data, module=TinyConvNet(), **settings)
+    plain = datadistill.distill(data=tiny_data, module=TinyConvNet(), **{**settings, "dsa": False})
+    assert not torch.allclose(whole.images, plain.images)
+    assert whole.meta["backend"] == "pytorch" and whole.meta["config"]["dsa"]
+    datadistill.distill(data=tiny_data, module=TinyConvNet(), out=tmp_path,
+                        **{**settings, "epochs": 2})
+    resumed = datadistill.distill(data=tiny_data, module=TinyConvNet(), out=tmp_path,
+                                  resume=True, epochs=4, progress=False)
+    assert torch.equal(whole.images, resumed.images)
+
+
 def test_clipping_holds_the_norm_to_a_multiple_of_its_running_mean():
     from datadistill.distill import clip_gradient
     from datadistill.state import DistilledSteps

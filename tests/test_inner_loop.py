@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datadistill.augment import DSA
 from datadistill.errors import DistillError
 from datadistill.functional import FunctionalModel
 from datadistill.init_distributions import RandomInit
@@ -204,27 +206,38 @@ def test_direct_labels_are_the_targets_and_start_one_hot():
     assert torch.equal(steps.all_targets()[0, 0], torch.tensor([-0.5, 0.25, 2.0]))
 
 
-def _windowed_problem(labels_learned: bool, minibatch: int, momentum: float = 0.0):
-    """A flat set of 6 images (S = 1), 6 inner steps, minibatches of ``minibatch``."""
+def _windowed_problem(labels_learned: bool, minibatch: int, momentum: float = 0.0,
+                      augment: DSA | None = None):
+    """A flat set of 6 images (S = 1), 6 inner steps, minibatches of ``minibatch``, each
+    step's images augmented by ``augment``."""
     fmodel, params, images, labels, _, real_x, real_y = _problem(TinyConvNet(), n_steps=2)
     images, labels = images.view(1, 6, 1, 4, 4), labels.view(1, 6)
     if labels_learned:
         labels = 2 * F.one_hot(labels, 3).double()
     raw_lrs = torch.linspace(-1.5, -0.5, 6, dtype=torch.float64)
     steps = DistilledSteps(images.requires_grad_(), labels.requires_grad_(labels_learned),
-                           raw_lrs.requires_grad_(), momentum=momentum)
+                           raw_lrs.requires_grad_(), momentum=momentum, augment=augment)
     steps.draw_minibatches(minibatch, torch.Generator().manual_seed(5))
+    steps.draw_augmentation(torch.Generator().manual_seed(6))
     return fmodel, params, steps, real_x, real_y
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.5], ids=["gd", "momentum"])
+# every DSA operation is linear in the pixels (colour affine) for a fixed draw, so the
+# finite differences see the same augmentation as the gradient
+ALL_DSA = DSA()
+
+
+@pytest.mark.parametrize("momentum,augment", [(0.0, None), (0.5, None), (0.5, ALL_DSA)],
+                         ids=["gd", "momentum", "momentum-dsa"])
 @pytest.mark.parametrize("mode", ["full", "backgrad"])
 @pytest.mark.parametrize("minibatch", [0, 4], ids=["whole", "minibatch"])
-def test_windowed_meta_gradient_matches_finite_differences(mode, minibatch, momentum):
-    """Through the window [2, 5) only: the steps before it are constants, the loss is at θ_5."""
+def test_windowed_meta_gradient_matches_finite_differences(mode, minibatch, momentum, augment):
+    """Through the window [2, 5) only: the steps before it are constants, the loss is at θ_5;
+    with DSA each step's images are augmented, the same way in every pass."""
     from datadistill.inner_loop import _detached_step, start, unroll
 
-    fmodel, params, steps, real_x, real_y = _windowed_problem(True, minibatch, momentum)
+    fmodel, params, steps, real_x, real_y = _windowed_problem(True, minibatch, momentum,
+                                                              augment)
     window = range(2, 5)
     meta_gradient(fmodel, params, steps, real_x, real_y, mode, keep_every=2, window=window)
     before = start(params, momentum)  # (θ_2, v_2), held constant
@@ -234,8 +247,8 @@ def test_windowed_meta_gradient_matches_finite_differences(mode, minibatch, mome
     def meta_loss(name: str, index: int, delta: float) -> float:
         tensors = {k: v.detach().clone() for k, v in steps.learnable().items()}
         tensors[name].view(-1)[index] += delta
-        moved = DistilledSteps(tensors["images"], tensors["label_logits"], tensors["raw_lrs"],
-                               steps.order, momentum=momentum)
+        moved = replace(steps, images=tensors["images"], labels=tensors["label_logits"],
+                        raw_lrs=tensors["raw_lrs"])
         final = unroll(fmodel, before, moved, window)
         return float(fmodel.losses(final, real_x, real_y, train=False).mean().detach())
 
@@ -247,6 +260,16 @@ def test_windowed_meta_gradient_matches_finite_differences(mode, minibatch, mome
             numeric = (meta_loss(name, i, eps) - meta_loss(name, i, -eps)) / (2 * eps)
             assert numeric == pytest.approx(grad[i].item(), rel=1e-5, abs=1e-9), (name, i)
     assert steps.raw_lrs.grad[[0, 1, 5]].abs().max() == 0  # outside the window: no gradient
+
+
+def test_augmented_steps_are_redrawn_each_meta_iteration_and_repeat_within_one():
+    steps = _windowed_problem(True, 0, augment=DSA(("scale", "rotate")))[2]
+    first = steps.step(3)[0]
+    assert torch.equal(first, steps.step(3)[0])  # recomputed alike (back-gradient, window)
+    assert not torch.allclose(first, steps.images[0])  # augmented
+    assert not torch.allclose(first, steps.step(4)[0])  # each step its own draw
+    steps.draw_augmentation(torch.Generator().manual_seed(7))
+    assert not torch.allclose(first, steps.step(3)[0])  # a new draw per meta-iteration
 
 
 def test_window_draws_ends_uniformly_and_covers_everything_when_wide():

@@ -40,7 +40,7 @@ def choose_meta_gradient(choice: str, fmodel: FunctionalModel, params: Params,
         raise DistillError(f"--backend must be one of {', '.join(CHOICES)}, got {choice!r}")
     if mode not in ("full", "backgrad"):
         raise DistillError(f"--backward must be full or backgrad, got {mode!r}")
-    compiled = None if choice == "pytorch" else lenet_meta_gradient_fn(
+    compiled = None if choice == "pytorch" or steps.augment is not None else lenet_meta_gradient_fn(
         fmodel.module, params, real_images, steps.images[0])
     if compiled is not None:
         kept = keep_every if mode == "backgrad" else 1
@@ -48,6 +48,7 @@ def choose_meta_gradient(choice: str, fmodel: FunctionalModel, params: Params,
             p, s, x, y, kept, window or range(s.num_steps)))
     if choice == "compiled":
         raise DistillError("--backend compiled runs only the registered LeNet in float32 on the "
-                           "CPU with a working C compiler; use --backend auto or pytorch")
+                           "CPU with a working C compiler, without --dsa; use --backend auto "
+                           "or pytorch")
     return MetaGradient("pytorch", lambda p, s, x, y, window=None: meta_gradient(
         fmodel, p, s, x, y, mode, keep_every, chunk_size, window))

@@ -79,6 +79,11 @@ class DistillConfig:
     window_at_end: bool = _opt(False, "end the window at the last step instead of at a step "
                                       "drawn uniformly each meta-iteration (random-start "
                                       "truncation, RaT-BPTT)")
+    dsa: bool = _opt(False, "augment the distilled images at every inner step of distillation "
+                            "with DSA, differentiably, a new draw each meta-iteration (as DC/DSA "
+                            "and RaT-BPTT distil); evaluations stay unaugmented")
+    dsa_ops: str = _opt("", "with --dsa: comma-separated DSA operations (default: color,crop,"
+                            "cutout,flip,scale,rotate; no flip for digits)")
     clip: float = _opt(0.0, "clip the meta-gradient's norm to this multiple of its running "
                             "mean (0: no clipping)")
     backend: str = _opt("auto", "where the meta-gradient runs: auto (the compiled LeNet kernel "
@@ -120,6 +125,8 @@ class DistillConfig:
             raise DistillError(f"--momentum must lie in [0, 1), got {self.momentum}")
         if self.clip < 0:
             raise DistillError(f"--clip must be 0 (off) or positive, got {self.clip}")
+        if self.dsa_ops and not self.dsa:
+            raise DistillError("--dsa-ops chooses the operations of --dsa; add --dsa")
         if self.images_per_step < 0:
             raise DistillError(f"--images-per-step must be 0 (classes x --images-per-class) or "
                                f"more, got {self.images_per_step}")

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .artifacts import (CHECKPOINT_FILE, Distilled, after_saving, check_out_folder,
                         load_tensors, run_meta, save_tensors)
+from .augment import dsa_for
 from .backends import choose_meta_gradient
 from .baselines.images import check_real_images_suffice, class_layout, images_for
 from .config import DistillConfig, check_known
@@ -106,7 +107,8 @@ def distill(
                             layout, steps_gen)
     steps = new_steps(images.to(device), layout.to(device), config.steps * config.distill_epochs,
                       config.distill_lr, data.num_classes, config.labels,
-                      config.label_confidence, config.momentum)
+                      config.label_confidence, config.momentum,
+                      dsa_for(data.class_names, config.dsa_ops) if config.dsa else None)
     optimizer = torch.optim.Adam(
         [{"params": [tensor], "lr": config.label_lr or config.lr} if name.startswith("label_")
          else {"params": [tensor]} for name, tensor in steps.learnable().items()],
@@ -142,6 +144,7 @@ def distill(
             if data.augment:
                 real_images = crop_flip(real_images, data_gen)
             steps.draw_minibatches(config.minibatch, data_gen)  # a flat set's minibatches
+            steps.draw_augmentation(data_gen)  # --dsa: each step's augmentation
             window = range(*window_of(steps.num_steps, config.window, config.window_at_end,
                                       data_gen))  # the steps that keep a graph
             losses = backend.run(params, steps, real_images,

@@ -14,6 +14,8 @@ The inner steps are plain GD (the paper), or with ``steps.momentum`` β heavy-ba
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
@@ -86,8 +88,8 @@ def _detach(state: Inner, leaves: bool = False) -> Inner:
 
 
 def _detached_step(fmodel: FunctionalModel, state: Inner, steps: DistilledSteps, t: int) -> Inner:
-    detached = DistilledSteps(*(x.detach() for x in (steps.images, steps.labels, steps.raw_lrs)),
-                              steps.order, steps.direct, steps.momentum)
+    detached = replace(steps, images=steps.images.detach(), labels=steps.labels.detach(),
+                       raw_lrs=steps.raw_lrs.detach())
     with torch.enable_grad():
         return _detach(inner_step(fmodel, state, detached, t, create_graph=False))
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .augment import DSA
+
 
 def inverse_softplus(value: float) -> float:
     """The raw value whose softplus is ``value`` (stable for large values)."""
@@ -38,6 +40,8 @@ class DistilledSteps:
     order: Tensor | None = None
     direct: bool = False
     momentum: float = 0.0  # the inner steps' heavy-ball momentum β (0: plain GD, the paper)
+    augment: DSA | None = None  # DSA of each step's images, differentiable (None: none)
+    augment_seed: int = 0  # step t draws its augmentation from seed + t (``draw_augmentation``)
 
     @property
     def num_steps(self) -> int:
@@ -86,7 +90,15 @@ class DistilledSteps:
         images, targets = self.images[s], self.targets(s)
         if picked is not None:
             images, targets = images[picked], targets[picked]
+        if self.augment is not None:  # the same draw each time step t is run or recomputed
+            draws = torch.Generator().manual_seed(self.augment_seed + t)
+            images = self.augment(images.unsqueeze(0), draws).squeeze(0)
         return images, targets, F.softplus(self.raw_lrs[t])
+
+    def draw_augmentation(self, generator: torch.Generator) -> None:
+        """A new augmentation for every step, drawn once per meta-iteration."""
+        if self.augment is not None:
+            self.augment_seed = int(torch.randint(2**62, (1,), generator=generator))
 
     def draw_minibatches(self, size: int, generator: torch.Generator) -> None:
         """Each step's minibatch of ``size`` of its batch's images, drawn anew (no repeats
@@ -118,11 +130,12 @@ LABELS = ("fixed", "learned", "direct")
 
 def new_steps(images: Tensor, labels: Tensor, num_steps: int, lr: float, num_classes: int,
               kind: str = "fixed", label_confidence: float = 0.9,
-              momentum: float = 0.0) -> DistilledSteps:
+              momentum: float = 0.0, augment: DSA | None = None) -> DistilledSteps:
     """Learnable steps from starting images and class labels, every lr at ``lr``; labels of
     a ``kind`` in ``LABELS``. Learned labels start as logits whose softmax gives each image's
     class ``label_confidence`` and spreads the rest evenly over the other classes; direct
-    labels start one-hot. ``momentum``: the inner steps' heavy-ball β."""
+    labels start one-hot. ``momentum``: the inner steps' heavy-ball β; ``augment``: DSA of
+    each step's images."""
     images = images.detach().clone().requires_grad_()
     if kind != "fixed":
         one_hot = F.one_hot(labels, num_classes).to(images.dtype)
@@ -131,4 +144,5 @@ def new_steps(images: Tensor, labels: Tensor, num_steps: int, lr: float, num_cla
         labels = (scale * one_hot).requires_grad_()
     raw_lrs = torch.full((num_steps,), inverse_softplus(lr), dtype=images.dtype,
                          device=images.device, requires_grad=True)
-    return DistilledSteps(images, labels, raw_lrs, direct=kind == "direct", momentum=momentum)
+    return DistilledSteps(images, labels, raw_lrs, direct=kind == "direct", momentum=momentum,
+                          augment=augment)
