@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datadistill.augment import DSA
+from datadistill.augment import DSA, DSA_OPS
 from datadistill.errors import DistillError
 from datadistill.functional import FunctionalModel
 from datadistill.init_distributions import RandomInit
@@ -223,8 +223,18 @@ def _windowed_problem(labels_learned: bool, minibatch: int, momentum: float = 0.
 
 
 # every DSA operation is linear in the pixels (colour affine) for a fixed draw, so the
-# finite differences see the same augmentation as the gradient
+# finite differences see the same augmentation as the gradient (each op: gradcheck below)
 ALL_DSA = DSA()
+
+
+@pytest.mark.parametrize("op", DSA_OPS)
+def test_each_dsa_operation_has_the_gradient_of_its_finite_differences(op):
+    images = torch.randn(1, 4, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    augment = DSA((op,))
+    moved = augment(images, torch.Generator().manual_seed(0))
+    assert not torch.allclose(moved, images)  # the draw changes the images
+    assert torch.autograd.gradcheck(
+        lambda x: augment(x, torch.Generator().manual_seed(0)), (images,))
 
 
 @pytest.mark.parametrize("momentum,augment", [(0.0, None), (0.5, None), (0.5, ALL_DSA)],
@@ -234,15 +244,16 @@ ALL_DSA = DSA()
 def test_windowed_meta_gradient_matches_finite_differences(mode, minibatch, momentum, augment):
     """Through the window [2, 5) only: the steps before it are constants, the loss is at θ_5;
     with DSA each step's images are augmented, the same way in every pass."""
-    from datadistill.inner_loop import _detached_step, start, unroll
+    from datadistill.inner_loop import inner_step, start, unroll
 
     fmodel, params, steps, real_x, real_y = _windowed_problem(True, minibatch, momentum,
                                                               augment)
     window = range(2, 5)
     meta_gradient(fmodel, params, steps, real_x, real_y, mode, keep_every=2, window=window)
-    before = start(params, momentum)  # (θ_2, v_2), held constant
+    before = start(params, momentum)  # (θ_2, v_2), held constant; not by the code under test
     for t in range(window.start):
-        before = _detached_step(fmodel, before, steps, t)
+        before = tuple(None if p is None else {k: v.detach() for k, v in p.items()}
+                       for p in inner_step(fmodel, before, steps, t, create_graph=False))
 
     def meta_loss(name: str, index: int, delta: float) -> float:
         tensors = {k: v.detach().clone() for k, v in steps.learnable().items()}
@@ -270,6 +281,24 @@ def test_augmented_steps_are_redrawn_each_meta_iteration_and_repeat_within_one()
     assert not torch.allclose(first, steps.step(4)[0])  # each step its own draw
     steps.draw_augmentation(torch.Generator().manual_seed(7))
     assert not torch.allclose(first, steps.step(3)[0])  # a new draw per meta-iteration
+
+
+def test_the_compiled_lenet_never_runs_augmented_steps():
+    """The kernel reads the images as they are, so with DSA ``auto`` takes PyTorch."""
+    from datadistill import kernels
+    from datadistill.backends import choose_meta_gradient
+    from datadistill.models import build_model
+
+    module = build_model("lenet", (1, 28, 28), 10)
+    params = RandomInit(module).sample(1, torch.Generator().manual_seed(0))
+    images = torch.randn(1, 10, 1, 28, 28, requires_grad=True)
+    plain = "compiled-lenet" if kernels.load("lenet") is not None else "pytorch"
+    for augment, expected in ((DSA(), "pytorch"), (None, plain)):
+        steps = DistilledSteps(images, torch.arange(10).view(1, 10),
+                               torch.zeros(3, requires_grad=True), augment=augment)
+        backend = choose_meta_gradient("auto", FunctionalModel(module), params, steps,
+                                       torch.randn(8, 1, 28, 28))
+        assert backend.name == expected
 
 
 def test_window_draws_ends_uniformly_and_covers_everything_when_wide():

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .augment import DSA_OPS
 from .errors import DistillError
 
 
@@ -126,7 +127,13 @@ class DistillConfig:
         if self.clip < 0:
             raise DistillError(f"--clip must be 0 (off) or positive, got {self.clip}")
         if self.dsa_ops and not self.dsa:
-            raise DistillError("--dsa-ops chooses the operations of --dsa; add --dsa")
+            raise DistillError("--dsa-ops chooses the operations of --dsa; add --dsa (or drop "
+                               "them with --dsa-ops '')")
+        ops = [op.strip() for op in self.dsa_ops.split(",")] if self.dsa_ops else []
+        unknown = [op for op in ops if op not in DSA_OPS]
+        if unknown:
+            raise DistillError(f"unknown DSA operation {', '.join(unknown)}; choose from "
+                               f"{','.join(DSA_OPS)}")
         if self.images_per_step < 0:
             raise DistillError(f"--images-per-step must be 0 (classes x --images-per-class) or "
                                f"more, got {self.images_per_step}")
