@@ -1,10 +1,11 @@
 """The converge-protocol table of docs/results.md, from the JSON reports of a folder of runs.
 
     .venv/bin/python benchmarks/converge_table.py runs/conv
+    .venv/bin/python benchmarks/converge_table.py runs/conv-ours --block converge-ours
 
 Reads every ``NAME.json`` that ``datadistill baseline|evaluate --protocol converge --json``
 wrote into the folder and the wall times in its ``log.txt`` (lines ``NAME rc=0 wall=Ns``),
-and puts one row per report into the ``converge`` block of docs/results.md.
+and puts one row per report into the ``converge`` block of docs/results.md (or ``--block``).
 """
 from __future__ import annotations
 
@@ -39,10 +40,11 @@ def rows(folder: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
+    parser.add_argument("--block", default="converge", help="the block of docs/results.md")
     args = parser.parse_args()
     lines = ["| report | dataset | images | model | epochs | augmentation | nets | "
              "accuracy (%) | wall |", "|---|---|---|---|---|---|---|---|---|", *rows(args.folder)]
-    print(write_block(RESULTS, "converge", "The converge protocol: ConvNets, floors and ceilings",
+    print(write_block(RESULTS, args.block, "The converge protocol: ConvNets, floors and ceilings",
                       lines))
 
 
