@@ -40,8 +40,9 @@ def choose_meta_gradient(choice: str, fmodel: FunctionalModel, params: Params,
         raise DistillError(f"--backend must be one of {', '.join(CHOICES)}, got {choice!r}")
     if mode not in ("full", "backgrad"):
         raise DistillError(f"--backward must be full or backgrad, got {mode!r}")
-    compiled = None if choice == "pytorch" or steps.augment is not None else lenet_meta_gradient_fn(
-        fmodel.module, params, real_images, steps.images[0])
+    kernel_may_run = choice != "pytorch" and steps.augment is None  # it reads raw images
+    compiled = lenet_meta_gradient_fn(fmodel.module, params, real_images,
+                                      steps.images[0]) if kernel_may_run else None
     if compiled is not None:
         kept = keep_every if mode == "backgrad" else 1
         return MetaGradient("compiled-lenet", lambda p, s, x, y, window=None: compiled(

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .augment import DSA_OPS
+from .augment import dsa_for
 from .errors import DistillError
 
 
@@ -129,11 +129,8 @@ class DistillConfig:
         if self.dsa_ops and not self.dsa:
             raise DistillError("--dsa-ops chooses the operations of --dsa; add --dsa (or drop "
                                "them with --dsa-ops '')")
-        ops = [op.strip() for op in self.dsa_ops.split(",")] if self.dsa_ops else []
-        unknown = [op for op in ops if op not in DSA_OPS]
-        if unknown:
-            raise DistillError(f"unknown DSA operation {', '.join(unknown)}; choose from "
-                               f"{','.join(DSA_OPS)}")
+        if self.dsa_ops:
+            dsa_for((), self.dsa_ops)  # its one-line error names an unknown operation
         if self.images_per_step < 0:
             raise DistillError(f"--images-per-step must be 0 (classes x --images-per-class) or "
                                f"more, got {self.images_per_step}")
