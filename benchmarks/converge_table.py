@@ -5,7 +5,8 @@
 
 Reads every ``NAME.json`` that ``datadistill baseline|evaluate --protocol converge --json``
 wrote into the folder and the wall times in its ``log.txt`` (lines ``NAME rc=0 wall=Ns``),
-and puts one row per report into the ``converge`` block of docs/results.md (or ``--block``).
+and puts one row per report into the ``converge`` block of docs/results.md (or ``--block``),
+ordered by dataset, number of images, model and name (not by file times, which a copy changes).
 """
 from __future__ import annotations
 
@@ -23,12 +24,15 @@ RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 
 def rows(folder: Path) -> list[str]:
     walls = dict(re.findall(r"^(\S+) rc=0 wall=(\d+)s", (folder / "log.txt").read_text(), re.M))
-    out = []
-    for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
+    reports = []
+    for path in folder.glob("*.json"):
         text = path.read_text().strip()
-        if not text or path.stem not in walls:
-            continue
-        report = json.loads(text)
+        if text and path.stem in walls:
+            reports.append((path, json.loads(text)))
+    reports.sort(key=lambda item: (item[1]["dataset"], item[1]["images"], item[1]["model"],
+                                   item[0].stem))
+    out = []
+    for path, report in reports:
         s = report["settings"]
         dsa = "DSA" if report["dsa"] else "none"
         out.append(f"| `{path.stem}` | {report['dataset']} | {report['images']} | "
