@@ -60,7 +60,7 @@ def test_every_method_reports_a_best_cell(method):
         assert report["final"]["accuracy_mean"] > 0.5  # separable prototypes
 
 
-def test_baseline_cli_writes_an_artifact_evaluate_accepts(tmp_path, capsys):
+def test_baseline_cli_writes_an_artifact_evaluate_accepts_and_reports_each_net(tmp_path, capsys):
     out = tmp_path / "kmeans"
     assert main(["baseline", "--method", "kmeans", "--dataset", "digits", "--steps", "2",
                  "--nets", "3", "--search-nets", "2", "--out", str(out), "--device", "cpu"]) == 0
@@ -70,6 +70,11 @@ def test_baseline_cli_writes_an_artifact_evaluate_accepts(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["after"]["accuracy_mean"] > result["before"]["accuracy_mean"]
     assert len(result["after"]["per_class_accuracy"]) == 10
+    per_net = result["after"]["per_net_accuracy"]
+    assert len(per_net) == 3 and sum(per_net) / 3 == pytest.approx(result["after"]["accuracy_mean"])
+    assert main(["evaluate", str(out), "--nets", "3"]) == 0
+    worst = f"worst {100 * min(per_net):.2f}%"
+    assert worst in capsys.readouterr().out
 
 
 def test_a_flat_set_baseline_searches_inner_steps_around_its_t(tmp_path):
@@ -100,6 +105,9 @@ def test_converge_baselines_write_what_evaluate_takes(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "kmeans"), *common]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["after"]["accuracy_mean"] == floor["after"]["accuracy_mean"]
+    plain = [a for a in common if a != "--json"]  # the printed report names the worst net
+    assert main(["evaluate", str(tmp_path / "kmeans"), *plain]) == 0
+    assert f"worst {100 * min(floor['after']['per_net_accuracy']):.2f}%" in capsys.readouterr().out
     assert main(["baseline", "--method", "full", "--dataset", "digits", "--out",
                  str(tmp_path / "full"), *common]) == 0
     ceiling = json.loads(capsys.readouterr().out)

@@ -244,6 +244,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"  after training:  {100 * after['accuracy_mean']:.2f}% ± "
           f"{100 * after['accuracy_std']:.2f} (loss {after['loss_mean']:.3f})")
     print("  per class:       " + " ".join(f"{100 * a:.1f}" for a in after["per_class_accuracy"]))
+    print(_spread_over_nets(after))
     if "attack_ratio_mean" in after:
         print(f"  attack: accuracy w.r.t. modified labels {100 * after['modified_accuracy_mean']:.2f}% "
               f"± {100 * after['modified_accuracy_std']:.2f}, class K predicted as T "
@@ -280,6 +281,14 @@ def _report_converge(result: dict, args: argparse.Namespace) -> None:
     print(f"  {result['dataset']} test set: {100 * after['accuracy_mean']:.2f}% ± "
           f"{100 * after['accuracy_std']:.2f} (loss {after['loss_mean']:.3f})")
     print("  per class:       " + " ".join(f"{100 * a:.1f}" for a in after["per_class_accuracy"]))
+    print(_spread_over_nets(after))
+
+
+def _spread_over_nets(after: dict) -> str:
+    """The worst, median and best net: one net far behind shows here, not in the mean."""
+    ranked = sorted(after["per_net_accuracy"])
+    return (f"  nets: worst {100 * ranked[0]:.2f}%, median {100 * ranked[len(ranked) // 2]:.2f}%, "
+            f"best {100 * ranked[-1]:.2f}%")
 
 
 def check_png_path(path: str) -> None:

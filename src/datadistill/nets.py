@@ -62,6 +62,7 @@ class EvalResult:
         return {"accuracy_mean": self.mean, "accuracy_std": self.std,
                 "loss_mean": float(self.losses.mean()), "loss_std": _std(self.losses),
                 "per_class_accuracy": self.class_accuracies.mean(0).tolist(),
+                "per_net_accuracy": self.accuracies.tolist(),  # outliers hide in the std
                 "nets": len(self.losses), **self.attack_metrics()}
 
     @staticmethod
