@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -286,9 +287,9 @@ def _report_converge(result: dict, args: argparse.Namespace) -> None:
 
 def _spread_over_nets(after: dict) -> str:
     """The worst, median and best net: one net far behind shows here, not in the mean."""
-    ranked = sorted(after["per_net_accuracy"])
-    return (f"  nets: worst {100 * ranked[0]:.2f}%, median {100 * ranked[len(ranked) // 2]:.2f}%, "
-            f"best {100 * ranked[-1]:.2f}%")
+    accuracies = after["per_net_accuracy"]
+    return (f"  nets: worst {100 * min(accuracies):.2f}%, median "
+            f"{100 * statistics.median(accuracies):.2f}%, best {100 * max(accuracies):.2f}%")
 
 
 def check_png_path(path: str) -> None:
