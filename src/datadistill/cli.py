@@ -244,8 +244,7 @@ def _evaluate(args: argparse.Namespace) -> None:
           f"{100 * before['accuracy_std']:.2f} (loss {before['loss_mean']:.3f})")
     print(f"  after training:  {100 * after['accuracy_mean']:.2f}% ± "
           f"{100 * after['accuracy_std']:.2f} (loss {after['loss_mean']:.3f})")
-    print("  per class:       " + " ".join(f"{100 * a:.1f}" for a in after["per_class_accuracy"]))
-    print(_spread_over_nets(after))
+    _print_spread(after)
     if "attack_ratio_mean" in after:
         print(f"  attack: accuracy w.r.t. modified labels {100 * after['modified_accuracy_mean']:.2f}% "
               f"± {100 * after['modified_accuracy_std']:.2f}, class K predicted as T "
@@ -281,15 +280,16 @@ def _report_converge(result: dict, args: argparse.Namespace) -> None:
           f"protocol: {settings['epochs']} epochs, lr {settings['lr']}, {augment}")
     print(f"  {result['dataset']} test set: {100 * after['accuracy_mean']:.2f}% ± "
           f"{100 * after['accuracy_std']:.2f} (loss {after['loss_mean']:.3f})")
+    _print_spread(after)
+
+
+def _print_spread(after: dict) -> None:
+    """Accuracy per class, and the worst, median and best net (one net far behind shows
+    there, not in the mean)."""
     print("  per class:       " + " ".join(f"{100 * a:.1f}" for a in after["per_class_accuracy"]))
-    print(_spread_over_nets(after))
-
-
-def _spread_over_nets(after: dict) -> str:
-    """The worst, median and best net: one net far behind shows here, not in the mean."""
     accuracies = after["per_net_accuracy"]
-    return (f"  nets: worst {100 * min(accuracies):.2f}%, median "
-            f"{100 * statistics.median(accuracies):.2f}%, best {100 * max(accuracies):.2f}%")
+    print(f"  nets: worst {100 * min(accuracies):.2f}%, median "
+          f"{100 * statistics.median(accuracies):.2f}%, best {100 * max(accuracies):.2f}%")
 
 
 def check_png_path(path: str) -> None:
