@@ -243,14 +243,18 @@ def test_backend_is_chosen_once_and_recorded(tiny_data):
         datadistill.distill(data=tiny_data, module=TinyConvNet(), backend="compiled", **TINY)
 
 
-def test_windowed_flat_set_with_minibatches_and_clipping_resumes_exactly(tmp_path, tiny_data):
+@pytest.mark.parametrize("lr_per_step", [True, False], ids=["lr-per-step", "one-lr"])
+def test_windowed_flat_set_with_minibatches_and_clipping_resumes_exactly(tmp_path, tiny_data,
+                                                                         lr_per_step):
     """A flat set (one batch of 6 images), 8 inner steps with momentum on minibatches of 4,
-    windows of 3 drawn anew each meta-iteration, clipping: an interrupted run resumes to the
-    same result."""
+    windows of 3 drawn anew each meta-iteration, clipping, one learned lr per step or one
+    for all: an interrupted run resumes to the same result."""
     settings = dict(TINY, steps=1, images_per_class=2, distill_epochs=8, minibatch=4, window=3,
-                    clip=1.5, labels="learned", momentum=0.5)
+                    clip=1.5, labels="learned", momentum=0.5, lr_per_step=lr_per_step)
     whole = datadistill.distill(data=tiny_data, module=TinyConvNet(), **settings)
     assert whole.images.shape == (1, 6, 1, 4, 4) and whole.lrs.shape == (8,)
+    assert whole.lrs.unique().numel() == (8 if lr_per_step else 1)
+    assert not torch.allclose(whole.lrs, torch.full((8,), 0.02))  # learned, not the start
     datadistill.distill(data=tiny_data, module=TinyConvNet(), out=tmp_path,
                         **{**settings, "epochs": 2})
     resumed = datadistill.distill(data=tiny_data, module=TinyConvNet(), out=tmp_path,

@@ -84,6 +84,30 @@ def test_backgrad_equals_full_autograd(make_module, keep_every, momentum):
     assert (gi_full - gi_bg).abs().max() < 1e-10
 
 
+@pytest.mark.parametrize("mode,momentum", [("full", 0.0), ("backgrad", 0.9)])
+def test_one_shared_lr_has_the_summed_gradient_and_that_of_finite_differences(mode, momentum):
+    """One learned lr for all T steps (``shared_lr_steps``): its gradient is the sum of the
+    per-step lrs' gradients at equal values, and matches float64 finite differences."""
+    fmodel, params, images, labels, raw_lrs, real_x, real_y = _problem(TinyConvNet())
+    _, _, per_step = _grads(fmodel, params, images, labels, raw_lrs, real_x, real_y, momentum,
+                            mode="full")
+
+    def shared(raw: float, **kwargs):
+        steps = DistilledSteps(images.clone().requires_grad_(), labels,
+                               torch.tensor([raw], dtype=torch.float64, requires_grad=True),
+                               momentum=momentum, shared_lr_steps=raw_lrs.numel())
+        loss = meta_gradient(fmodel, params, steps, real_x, real_y, **kwargs)
+        return loss.mean().item(), steps
+
+    _, steps = shared(-1.0, mode=mode, keep_every=2)
+    assert steps.num_steps == raw_lrs.numel() and steps.raw_lrs.grad.shape == (1,)
+    assert steps.lrs().tolist() == pytest.approx([F.softplus(torch.tensor(-1.0)).item()] * 4)
+    assert steps.raw_lrs.grad.item() == pytest.approx(per_step.sum().item(), rel=1e-9)
+    eps = 1e-6
+    numeric = (shared(-1.0 + eps)[0] - shared(-1.0 - eps)[0]) / (2 * eps)
+    assert numeric == pytest.approx(steps.raw_lrs.grad.item(), rel=1e-5)
+
+
 def test_user_module_is_left_untouched():
     module = TinyConvNet()
     before = copy.deepcopy(module.state_dict())

@@ -146,7 +146,8 @@ def _meta_gradients_both_ways(monkeypatch, fmodel, params, steps, real_x, real_y
     for choice, name in (("compiled", "compiled-lenet"), ("pytorch", "pytorch")):
         fresh = DistilledSteps(*(t.detach().clone().requires_grad_(t.is_floating_point())
                                  for t in (steps.images, steps.labels, steps.raw_lrs)),
-                               steps.order, steps.direct, steps.momentum)
+                               steps.order, steps.direct, steps.momentum,
+                               shared_lr_steps=steps.shared_lr_steps)
         backend = choose_meta_gradient(choice, fmodel, params, fresh, real_x, "backgrad",
                                        keep_every, 64)
         assert backend.name == name
@@ -228,6 +229,19 @@ def test_kernel_windowed_flat_set_equals_autograd(kernel, monkeypatch, minibatch
                                             real_x, real_y, 1, window=range(2, 5))
     _assert_same_gradients(fast, plain)
     assert fast[2][[0, 1, 5]].abs().max() == 0  # raw lrs outside the window
+
+
+@needs_compiler
+def test_kernel_with_one_shared_lr_equals_autograd(kernel, monkeypatch):
+    """One learned lr for all 6 steps (raw lrs (1,)), momentum, the window [1, 5)."""
+    fmodel, params = _nets((1, 28, 28), n=2, seed=11)
+    steps, real_x, real_y = _steps_and_real_batch((1, 28, 28), torch.arange(10).repeat(3, 1),
+                                                  seed=12)
+    steps.raw_lrs, steps.shared_lr_steps, steps.momentum = torch.tensor([-3.0]), 6, 0.9
+    fast, plain = _meta_gradients_both_ways(monkeypatch, fmodel, _reversed(params), steps,
+                                            real_x, real_y, 2, window=range(1, 5))
+    assert fast[2].shape == plain[2].shape == (1,)
+    _assert_same_gradients(fast, plain)
 
 
 @needs_compiler

@@ -57,6 +57,8 @@ class DistillConfig:
                                 "as the targets themselves, unconstrained, starting one-hot)",
                        ("fixed", "learned", "direct"))
     distill_lr: float = _opt(0.02, "initial value of every learned inner learning rate")
+    lr_per_step: bool = _opt(True, "one learned inner lr per inner step (the paper); "
+                                   "--no-lr-per-step: one learned lr for all steps (as RaT-BPTT)")
     image_init: str = _opt("noise", "starting images: standard-normal noise (the paper), "
                                     "random real training images, k-means centroids or herded "
                                     "real images of each slot's class",

@@ -33,9 +33,9 @@ from .runtime import generator, resolve_device
 from .state import DistilledSteps, new_steps, window_of
 from .tracking import Tracker, check_log_dir
 
-# settings that may change when a run is resumed; the others must match the checkpoint
 MAX_NONFINITE_IN_A_ROW = 5  # meta-iterations with a non-finite meta-loss before giving up
 INIT_BASELINE = {"real": "random"}  # --image-init names that differ from the baseline's
+# settings that may change when a run is resumed; the others must match the checkpoint
 RESUMABLE = {"epochs", "eval_every", "eval_nets", "stop_accuracy", "checkpoint_every", "progress",
              "device", "log_dir"}
 
@@ -108,7 +108,8 @@ def distill(
     steps = new_steps(images.to(device), layout.to(device), config.steps * config.distill_epochs,
                       config.distill_lr, data.num_classes, config.labels,
                       config.label_confidence, config.momentum,
-                      dsa_for(data.class_names, config.dsa_ops) if config.dsa else None)
+                      dsa_for(data.class_names, config.dsa_ops) if config.dsa else None,
+                      config.lr_per_step)
     optimizer = torch.optim.Adam(
         [{"params": [tensor], "lr": config.label_lr or config.lr} if name.startswith("label_")
          else {"params": [tensor]} for name, tensor in steps.learnable().items()],

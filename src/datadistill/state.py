@@ -27,6 +27,8 @@ def inverse_softplus(value: float) -> float:
 class DistilledSteps:
     """Images (S, n, C, H, W), labels, raw lrs (T,); step t uses batch ``t % S``.
 
+    With ``shared_lr_steps`` T set, raw lrs is (1,): one learned lr for all T steps.
+
     Labels are either fixed class indices (S, n) (int64, the paper) or learnable (S, n, K)
     (float): label logits whose softmax is each image's soft target, or with ``direct`` the
     targets themselves (any real values; the cross-entropy -Σ_k y_k log p_k). With ``order``
@@ -42,10 +44,15 @@ class DistilledSteps:
     momentum: float = 0.0  # the inner steps' heavy-ball momentum β (0: plain GD, the paper)
     augment: DSA | None = None  # DSA of each step's images, differentiable (None: none)
     augment_seed: int = 0  # step t draws its augmentation from seed + t (``draw_augmentation``)
+    shared_lr_steps: int = 0  # T when one raw lr (1,) serves every step; 0: one lr per step
 
     @property
     def num_steps(self) -> int:
-        return self.raw_lrs.shape[0]
+        return self.shared_lr_steps or self.raw_lrs.shape[0]
+
+    def lr_index(self, t: int) -> int:
+        """The entry of ``raw_lrs`` that step t uses."""
+        return 0 if self.shared_lr_steps else t
 
     @property
     def num_batches(self) -> int:
@@ -78,7 +85,7 @@ class DistilledSteps:
 
     def lrs(self) -> Tensor:
         """Every step's learning rate (T,), differentiable w.r.t. the raw lrs."""
-        return F.softplus(self.raw_lrs)
+        return F.softplus(self.raw_lrs).expand(self.num_steps).contiguous()
 
     def picked(self, t: int) -> Tensor | None:
         """The indices of step t's minibatch within its batch, or None (the whole batch)."""
@@ -93,7 +100,7 @@ class DistilledSteps:
         if self.augment is not None:  # the same draw each time step t is run or recomputed
             draws = torch.Generator().manual_seed(self.augment_seed + t)
             images = self.augment(images.unsqueeze(0), draws).squeeze(0)
-        return images, targets, F.softplus(self.raw_lrs[t])
+        return images, targets, F.softplus(self.raw_lrs[self.lr_index(t)])
 
     def draw_augmentation(self, generator: torch.Generator) -> None:
         """A new augmentation for every step, drawn once per meta-iteration."""
@@ -130,9 +137,10 @@ LABELS = ("fixed", "learned", "direct")
 
 def new_steps(images: Tensor, labels: Tensor, num_steps: int, lr: float, num_classes: int,
               kind: str = "fixed", label_confidence: float = 0.9,
-              momentum: float = 0.0, augment: DSA | None = None) -> DistilledSteps:
-    """Learnable steps from starting images and class labels, every lr at ``lr``; labels of
-    a ``kind`` in ``LABELS``. Learned labels start as logits whose softmax gives each image's
+              momentum: float = 0.0, augment: DSA | None = None,
+              lr_per_step: bool = True) -> DistilledSteps:
+    """Learnable steps from starting images and class labels, every lr at ``lr`` (one lr
+    per step, or one shared by all unless ``lr_per_step``); labels of a ``kind`` in ``LABELS``. Learned labels start as logits whose softmax gives each image's
     class ``label_confidence`` and spreads the rest evenly over the other classes; direct
     labels start one-hot. ``momentum``: the inner steps' heavy-ball β; ``augment``: DSA of
     each step's images."""
@@ -142,7 +150,7 @@ def new_steps(images: Tensor, labels: Tensor, num_steps: int, lr: float, num_cla
         scale = 1.0 if kind == "direct" else math.log(
             label_confidence * (num_classes - 1) / (1 - label_confidence))
         labels = (scale * one_hot).requires_grad_()
-    raw_lrs = torch.full((num_steps,), inverse_softplus(lr), dtype=images.dtype,
-                         device=images.device, requires_grad=True)
+    raw_lrs = torch.full((num_steps if lr_per_step else 1,), inverse_softplus(lr),
+                         dtype=images.dtype, device=images.device, requires_grad=True)
     return DistilledSteps(images, labels, raw_lrs, direct=kind == "direct", momentum=momentum,
-                          augment=augment)
+                          augment=augment, shared_lr_steps=0 if lr_per_step else num_steps)

@@ -248,7 +248,7 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
     targets = [steps.targets(s).detach() for s in range(steps.num_batches)]
     whole = [net.batch(x.detach(), q) for x, q in zip(steps.images, targets)]
     raw_lrs = steps.raw_lrs.detach()
-    lrs = F.softplus(raw_lrs).tolist()
+    lrs = steps.lrs().detach().tolist()
 
     def batch(t: int) -> _Batch:
         s, picked = steps.batch_of(t), steps.picked(t)
@@ -287,7 +287,7 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
         slopes, hvp, r_dx, r_logits = net.hessian_vector(theta_t, current, 1.0 / current.size,
                                                          direction, logits=target_grad is not None)
         lr_slope = slopes.sum() if h is None else (g * after[1]).sum()
-        grads["raw_lrs"][t] = -lr_slope * sigmoid[t]
+        grads["raw_lrs"][steps.lr_index(t)] -= lr_slope * sigmoid[steps.lr_index(t)]
         _add_at(grads["images"][s], picked, weight * net.crop(r_dx))
         if target_grad is not None:
             _add_at(target_grad[s], picked, -weight * (1.0 / current.size) * r_logits)
