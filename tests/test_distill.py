@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import datadistill
 from datadistill.augment import DSA
@@ -134,9 +135,39 @@ def test_a_meta_iteration_with_a_non_finite_loss_is_skipped_and_the_run_goes_on(
     assert torch.isfinite(result.images).all()
 
 
+def test_ema_saves_the_moving_average_of_the_iterates(tiny_data):
+    """One meta-iteration (the whole training set in one batch): the average with decay β is
+    β × the start + (1 − β) × the one Adam step, for every learnable tensor."""
+    one = dict(TINY, epochs=1, batch_size=10**6, labels="learned")
+    stepped = datadistill.distill(data=tiny_data, **one)
+    start = datadistill.distill(data=tiny_data, **{**one, "lr": 1e-30, "label_lr": 1e-30})
+    averaged = datadistill.distill(data=tiny_data, ema=0.75, **one)
+    assert not torch.allclose(stepped.images, start.images)
+    torch.testing.assert_close(averaged.images, 0.75 * start.images + 0.25 * stepped.images)
+    raw = [torch.log(torch.expm1(r.lrs)) for r in (start, stepped)]  # lrs pass a softplus
+    torch.testing.assert_close(averaged.lrs, F.softplus(0.75 * raw[0] + 0.25 * raw[1]))
+    assert not torch.allclose(stepped.labels, start.labels)  # label logits, through a softmax
+    logits = [torch.log(r.labels) for r in (start, stepped)]
+    torch.testing.assert_close(averaged.labels,
+                               torch.softmax(0.75 * logits[0] + 0.25 * logits[1], -1))
+
+
+def test_ema_run_resumes_exactly(tmp_path, tiny_data):
+    settings = dict(TINY, ema=0.9)
+    whole = datadistill.distill(data=tiny_data, **settings)
+    datadistill.distill(data=tiny_data, out=tmp_path, **{**settings, "epochs": 2})
+    resumed = datadistill.distill(data=tiny_data, out=tmp_path, resume=True, epochs=4,
+                                  progress=False)
+    assert torch.equal(whole.images, resumed.images) and torch.equal(whole.lrs, resumed.lrs)
+    plain = datadistill.distill(data=tiny_data, **TINY)
+    assert not torch.allclose(whole.images, plain.images)
+
+
 def test_bad_settings_are_one_line_errors(tiny_data):
     with pytest.raises(DistillError, match="--steps must be at least 1"):
         datadistill.distill(data=tiny_data, **{**TINY, "steps": 0})
+    with pytest.raises(DistillError, match=r"--ema must lie in \[0, 1\)"):
+        datadistill.distill(data=tiny_data, **{**TINY, "ema": 1.0})
     with pytest.raises(DistillError, match="--init must be one of"):
         datadistill.distill(data=tiny_data, **{**TINY, "init": "pretrained"})
     with pytest.raises(DistillError, match="--backgrad-keep-every must be 0"):

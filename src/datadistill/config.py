@@ -89,6 +89,9 @@ class DistillConfig:
                             "cutout,flip,scale,rotate; no flip for digits)")
     clip: float = _opt(0.0, "clip the meta-gradient's norm to this multiple of its running "
                             "mean (0: no clipping)")
+    ema: float = _opt(0.0, "evaluate and save an exponential moving average of the distilled "
+                           "tensors over the meta-iterations, with this decay (e.g. 0.99); "
+                           "0: the last iterate")
     backend: str = _opt("auto", "where the meta-gradient runs: auto (the compiled LeNet kernel "
                                 "where it applies: LeNet, float32, CPU; else PyTorch), pytorch, "
                                 "compiled", ("auto", "pytorch", "compiled"))
@@ -128,6 +131,8 @@ class DistillConfig:
             raise DistillError(f"--momentum must lie in [0, 1), got {self.momentum}")
         if self.clip < 0:
             raise DistillError(f"--clip must be 0 (off) or positive, got {self.clip}")
+        if not 0 <= self.ema < 1:
+            raise DistillError(f"--ema must lie in [0, 1) (0: off), got {self.ema}")
         if self.dsa_ops and not self.dsa:
             raise DistillError("--dsa-ops chooses the operations of --dsa; add --dsa (or drop "
                                "them with --dsa-ops '')")

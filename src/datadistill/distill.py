@@ -124,9 +124,15 @@ def distill(
     n_train = data.train_images.shape[0]
     per_epoch = math.ceil(n_train / config.batch_size)
     first_epoch, history, elapsed_before, clip_mean = 0, [], 0.0, 0.0
+    # --ema: the running average of the learnable tensors, evaluated and saved in their place
+    averages = {k: v.detach().clone() for k, v in steps.learnable().items()} if config.ema else {}
+
+    def kept() -> DistilledSteps:
+        return steps.with_tensors(averages) if averages else steps
+
     if checkpoint is not None:
         first_epoch, history, elapsed_before, clip_mean = _restore(
-            checkpoint, steps, optimizer, scheduler, data_gen, init_gen)
+            checkpoint, steps, averages, optimizer, scheduler, data_gen, init_gen)
     tracker = Tracker(config.log_dir, data, steps, first_epoch * per_epoch)  # --log-dir
 
     # ---- the outer loop (until --epochs, or the first evaluation at --stop-accuracy)
@@ -170,6 +176,9 @@ def distill(
             if config.clip:
                 clip_mean = clip_gradient(steps, config.clip, clip_mean)
             optimizer.step()
+            with torch.no_grad():
+                for name, tensor in steps.learnable().items() if averages else ():
+                    averages[name].lerp_(tensor, 1 - config.ema)
             bar.update()
             bar.set_postfix(epoch=epoch + 1, meta_loss=f"{meta_loss:.4f}")
             tracker.iteration(epoch * per_epoch + it + 1, meta_loss, steps)
@@ -178,7 +187,7 @@ def distill(
         done, latest = epoch + 1, None
         if config.eval_every and done % config.eval_every == 0:
             eval_start = time.perf_counter()
-            latest = _evaluate(fmodel, eval_dist, steps, data, config)
+            latest = _evaluate(fmodel, eval_dist, kept(), data, config)
             history.append({"epoch": done, "iterations": done * per_epoch,
                             "elapsed_s": elapsed_before + eval_start - start_time,
                             "evaluation_s": time.perf_counter() - eval_start, **latest.summary()})
@@ -192,7 +201,7 @@ def distill(
         if out is not None and world.is_main and checkpoint_due:
             _write_checkpoint(Path(out), config, done, history,
                               elapsed_before + time.perf_counter() - start_time, clip_mean,
-                              steps, optimizer, scheduler, data_gen, init_gen)
+                              steps, averages, optimizer, scheduler, data_gen, init_gen)
         if reached:
             if world.is_main:
                 bar.write(f"stopping after epoch {done}: reached --stop-accuracy "
@@ -205,6 +214,7 @@ def distill(
     metrics: dict[str, Any] = {"history": history, "epochs_run": done}
     if skipped:  # counted since this process started (a resume counts afresh)
         metrics["nonfinite_iterations_skipped"] = skipped
+    steps = kept()  # --ema: the averaged tensors are what the run made
     result = Distilled(
         images=steps.images.detach().cpu(), labels=steps.all_targets().cpu(),
         lrs=steps.lrs().detach().cpu(),
@@ -318,10 +328,11 @@ def _meta(config: DistillConfig, data: Dataset, module: nn.Module, custom: bool,
 # --------------------------------------------------------------------------- checkpoints
 def _write_checkpoint(out: Path, config: DistillConfig, epoch: int, history: list,
                       elapsed: float, clip_mean: float, steps: DistilledSteps,
-                      optimizer: torch.optim.Optimizer, scheduler: Any,
-                      data_gen: torch.Generator, init_gen: torch.Generator) -> None:
+                      averages: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                      scheduler: Any, data_gen: torch.Generator, init_gen: torch.Generator) -> None:
     """Everything needed to continue exactly where this epoch ended, in one atomic file."""
-    tensors = {**steps.learnable(), "rng.data": data_gen.get_state(), "rng.init": init_gen.get_state(),
+    tensors = {**steps.learnable(), **{f"ema.{k}": v for k, v in averages.items()},
+               "rng.data": data_gen.get_state(), "rng.init": init_gen.get_state(),
                "rng.torch": torch.get_rng_state()}
     opt_state = optimizer.state_dict()
     for index, state in opt_state["state"].items():
@@ -344,12 +355,15 @@ def _read_checkpoint(out: Path, config: DistillConfig, settings: dict[str, Any])
     return (tensors, info), resumed
 
 
-def _restore(checkpoint, steps: DistilledSteps, optimizer: torch.optim.Optimizer,
-             scheduler: Any, data_gen: torch.Generator, init_gen: torch.Generator):
+def _restore(checkpoint, steps: DistilledSteps, averages: dict[str, torch.Tensor],
+             optimizer: torch.optim.Optimizer, scheduler: Any, data_gen: torch.Generator,
+             init_gen: torch.Generator):
     tensors, info = checkpoint
     with torch.no_grad():
         for name, tensor in steps.learnable().items():
             tensor.copy_(tensors[name])
+        for name, average in averages.items():
+            average.copy_(tensors[f"ema.{name}"])
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("adam."):

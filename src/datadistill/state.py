@@ -9,7 +9,7 @@ The optimiser, the all-reduce and the checkpoint iterate over ``learnable()``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +68,11 @@ class DistilledSteps:
         if self.learns_labels:
             tensors["label_targets" if self.direct else "label_logits"] = self.labels
         return tensors
+
+    def with_tensors(self, tensors: dict[str, Tensor]) -> DistilledSteps:
+        """These steps with other values of the learnable tensors (``learnable()``'s names)."""
+        labels = tensors.get("label_targets", tensors.get("label_logits", self.labels))
+        return replace(self, images=tensors["images"], labels=labels, raw_lrs=tensors["raw_lrs"])
 
     def batch_of(self, t: int) -> int:
         return t % self.num_batches
