@@ -144,6 +144,7 @@ def test_ema_saves_the_moving_average_of_the_iterates(tiny_data):
     averaged = datadistill.distill(data=tiny_data, ema=0.75, **one)
     assert not torch.allclose(stepped.images, start.images)
     torch.testing.assert_close(averaged.images, 0.75 * start.images + 0.25 * stepped.images)
+    assert not torch.allclose(stepped.lrs, start.lrs)
     raw = [torch.log(torch.expm1(r.lrs)) for r in (start, stepped)]  # lrs pass a softplus
     torch.testing.assert_close(averaged.lrs, F.softplus(0.75 * raw[0] + 0.25 * raw[1]))
     assert not torch.allclose(stepped.labels, start.labels)  # label logits, through a softmax

@@ -58,6 +58,16 @@ def test_log_dir_has_scalars_and_images(tmp_path):
     assert images[0].encoded_image_string.startswith(b"\x89PNG")
 
 
+def test_one_shared_lr_is_logged_once(tmp_path):
+    log_dir = tmp_path / "tb"
+    result = datadistill.distill(**{**TINY, "distill_epochs": 3, "epochs": 1},
+                                 lr_per_step=False, log_dir=str(log_dir))
+    scalars = set(_events(log_dir).Tags()["scalars"])
+    assert "lr/t01" in scalars and "lr/t02" not in scalars
+    last = _events(log_dir).Scalars("lr/t01")[-1].value
+    assert result.lrs.tolist() == pytest.approx([last] * 3, rel=1e-5)
+
+
 def test_resume_appends_and_a_fresh_run_replaces(tmp_path):
     log_dir, out = str(tmp_path / "tb"), str(tmp_path / "run")
     settings = {**TINY, "epochs": 1, "eval_every": 0}

@@ -90,8 +90,8 @@ class DistillConfig:
     clip: float = _opt(0.0, "clip the meta-gradient's norm to this multiple of its running "
                             "mean (0: no clipping)")
     ema: float = _opt(0.0, "evaluate and save an exponential moving average of the distilled "
-                           "tensors over the meta-iterations, with this decay (e.g. 0.99); "
-                           "0: the last iterate")
+                           "tensors over the meta-iterations, from their start, with this "
+                           "decay (e.g. 0.99); 0: the last iterate")
     backend: str = _opt("auto", "where the meta-gradient runs: auto (the compiled LeNet kernel "
                                 "where it applies: LeNet, float32, CPU; else PyTorch), pytorch, "
                                 "compiled", ("auto", "pytorch", "compiled"))

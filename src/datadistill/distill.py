@@ -176,9 +176,8 @@ def distill(
             if config.clip:
                 clip_mean = clip_gradient(steps, config.clip, clip_mean)
             optimizer.step()
-            with torch.no_grad():
-                for name, tensor in steps.learnable().items() if averages else ():
-                    averages[name].lerp_(tensor, 1 - config.ema)
+            if averages:
+                _update_averages(averages, steps, config.ema)
             bar.update()
             bar.set_postfix(epoch=epoch + 1, meta_loss=f"{meta_loss:.4f}")
             tracker.iteration(epoch * per_epoch + it + 1, meta_loss, steps)
@@ -193,7 +192,7 @@ def distill(
                             "evaluation_s": time.perf_counter() - eval_start, **latest.summary()})
             if world.is_main:
                 bar.write(f"epoch {done}: {latest}")
-        tracker.epoch(done * per_epoch, steps, latest)
+        tracker.epoch(done * per_epoch, kept(), latest)  # the grid of what is evaluated
         reached = (latest is not None and config.stop_accuracy > 0
                    and latest.mean >= config.stop_accuracy)
         checkpoint_due = (done % config.checkpoint_every == 0 or done == config.epochs
@@ -214,10 +213,10 @@ def distill(
     metrics: dict[str, Any] = {"history": history, "epochs_run": done}
     if skipped:  # counted since this process started (a resume counts afresh)
         metrics["nonfinite_iterations_skipped"] = skipped
-    steps = kept()  # --ema: the averaged tensors are what the run made
+    made = kept()  # with --ema, the averaged tensors
     result = Distilled(
-        images=steps.images.detach().cpu(), labels=steps.all_targets().cpu(),
-        lrs=steps.lrs().detach().cpu(),
+        images=made.images.detach().cpu(), labels=made.all_targets().cpu(),
+        lrs=made.lrs().detach().cpu(),
         init=fixed_params, meta=_meta(config, data, module, custom_module, metrics,
                                       backend=backend.name))
     writes = out is not None and world.is_main
@@ -229,15 +228,23 @@ def distill(
 
     save()
     after_saving(metrics, "final", lambda: (
-        latest or _evaluate(fmodel, eval_dist, steps, data, config)).summary())
+        latest or _evaluate(fmodel, eval_dist, made, data, config)).summary())
     after_saving(metrics, "random_real",
-                  lambda: _random_real(fmodel, eval_dist, steps, data, config))
+                  lambda: _random_real(fmodel, eval_dist, made, data, config))
     if writes:
         from .plots import save_picture
 
         after_saving(metrics, "picture", lambda: save_picture(result, data, out).name)
     save()
     return result
+
+
+def _update_averages(averages: dict[str, torch.Tensor], steps: DistilledSteps,
+                     decay: float) -> None:
+    """--ema: average ← decay × average + (1 − decay) × the learnable tensor, each."""
+    with torch.no_grad():
+        for name, tensor in steps.learnable().items():
+            averages[name].lerp_(tensor, 1 - decay)
 
 
 def clip_gradient(steps: DistilledSteps, factor: float, running_mean: float) -> float:

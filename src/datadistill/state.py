@@ -145,9 +145,10 @@ def new_steps(images: Tensor, labels: Tensor, num_steps: int, lr: float, num_cla
               momentum: float = 0.0, augment: DSA | None = None,
               lr_per_step: bool = True) -> DistilledSteps:
     """Learnable steps from starting images and class labels, every lr at ``lr`` (one lr
-    per step, or one shared by all unless ``lr_per_step``); labels of a ``kind`` in ``LABELS``. Learned labels start as logits whose softmax gives each image's
-    class ``label_confidence`` and spreads the rest evenly over the other classes; direct
-    labels start one-hot. ``momentum``: the inner steps' heavy-ball β; ``augment``: DSA of
+    per step, or one shared by all unless ``lr_per_step``); labels of a ``kind`` in
+    ``LABELS``. Learned labels start as logits whose softmax gives each image's class
+    ``label_confidence`` and spreads the rest evenly over the other classes; direct labels
+    start one-hot. ``momentum``: the inner steps' heavy-ball β; ``augment``: DSA of
     each step's images."""
     images = images.detach().clone().requires_grad_()
     if kind != "fixed":

@@ -75,8 +75,8 @@ class Tracker:
             add("lr/mean", float(lrs.mean()), iteration)
             add("lr/min", float(lrs.min()), iteration)
             add("lr/max", float(lrs.max()), iteration)
-            if lrs.numel() <= FEW_LRS:
-                for t, lr in enumerate(lrs.tolist()):
+            if steps.raw_lrs.numel() <= FEW_LRS:  # one curve for one lr shared by all steps
+                for t, lr in enumerate(lrs[:steps.raw_lrs.numel()].tolist()):
                     add(f"lr/t{t + 1:02d}", lr, iteration)
             norms = {name: float(tensor.grad.norm()) for name, tensor in steps.learnable().items()
                      if tensor.grad is not None}

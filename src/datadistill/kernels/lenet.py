@@ -244,7 +244,8 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
     dq_t = lr_t scale (R_g{z_t} - <p_t, R_g{z_t}>) (the targets' gradient, z_t the logits, p_t
     their softmax; then through the label softmax unless direct), g <- g - lr_t H_t g.
     With momentum β (state (θ, v), h = dL/dv) the direction is u = h - lr_t g instead of
-    -lr_t g: dlr_t = -<g, v_{t+1}>, dx_t = R_u{∇_x ℓ_t}, g <- g + H_t u, h <- β u."""
+    -lr_t g: dlr_t = -<g, v_{t+1}>, dx_t = R_u{∇_x ℓ_t}, g <- g + H_t u, h <- β u.
+    One lr shared by all steps gets the sum of the dlr_t."""
     targets = [steps.targets(s).detach() for s in range(steps.num_batches)]
     whole = [net.batch(x.detach(), q) for x, q in zip(steps.images, targets)]
     raw_lrs = steps.raw_lrs.detach()
