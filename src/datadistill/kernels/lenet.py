@@ -288,7 +288,8 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
         slopes, hvp, r_dx, r_logits = net.hessian_vector(theta_t, current, 1.0 / current.size,
                                                          direction, logits=target_grad is not None)
         lr_slope = slopes.sum() if h is None else (g * after[1]).sum()
-        grads["raw_lrs"][steps.lr_index(t)] -= lr_slope * sigmoid[steps.lr_index(t)]
+        index = steps.lr_index(t)
+        grads["raw_lrs"][index] -= lr_slope * sigmoid[index]
         _add_at(grads["images"][s], picked, weight * net.crop(r_dx))
         if target_grad is not None:
             _add_at(target_grad[s], picked, -weight * (1.0 / current.size) * r_logits)
