@@ -154,13 +154,15 @@ def test_ema_saves_the_moving_average_of_the_iterates(tiny_data):
 
 
 def test_ema_run_resumes_exactly(tmp_path, tiny_data):
+    """Also for a user's own module."""
     settings = dict(TINY, ema=0.9)
-    whole = datadistill.distill(data=tiny_data, **settings)
-    datadistill.distill(data=tiny_data, out=tmp_path, **{**settings, "epochs": 2})
-    resumed = datadistill.distill(data=tiny_data, out=tmp_path, resume=True, epochs=4,
-                                  progress=False)
+    whole = datadistill.distill(data=tiny_data, module=TinyConvNet(), **settings)
+    datadistill.distill(data=tiny_data, module=TinyConvNet(), out=tmp_path,
+                        **{**settings, "epochs": 2})
+    resumed = datadistill.distill(data=tiny_data, module=TinyConvNet(), out=tmp_path,
+                                  resume=True, epochs=4, progress=False)
     assert torch.equal(whole.images, resumed.images) and torch.equal(whole.lrs, resumed.lrs)
-    plain = datadistill.distill(data=tiny_data, **TINY)
+    plain = datadistill.distill(data=tiny_data, module=TinyConvNet(), **TINY)
     assert not torch.allclose(whole.images, plain.images)
 
 

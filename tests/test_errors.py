@@ -109,6 +109,8 @@ BAD_INPUTS = [
     (["distill", "--out", "OUT", *QUICK, "--momentum", "1"], "--momentum must lie in [0, 1)"),
     (["distill", "--out", "OUT", *QUICK, "--window", "-3"], "--window must be 0"),
     (["distill", "--out", "OUT", *QUICK, "--clip", "-1"], "--clip must be 0"),
+    (["distill", "--out", "OUT", *QUICK, "--ema", "1"], "--ema must lie in [0, 1)"),
+    (["distill", "--out", "OUT", *QUICK, "--ema", "-0.5"], "--ema must lie in [0, 1)"),
     (["distill", "--out", "OUT", *QUICK, "--dsa-ops", "crop"], "--dsa-ops chooses"),
     (["distill", "--out", "OUT", *QUICK, "--dsa", "--dsa-ops", "crop,mirror"],
      "unknown DSA operation mirror"),
