@@ -91,8 +91,8 @@ def test_converge_benchmark_evaluators_do_the_same_work():
     plain = bench_converge.straightforward(
         module, [{k: v[i] for k, v in stacked.items()} for i in range(2)], images, labels,
         test_x, data.test_labels, settings, None, 0)
-    ours, _ = evaluate_converged(FunctionalModel(module), bench_converge._InOrder(stacked),
-                                 images, labels, test_x, data.test_labels, 2, settings, None,
-                                 torch.Generator().manual_seed(0))
+    ours = evaluate_converged(FunctionalModel(module), bench_converge._InOrder(stacked),
+                              images, labels, test_x, data.test_labels, 2, settings, None,
+                              torch.Generator().manual_seed(0)).result
     assert torch.equal(plain.double(), ours.accuracies.double())
     assert plain.min() > 0.5  # they learned something

@@ -53,12 +53,14 @@ def test_a_set_trained_to_convergence_classifies_with_and_without_dsa():
     picks = torch.cat([(data.train_labels == c).nonzero()[:2, 0] for c in range(3)])
     curve = Curve()
     for augment in (None, DSA(("crop", "scale", "rotate"))):
-        result, curve = evaluate_converged(
+        converged = evaluate_converged(
             FunctionalModel(module), RandomInit(module, "default"), data.train_images[picks],
             data.train_labels[picks], data.test_images, data.test_labels, nets=2,
             settings=ConvergeSettings(epochs=60, lr=0.05, test_every=20), augment=augment,
             generator=torch.Generator().manual_seed(0))
+        result, curve = converged.result, converged.curve
         assert result.mean > 0.9 and len(result.accuracies) == 2
+        assert converged.runner == "fused-convnet"  # a ConvNet on the CPU, one net at a time
     assert curve.test_epochs == [20, 40, 60] and len(curve.train_loss) == 60
     assert curve.train_loss[-1] < curve.train_loss[0]
 

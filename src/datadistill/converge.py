@@ -3,7 +3,9 @@
 The recipe of DC, DSA, DM and MTT: minibatch SGD with momentum 0.9 and weight decay 5e-4,
 lr 0.01 multiplied by 0.1 halfway, 1000 epochs, minibatches of 256, DSA augmentation of the
 set's images; each net then tested on the full test set. N nets train at once on stacked
-parameters (``torch.func.vmap``), each on its own minibatch order and augmentation.
+parameters (``torch.func.vmap``), each on its own minibatch order and augmentation. On the CPU
+a ConvNet trains one net at a time through its fused norm-ReLU-pool kernel
+(``kernels.normpool``), in micro-batches that stay in the cache.
 """
 from __future__ import annotations
 
@@ -18,7 +20,12 @@ from .augment import DSA
 from .errors import DistillError
 from .functional import FunctionalModel, Params
 from .init_distributions import InitDistribution, PooledInit
+from .kernels.normpool import fused_convnet
 from .nets import EvalResult, test_nets
+
+# images per forward/backward and per test chunk on the fused ConvNet path: a 32-channel
+# 32 x 32 activation of 64 images (8 MiB) stays in the cache (benchmarks/bench_converge.py)
+FUSED_MICROBATCH = FUSED_TEST_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -69,11 +76,14 @@ class Curve:
 def train_to_convergence(
     fmodel: FunctionalModel, params: Params, images: Tensor, targets: Tensor,
     settings: ConvergeSettings, augment: DSA | None, generator: torch.Generator,
-    test: tuple[Tensor, Tensor] | None = None, curve: Curve | None = None,
+    test: tuple[Tensor, Tensor] | None = None, curve: Curve | None = None, microbatch: int = 0,
+    test_chunk: int = 512,
 ) -> Params:
     """Train N stacked nets on the flat set ``images`` (M, C, H, W) with ``targets`` (class
     indices (M,) or probabilities (M, K)); every net draws its own minibatches and
-    augmentations from ``generator``. Returns the trained parameters (no graph)."""
+    augmentations from ``generator``. A minibatch's gradient is summed over forward/backward
+    passes of ``microbatch`` images (0: one pass), the same gradient for a module without batch
+    statistics. Returns the trained parameters (no graph)."""
     n, m = next(iter(params.values())).shape[0], images.shape[0]
     leaves = [p.detach().clone().requires_grad_() for p in params.values()]
     trained = dict(zip(params, leaves))
@@ -92,34 +102,75 @@ def train_to_convergence(
                 x = augment(x, generator)
             if settings.channels_last:
                 x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)
-            with torch.enable_grad():
-                logits = fmodel.logits_each(trained, x, train=True)  # (N, b, K)
-                losses = F.cross_entropy(logits.flatten(0, 1), targets[pick].flatten(0, 1),
-                                         reduction="none").view(n, -1).mean(1)
-                optimiser.zero_grad(set_to_none=True)
-                losses.sum().backward()  # each net's gradient is that of its own mean loss
+            optimiser.zero_grad(set_to_none=True)
+            losses = _accumulate_gradients(fmodel, trained, x, targets[pick], microbatch)
             optimiser.step()
-            epoch_loss += float(losses.detach().mean()) * pick.shape[1] / m
+            epoch_loss += float(losses.mean()) * pick.shape[1] / m
         if curve is not None:
             curve.train_loss.append(epoch_loss)
             done = epoch + 1
             if test is not None and settings.test_every and done % settings.test_every == 0 \
                     and done < settings.epochs:
-                result = test_nets(fmodel, _detached(trained), *test)
+                result = test_nets(fmodel, _detached(trained), *test, test_chunk)
                 curve.test_epochs.append(done)
                 curve.test_accuracy.append(result.mean)
     return _detached(trained)
+
+
+def _accumulate_gradients(fmodel: FunctionalModel, params: Params, x: Tensor, targets: Tensor,
+                          microbatch: int) -> Tensor:
+    """Each of the N nets' mean loss on its minibatch ``x`` (N, b, ...) (shape (N,)); its
+    gradient is accumulated into ``params``' ``.grad``, ``microbatch`` images at a time."""
+    n, b = x.shape[:2]
+    losses = x.new_zeros(n)
+    for start in range(0, b, microbatch or b):
+        part = slice(start, start + (microbatch or b))
+        with torch.enable_grad():
+            logits = fmodel.logits_each(params, x[:, part], train=True)  # (N, part, K)
+            summed = F.cross_entropy(logits.flatten(0, 1), targets[:, part].flatten(0, 1),
+                                     reduction="none").view(n, -1).sum(1)
+            (summed.sum() / b).backward()  # each net's gradient is that of its own mean loss
+        losses += summed.detach() / b
+    return losses
 
 
 def _detached(params: Params) -> Params:
     return {k: v.detach() for k, v in params.items()}
 
 
+@dataclass(frozen=True)
+class Runner:
+    """How the held-out nets run: the module (or its fused copy), images per forward/backward
+    pass (0: the whole minibatch) and per test chunk; ``name`` goes into the report."""
+
+    name: str
+    fmodel: FunctionalModel
+    microbatch: int = 0
+    test_chunk: int = 512
+
+
+def runner_for(fmodel: FunctionalModel, device: torch.device, nets_per_batch: int) -> Runner:
+    """The fused ConvNet where its kernel runs (the CPU, one net at a time), else the module."""
+    fused = fused_convnet(fmodel.module) if device.type == "cpu" and nets_per_batch == 1 else None
+    if fused is None:
+        return Runner("pytorch", fmodel)
+    return Runner("fused-convnet", FunctionalModel(fused), FUSED_MICROBATCH, FUSED_TEST_CHUNK)
+
+
+@dataclass(frozen=True)
+class Converged:
+    """The nets' test results, their mean learning curve and the runner's name."""
+
+    result: EvalResult
+    curve: Curve
+    runner: str
+
+
 def evaluate_converged(
     fmodel: FunctionalModel, init: InitDistribution, images: Tensor, targets: Tensor,
     test_images: Tensor, test_labels: Tensor, nets: int, settings: ConvergeSettings,
     augment: DSA | None, generator: torch.Generator,
-) -> tuple[EvalResult, Curve]:
+) -> Converged:
     """``nets`` fresh nets from ``init`` trained to convergence on the flat set and tested;
     the learning curve averages over the nets of all groups."""
     settings.check()
@@ -128,18 +179,20 @@ def evaluate_converged(
     parts, curves = [], []
     # batching convs over nets pays on CUDA, not on the CPU (benchmarks/bench_converge.py)
     per_batch = settings.nets_per_batch or (10 if images.device.type == "cuda" else 1)
+    runner = runner_for(fmodel, images.device, per_batch)
     for start in range(0, nets, per_batch):
         n = min(per_batch, nets - start)
         drawn = init.take(start, n) if isinstance(init, PooledInit) else init.sample(n, generator)
         params = {k: v.to(images.device) for k, v in drawn.items()}
         curve = Curve()
-        trained = train_to_convergence(fmodel, params, images, targets, settings, augment,
-                                       generator, (test_images, test_labels), curve)
-        parts.append(test_nets(fmodel, trained, test_images, test_labels))
+        trained = train_to_convergence(runner.fmodel, params, images, targets, settings, augment,
+                                       generator, (test_images, test_labels), curve,
+                                       runner.microbatch, runner.test_chunk)
+        parts.append(test_nets(runner.fmodel, trained, test_images, test_labels, runner.test_chunk))
         curve.test_epochs.append(settings.epochs)
         curve.test_accuracy.append(parts[-1].mean)
         curves.append((n, curve))
-    return EvalResult.cat(parts), _weighted(curves)
+    return Converged(EvalResult.cat(parts), _weighted(curves), runner.name)
 
 
 def _weighted(curves: list[tuple[int, Curve]]) -> Curve:

@@ -282,10 +282,10 @@ def converge_report(data: Dataset, fmodel: FunctionalModel, init: InitDistributi
     """Nets trained to convergence on the flat set ``images`` and tested: the report."""
     augment = dsa_for(data.class_names, dsa_ops) if dsa else None
     dev = data.test_images.device
-    result, curve = evaluate_converged(fmodel, init, images.to(dev), labels.to(dev),
-                                       data.test_images, data.test_labels, nets, settings,
-                                       augment, generator(seed, "converge"))
+    converged = evaluate_converged(fmodel, init, images.to(dev), labels.to(dev),
+                                   data.test_images, data.test_labels, nets, settings, augment,
+                                   generator(seed, "converge"))
     return {"protocol": "converge", "dataset": data.name, "images": int(images.shape[0]),
-            "model": model, "settings": asdict(settings),
-            "dsa": list(augment.ops) if augment else [], "after": result.summary(),
-            "curve": curve.summary()}
+            "model": model, "settings": asdict(settings), "runner": converged.runner,
+            "dsa": list(augment.ops) if augment else [], "after": converged.result.summary(),
+            "curve": converged.curve.summary()}

@@ -1,7 +1,9 @@
 """Compiled CPU fast paths, built at first use with the system's C compiler.
 
-One so far: LeNet for N nets on shared images (``lenet.c``, wrapped by ``lenet.py``), used by
-the meta-gradient and by evaluation. Where no compiler works, callers fall back to PyTorch.
+LeNet for N nets on shared images (``lenet.c``, wrapped by ``lenet.py``), used by the
+meta-gradient and by evaluation; ConvNet's instance norm -> ReLU -> 2x2 average pool in one pass
+(``normpool.c``, wrapped by ``normpool.py``), used by the converge protocol's held-out nets.
+Where no compiler works, callers fall back to PyTorch.
 """
 from __future__ import annotations
 

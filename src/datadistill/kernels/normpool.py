@@ -1,0 +1,107 @@
+"""ConvNet's instance norm -> ReLU -> 2x2 average pool as one compiled CPU op (``normpool.c``).
+
+``fused_convnet(module)`` gives a copy of a ConvNet whose blocks run that tail through the
+kernel, forward and backward, with the same parameter names, so ``functional_call`` and the
+converge evaluator use it as they would the module. It serves plain training and testing
+(no gradient of the gradient) of one net at a time; elsewhere the blocks run plain PyTorch.
+"""
+from __future__ import annotations
+
+import copy
+import ctypes
+from functools import lru_cache
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from ..convnets import ConvNet
+from . import load
+
+_P, _I64, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+_SIGNATURES = {
+    "normpool_forward": [_P, _I64, _INT, _INT, _INT, _P, _P, _FLOAT, _P, _P, _P, _INT],
+    "normpool_backward": [_P, _P, _I64, _INT, _INT, _INT, _P, _P, _P, _P, _P, _P, _P, _INT],
+}
+
+
+@lru_cache(maxsize=None)
+def _function(library: ctypes.CDLL, name: str) -> Callable[..., None]:
+    function = getattr(library, name)
+    function.argtypes, function.restype = _SIGNATURES[name], None
+    return function
+
+
+def _call(name: str, *args: Tensor | int | float) -> None:
+    """Call a kernel: tensors go as pointers; the thread count comes last."""
+    function = _function(load("normpool"), name)
+    function(*(a.data_ptr() if isinstance(a, Tensor) else a for a in args), torch.get_num_threads())
+
+
+class _NormReluPool(torch.autograd.Function):
+    """relu(group_norm(x, C, weight, bias, eps)) average-pooled 2x2, on (B, C, H, W) float32."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+        x = x.contiguous()
+        batch, channels, h, w = x.shape
+        weight, bias = weight.detach().contiguous(), bias.detach().contiguous()
+        z = x.new_empty(batch, channels, h // 2, w // 2)
+        mean, rstd = x.new_empty(batch * channels), x.new_empty(batch * channels)
+        _call("normpool_forward", x, batch * channels, channels, h, w, weight, bias, eps, z,
+              mean, rstd)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return z
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dz: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        batch, channels, h, w = x.shape
+        dx = torch.empty_like(x)
+        dweight, dbias = x.new_empty(batch, channels), x.new_empty(batch, channels)
+        _call("normpool_backward", dz.contiguous(), x, batch * channels, channels, h, w, weight,
+              bias, mean, rstd, dx, dweight, dbias)
+        return dx, dweight.sum(0), dbias.sum(0), None
+
+
+class NormReluPool(nn.Module):
+    """``GroupNorm(C, C)`` (instance norm, affine), ReLU and ``AvgPool2d(2)`` in one op; its
+    parameters are the norm's (``weight``, ``bias``). float32 on the CPU runs the kernel, any
+    other tensor the three PyTorch ops."""
+
+    def __init__(self, norm: nn.GroupNorm) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
+            return _NormReluPool.apply(x, self.weight, self.bias, self.eps)
+        return F.avg_pool2d(F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps).relu(), 2)
+
+
+def _fusable(layers: list[nn.Module]) -> bool:
+    """Whether four layers are the tail the kernel fuses: conv, instance norm, ReLU, 2x2 avg pool."""
+    conv, norm, act, pool = layers
+    return (isinstance(conv, nn.Conv2d) and type(norm) is nn.GroupNorm and norm.affine
+            and norm.num_groups == norm.num_channels and type(act) is nn.ReLU
+            and type(pool) is nn.AvgPool2d and pool.kernel_size in (2, (2, 2))
+            and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0)) and not pool.ceil_mode)
+
+
+def fused_convnet(module: nn.Module) -> nn.Module | None:
+    """A copy of ``module`` with every fusable block tail as one ``NormReluPool`` (same
+    parameter names), or None: not a ConvNet, nothing to fuse, or no C compiler."""
+    if type(module) is not ConvNet:
+        return None
+    layers = list(module.features)
+    starts = [i for i in range(len(layers) - 3) if _fusable(layers[i:i + 4])]
+    if not starts or load("normpool") is None:
+        return None
+    fused = copy.deepcopy(module)
+    for i in starts:
+        fused.features[i + 1] = NormReluPool(fused.features[i + 1])
+        fused.features[i + 2] = fused.features[i + 3] = nn.Identity()
+    return fused
