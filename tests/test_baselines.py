@@ -101,6 +101,7 @@ def test_converge_baselines_write_what_evaluate_takes(tmp_path, capsys):
                  "--dataset", "digits", "--out", str(tmp_path / "kmeans"), *common]) == 0
     floor = json.loads(capsys.readouterr().out)
     assert floor["images"] == 30 and floor["model"] == "mlp" and floor["after"]["nets"] == 2
+    assert floor["runner"] == "pytorch"  # the fused kernel is ConvNet's
     assert len(floor["curve"]["train_loss"]) == 30
     assert main(["evaluate", str(tmp_path / "kmeans"), *common]) == 0
     again = json.loads(capsys.readouterr().out)
