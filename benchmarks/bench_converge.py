@@ -101,6 +101,7 @@ def main() -> None:
         settings = ConvergeSettings(epochs=args.epochs, **options)
 
         def run():
+            before = os.environ.get("DATADISTILL_NO_KERNELS")
             os.environ["DATADISTILL_NO_KERNELS"] = "" if kernels else "1"
             try:
                 return evaluate_converged(
@@ -108,7 +109,10 @@ def main() -> None:
                     data.test_labels, args.nets, settings, augment,
                     torch.Generator().manual_seed(2)).result.accuracies
             finally:
-                os.environ.pop("DATADISTILL_NO_KERNELS")
+                if before is None:
+                    os.environ.pop("DATADISTILL_NO_KERNELS")
+                else:
+                    os.environ["DATADISTILL_NO_KERNELS"] = before
         return run
 
     variants = {

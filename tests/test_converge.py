@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from datadistill import kernels
 from datadistill.augment import DSA, DSA_OPS, dsa_for
 from datadistill.converge import ConvergeSettings, Curve, evaluate_converged, train_to_convergence
 from datadistill.data import DIGIT_NAMES
@@ -60,7 +61,8 @@ def test_a_set_trained_to_convergence_classifies_with_and_without_dsa():
             generator=torch.Generator().manual_seed(0))
         result, curve = converged.result, converged.curve
         assert result.mean > 0.9 and len(result.accuracies) == 2
-        assert converged.runner == "fused-convnet"  # a ConvNet on the CPU, one net at a time
+        # a ConvNet on the CPU, one net at a time, where the kernel builds
+        assert converged.runner == ("fused-convnet" if kernels.load("normpool") else "pytorch")
     assert curve.test_epochs == [20, 40, 60] and len(curve.train_loss) == 60
     assert curve.train_loss[-1] < curve.train_loss[0]
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datadistill import kernels
-from datadistill.converge import ConvergeSettings, runner_for, train_to_convergence
+from datadistill.converge import ConvergeSettings, Curve, runner_for, train_to_convergence
 from datadistill.functional import FunctionalModel
 from datadistill.init_distributions import RandomInit
 from datadistill.kernels.normpool import NormReluPool, fused_convnet
@@ -21,7 +21,8 @@ needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is 
 
 @pytest.fixture
 def kernel():
-    """With a compiler present the kernel must build: else these tests compare PyTorch with itself."""
+    """With a compiler present the kernel must build: else these tests compare PyTorch with
+    itself."""
     assert kernels.load("normpool") is not None, "the normpool kernel did not compile"
 
 
@@ -72,33 +73,74 @@ def test_fused_convnet_keeps_the_names_logits_and_gradients_of_the_module(kernel
         torch.testing.assert_close(grads[1][1][k], want, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["convnet-nn", "convnet-gn", "convnet-ln", "convnet-mp", "mlp", "lenet"])
+@pytest.mark.parametrize("name", ["convnet-nn", "convnet-gn", "convnet-ln", "convnet-mp", "mlp",
+                                  "lenet"])
 def test_only_instance_norm_average_pool_convnets_are_fused(name):
     assert fused_convnet(build_model(name, (1, 28, 28), 10)) is None
 
 
-def test_runner_is_fused_only_on_the_cpu_one_net_at_a_time(monkeypatch):
-    fmodel = FunctionalModel(build_model("convnet-w16", (1, 28, 28), 10))
-    cpu = torch.device("cpu")
-    assert runner_for(fmodel, cpu, 2).name == "pytorch"
-    assert runner_for(fmodel, torch.device("cuda"), 1).name == "pytorch"
+@needs_compiler
+@pytest.mark.parametrize("name, blocks", [("convnet", 3), ("convnet-d1", 1), ("convnet-d4", 4),
+                                          ("convnet-w64", 3)])
+def test_instance_norm_average_pool_convnets_are_fused(kernel, name, blocks):
+    fused = fused_convnet(build_model(name, (3, 32, 32), 10))
+    assert sum(isinstance(layer, NormReluPool) for layer in fused.features) == blocks
+
+
+def test_an_average_pool_with_another_divisor_is_not_fused():
+    module = build_model("convnet-d1", (1, 28, 28), 10)
+    module.features[3] = nn.AvgPool2d(2, divisor_override=1)
+    assert fused_convnet(module) is None
+
+
+def test_runner_is_fused_only_for_float32_on_the_cpu_one_net_at_a_time(monkeypatch):
+    module = build_model("convnet-w16", (1, 28, 28), 10)
+    fmodel, images = FunctionalModel(module), torch.zeros(2, 1, 28, 28)
+    assert runner_for(fmodel, images, 2).name == "pytorch"
+    assert runner_for(fmodel, images.double(), 1).name == "pytorch"
+    assert runner_for(FunctionalModel(module.double()), images.double(), 1).name == "pytorch"
     monkeypatch.setenv("DATADISTILL_NO_KERNELS", "1")
-    assert runner_for(fmodel, cpu, 1).name == "pytorch"
+    assert runner_for(FunctionalModel(module.float()), images, 1).name == "pytorch"
     if shutil.which(os.environ.get("CC", "cc")) is not None:
         monkeypatch.delenv("DATADISTILL_NO_KERNELS")
-        assert runner_for(fmodel, cpu, 1).name == "fused-convnet"
+        runner = runner_for(FunctionalModel(module), images, 1)
+        assert (runner.name, runner.microbatch, runner.test_chunk) == ("fused-convnet", 64, 64)
 
 
-def test_microbatches_give_the_whole_minibatch_gradient():
-    """float64 so rounding cannot hide a difference: 3 nets, minibatches of 8 split into
-    parts of 3, 3 and 2, train as the whole minibatches do."""
-    module = build_model("convnet-w16", (1, 8, 8), 4).double()
-    params = RandomInit(module, "default").sample(3, torch.Generator().manual_seed(0))
-    images, labels = torch.randn(16, 1, 8, 8, dtype=torch.float64), torch.arange(16) % 4
+def _train_twice(module, dtype, microbatch, nets, fused=None):
+    """``nets`` nets on 13 images in minibatches of 8 (the last of 5), soft targets: the
+    parameters and loss curve whole, and in parts of ``microbatch`` through ``fused`` (or the
+    module)."""
+    module = module.to(dtype)
+    params = RandomInit(module, "default").sample(nets, torch.Generator().manual_seed(0))
+    images = torch.randn(13, 1, 8, 8, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    targets = torch.softmax(torch.randn(13, 4, dtype=dtype), 1)
     settings = ConvergeSettings(epochs=3, lr=0.05, batch_size=8)
-    trained = [train_to_convergence(FunctionalModel(module), params, images, labels, settings,
-                                    None, torch.Generator().manual_seed(1), microbatch=part)
-               for part in (0, 3)]
+    runs = []
+    for fmodel, part in ((FunctionalModel(module), 0),
+                         (FunctionalModel(fused or module), microbatch)):
+        curve = Curve()
+        trained = train_to_convergence(fmodel, params, images, targets, settings, None,
+                                       torch.Generator().manual_seed(2), curve=curve,
+                                       microbatch=part)
+        runs.append((trained, curve.train_loss))
+    return params, runs
+
+
+def test_microbatches_give_the_whole_minibatch_gradient_and_loss():
+    """float64 so rounding cannot hide a difference."""
+    params, (whole, parts) = _train_twice(build_model("convnet-w16", (1, 8, 8), 4),
+                                          torch.float64, 3, nets=3)
+    assert whole[1] == pytest.approx(parts[1], rel=1e-12)
     for k in params:
-        torch.testing.assert_close(trained[1][k], trained[0][k])
-        assert not torch.equal(trained[0][k], params[k])
+        torch.testing.assert_close(parts[0][k], whole[0][k])
+        assert not torch.equal(whole[0][k], params[k])
+
+
+@needs_compiler
+def test_fused_microbatches_train_as_the_module_in_whole_minibatches(kernel):
+    module = build_model("convnet-w16", (1, 8, 8), 4)
+    _, (whole, parts) = _train_twice(module, torch.float32, 3, 1, fused_convnet(module))
+    assert whole[1] == pytest.approx(parts[1], rel=1e-4)
+    for k in whole[0]:
+        torch.testing.assert_close(parts[0][k], whole[0][k], atol=1e-4, rtol=1e-4)

@@ -21,7 +21,7 @@ from .errors import DistillError
 from .functional import FunctionalModel, Params
 from .init_distributions import InitDistribution, PooledInit
 from .kernels.normpool import fused_convnet
-from .nets import EvalResult, test_nets
+from .nets import TEST_CHUNK, EvalResult, test_nets
 
 # images per forward/backward and per test chunk on the fused ConvNet path: a 32-channel
 # 32 x 32 activation of 64 images (8 MiB) stays in the cache (benchmarks/bench_converge.py)
@@ -57,7 +57,8 @@ class ConvergeSettings:
                 raise DistillError(f"--{name.replace('_', '-')} must be 0 or more, "
                                    f"got {getattr(self, name)}")
         if self.test_every < 0:
-            raise DistillError(f"--test-every must be 0 (at the end) or more, got {self.test_every}")
+            raise DistillError(f"--test-every must be 0 (at the end) or more, "
+                               f"got {self.test_every}")
 
 
 @dataclass
@@ -77,7 +78,7 @@ def train_to_convergence(
     fmodel: FunctionalModel, params: Params, images: Tensor, targets: Tensor,
     settings: ConvergeSettings, augment: DSA | None, generator: torch.Generator,
     test: tuple[Tensor, Tensor] | None = None, curve: Curve | None = None, microbatch: int = 0,
-    test_chunk: int = 512,
+    test_chunk: int = TEST_CHUNK,
 ) -> Params:
     """Train N stacked nets on the flat set ``images`` (M, C, H, W) with ``targets`` (class
     indices (M,) or probabilities (M, K)); every net draws its own minibatches and
@@ -146,12 +147,15 @@ class Runner:
     name: str
     fmodel: FunctionalModel
     microbatch: int = 0
-    test_chunk: int = 512
+    test_chunk: int = TEST_CHUNK
 
 
-def runner_for(fmodel: FunctionalModel, device: torch.device, nets_per_batch: int) -> Runner:
-    """The fused ConvNet where its kernel runs (the CPU, one net at a time), else the module."""
-    fused = fused_convnet(fmodel.module) if device.type == "cpu" and nets_per_batch == 1 else None
+def runner_for(fmodel: FunctionalModel, images: Tensor, nets_per_batch: int) -> Runner:
+    """The fused ConvNet where its kernel runs (float32 on the CPU, one net at a time), else
+    the module."""
+    float32_cpu = all(t.device.type == "cpu" and t.dtype == torch.float32
+                      for t in (images, *fmodel.module.parameters()))
+    fused = fused_convnet(fmodel.module) if float32_cpu and nets_per_batch == 1 else None
     if fused is None:
         return Runner("pytorch", fmodel)
     return Runner("fused-convnet", FunctionalModel(fused), FUSED_MICROBATCH, FUSED_TEST_CHUNK)
@@ -179,7 +183,7 @@ def evaluate_converged(
     parts, curves = [], []
     # batching convs over nets pays on CUDA, not on the CPU (benchmarks/bench_converge.py)
     per_batch = settings.nets_per_batch or (10 if images.device.type == "cuda" else 1)
-    runner = runner_for(fmodel, images.device, per_batch)
+    runner = runner_for(fmodel, images, per_batch)
     for start in range(0, nets, per_batch):
         n = min(per_batch, nets - start)
         drawn = init.take(start, n) if isinstance(init, PooledInit) else init.sample(n, generator)

@@ -120,9 +120,13 @@ def train_nets(fmodel: FunctionalModel, params: Params, steps: Sequence[Step],
     return params
 
 
+TEST_CHUNK = 512  # test images per forward pass
+
+
 @torch.no_grad()
 def test_nets(
-    fmodel: FunctionalModel, params: Params, images: Tensor, labels: Tensor, chunk_size: int = 512
+    fmodel: FunctionalModel, params: Params, images: Tensor, labels: Tensor,
+    chunk_size: int = TEST_CHUNK
 ) -> EvalResult:
     """Mean loss and confusion counts of each of the N nets, in eval mode.
 

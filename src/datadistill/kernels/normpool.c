@@ -21,22 +21,24 @@ void normpool_forward(const float *x, int64_t maps, int channels, int h, int w,
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t m = 0; m < maps; ++m) {
         const float *in = x + m * size;
-        float sum = 0.0f;
+        double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
         for (int i = 0; i < size; ++i) sum += in[i];
-        const float mu = sum / size;
-        float squares = 0.0f;
+        const float mu = (float)(sum / size);
+        double squares = 0.0;
 #pragma omp simd reduction(+ : squares)
-        for (int i = 0; i < size; ++i) squares += (in[i] - mu) * (in[i] - mu);
-        const float r = 1.0f / sqrtf(squares / size + eps);
+        for (int i = 0; i < size; ++i) squares += (double)(in[i] - mu) * (in[i] - mu);
+        const float r = (float)(1.0 / sqrt(squares / size + eps));
         const int c = (int)(m % channels);
         const float a = gamma[c] * r, s = beta[c] - mu * a;
         float *out = z + m * ph * pw;
         for (int py = 0; py < ph; ++py) {
             const float *row0 = in + 2 * py * w, *row1 = row0 + w;
-            for (int px = 0; px < pw; ++px)
-                out[py * pw + px] = 0.25f * (relu(a * row0[2 * px] + s) + relu(a * row0[2 * px + 1] + s)
-                                             + relu(a * row1[2 * px] + s) + relu(a * row1[2 * px + 1] + s));
+            for (int px = 0; px < pw; ++px) {
+                const float top = relu(a * row0[2 * px] + s) + relu(a * row0[2 * px + 1] + s);
+                const float bottom = relu(a * row1[2 * px] + s) + relu(a * row1[2 * px + 1] + s);
+                out[py * pw + px] = 0.25f * (top + bottom);
+            }
         }
         mean[m] = mu;
         rstd[m] = r;
@@ -70,17 +72,17 @@ void normpool_backward(const float *dz, const float *x, int64_t maps, int channe
                 out1[2 * px + 1] = a * row1[2 * px + 1] + s > 0.0f ? g : 0.0f;
             }
         }
-        float sum = 0.0f, dot = 0.0f;
+        double sum = 0.0, dot = 0.0;
 #pragma omp simd reduction(+ : sum, dot)
         for (int i = 0; i < size; ++i) {
             sum += out[i];
-            dot += out[i] * (in[i] - mu) * r;
+            dot += (double)out[i] * (in[i] - mu) * r;
         }
-        const float mean_dy = sum / size, mean_dy_xhat = dot / size;
+        const float mean_dy = (float)(sum / size), mean_dy_xhat = (float)(dot / size);
 #pragma omp simd
         for (int i = 0; i < size; ++i)
             out[i] = a * (out[i] - mean_dy - (in[i] - mu) * r * mean_dy_xhat);
-        dgamma[m] = dot;
-        dbeta[m] = sum;
+        dgamma[m] = (float)dot;
+        dbeta[m] = (float)sum;
     }
 }

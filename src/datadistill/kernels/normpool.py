@@ -3,7 +3,8 @@
 ``fused_convnet(module)`` gives a copy of a ConvNet whose blocks run that tail through the
 kernel, forward and backward, with the same parameter names, so ``functional_call`` and the
 converge evaluator use it as they would the module. It serves plain training and testing
-(no gradient of the gradient) of one net at a time; elsewhere the blocks run plain PyTorch.
+(no gradient of the gradient) of one net at a time, float32 on the CPU; other tensors run the
+block's PyTorch ops, and stacked nets (vmap) are not supported.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ _SIGNATURES = {
 
 @lru_cache(maxsize=None)
 def _function(library: ctypes.CDLL, name: str) -> Callable[..., None]:
+    """The C function ``name`` with its argument types."""
     function = getattr(library, name)
     function.argtypes, function.restype = _SIGNATURES[name], None
     return function
@@ -57,14 +59,16 @@ class _NormReluPool(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, dz: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+    def backward(ctx: Any, dz: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, None]:
         x, weight, bias, mean, rstd = ctx.saved_tensors
         batch, channels, h, w = x.shape
         dx = torch.empty_like(x)
         dweight, dbias = x.new_empty(batch, channels), x.new_empty(batch, channels)
-        _call("normpool_backward", dz.contiguous(), x, batch * channels, channels, h, w, weight,
-              bias, mean, rstd, dx, dweight, dbias)
-        return dx, dweight.sum(0), dbias.sum(0), None
+        _call("normpool_backward", dz.to(torch.float32).contiguous(), x, batch * channels,
+              channels, h, w, weight, bias, mean, rstd, dx, dweight, dbias)
+        _, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        return (dx, dweight.sum(0) if needs_weight else None, dbias.sum(0) if needs_bias else None,
+                None)
 
 
 class NormReluPool(nn.Module):
@@ -77,18 +81,28 @@ class NormReluPool(nn.Module):
         self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4:
+        if self._kernel_runs(x):
             return _NormReluPool.apply(x, self.weight, self.bias, self.eps)
-        return F.avg_pool2d(F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps).relu(), 2)
+        normed = F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+        return F.avg_pool2d(normed.relu(), 2)
+
+    def _kernel_runs(self, x: Tensor) -> bool:
+        """float32 maps of at least 2 x 2 on the CPU, parameters alike, the kernel built."""
+        return (x.dim() == 4 and min(x.shape[2:]) >= 2
+                and all(t.device.type == "cpu" and t.dtype == torch.float32
+                        for t in (x, self.weight, self.bias))
+                and load("normpool") is not None)
 
 
 def _fusable(layers: list[nn.Module]) -> bool:
-    """Whether four layers are the tail the kernel fuses: conv, instance norm, ReLU, 2x2 avg pool."""
+    """Whether four layers are the tail the kernel fuses: conv, instance norm, ReLU, 2x2
+    average pool."""
     conv, norm, act, pool = layers
     return (isinstance(conv, nn.Conv2d) and type(norm) is nn.GroupNorm and norm.affine
             and norm.num_groups == norm.num_channels and type(act) is nn.ReLU
             and type(pool) is nn.AvgPool2d and pool.kernel_size in (2, (2, 2))
-            and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0)) and not pool.ceil_mode)
+            and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0)) and not pool.ceil_mode
+            and pool.divisor_override is None)
 
 
 def fused_convnet(module: nn.Module) -> nn.Module | None:
