@@ -16,8 +16,31 @@ import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
 
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+
+
+# argument types of the kernels' C functions
+POINTER, INT64, INT, FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+
+
+def call(library: str, name: str, argtypes: Sequence[Any], *args: Any) -> None:
+    """Call the function ``name`` of ``kernels/<library>.c`` (built: ``load`` returned it):
+    tensors go as pointers, None as NULL; the thread count comes last."""
+    function = _function(load(library), name, tuple(argtypes))
+    function(*(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args),
+             torch.get_num_threads())
+
+
+@lru_cache(maxsize=None)
+def _function(library: ctypes.CDLL, name: str, argtypes: tuple[Any, ...]) -> Callable[..., None]:
+    """The C function ``name`` with its argument types."""
+    function = getattr(library, name)
+    function.argtypes, function.restype = list(argtypes), None
+    return function
 
 
 def cache_dir() -> Path:

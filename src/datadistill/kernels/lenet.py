@@ -10,9 +10,7 @@ Pearlmutter's R-operator for the Hessian-vector products).
 """
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
@@ -23,7 +21,7 @@ from ..errors import DistillError
 from ..functional import Params
 from ..models import LeNet
 from ..recompute import states_in_reverse, unroll_keeping
-from . import load
+from . import FLOAT, INT, INT64, POINTER, call, load
 
 if TYPE_CHECKING:
     from ..state import DistilledSteps
@@ -33,24 +31,16 @@ DENSE = tuple((f"classifier.{i}.weight", f"classifier.{i}.bias") for i in (1, 3,
 # (images, labels, lr); labels: class indices (B,) or class probabilities (B, classes)
 Steps = Sequence[tuple[Tensor, Tensor, "float | Tensor"]]
 
-_P, _I64, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
-    "lenet_features": [_P, _I64, _INT, _P, _I64, _I64, _P, _INT],
-    "lenet_step": [_P, _P, _INT, _INT, _I64, _I64, _I64, _P, _P, _I64, _FLOAT, *[_P] * 6, _INT],
+    "lenet_features": [POINTER, INT64, INT, POINTER, INT64, INT64, POINTER, INT],
+    "lenet_step": [POINTER, POINTER, INT, INT, INT64, INT64, INT64, POINTER, POINTER, INT64, FLOAT,
+                   *[POINTER] * 6, INT],
 }
 
 
-@lru_cache(maxsize=None)
-def _function(library: ctypes.CDLL, name: str) -> Callable[..., None]:
-    function = getattr(library, name)
-    function.argtypes, function.restype = _SIGNATURES[name], None
-    return function
-
-
 def _call(name: str, *args: Tensor | int | float | None) -> None:
-    """Call a kernel: tensors go as pointers, None as NULL; the thread count comes last."""
-    function = _function(load("lenet"), name)
-    function(*(a.data_ptr() if isinstance(a, Tensor) else a for a in args), torch.get_num_threads())
+    """Call a LeNet kernel function (``kernels.call``)."""
+    call("lenet", name, _SIGNATURES[name], *args)
 
 
 @dataclass

@@ -9,9 +9,7 @@ block's PyTorch ops, and stacked nets (vmap) are not supported.
 from __future__ import annotations
 
 import copy
-import ctypes
-from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,27 +17,18 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..convnets import ConvNet
-from . import load
+from . import FLOAT, INT, INT64, POINTER, call, load
 
-_P, _I64, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
-    "normpool_forward": [_P, _I64, _INT, _INT, _INT, _P, _P, _FLOAT, _P, _P, _P, _INT],
-    "normpool_backward": [_P, _P, _I64, _INT, _INT, _INT, _P, _P, _P, _P, _P, _P, _P, _INT],
+    "normpool_forward": [POINTER, INT64, INT, INT, INT, POINTER, POINTER, FLOAT, POINTER, POINTER,
+                         POINTER, INT],
+    "normpool_backward": [POINTER, POINTER, INT64, INT, INT, INT, *[POINTER] * 7, INT],
 }
 
 
-@lru_cache(maxsize=None)
-def _function(library: ctypes.CDLL, name: str) -> Callable[..., None]:
-    """The C function ``name`` with its argument types."""
-    function = getattr(library, name)
-    function.argtypes, function.restype = _SIGNATURES[name], None
-    return function
-
-
 def _call(name: str, *args: Tensor | int | float) -> None:
-    """Call a kernel: tensors go as pointers; the thread count comes last."""
-    function = _function(load("normpool"), name)
-    function(*(a.data_ptr() if isinstance(a, Tensor) else a for a in args), torch.get_num_threads())
+    """Call a normpool kernel function (``kernels.call``)."""
+    call("normpool", name, _SIGNATURES[name], *args)
 
 
 class _NormReluPool(torch.autograd.Function):
