@@ -9,11 +9,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from datadistill import kernels
-from datadistill.converge import ConvergeSettings, Curve, runner_for, train_to_convergence
+from datadistill.converge import (ConvergeSettings, Curve, evaluate_converged, runner_for,
+                                  train_to_convergence)
 from datadistill.functional import FunctionalModel
 from datadistill.init_distributions import RandomInit
 from datadistill.kernels.normpool import NormReluPool, fused_convnet
 from datadistill.models import build_model
+
+from .conftest import TinyConvNet, make_dataset
 
 needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
                                     reason="no C compiler on this machine")
@@ -144,3 +147,17 @@ def test_fused_microbatches_train_as_the_module_in_whole_minibatches(kernel):
     assert whole[1] == pytest.approx(parts[1], rel=1e-4)
     for k in whole[0]:
         torch.testing.assert_close(parts[0][k], whole[0][k], atol=1e-4, rtol=1e-4)
+
+
+def test_a_users_own_module_trains_to_convergence_through_pytorch():
+    """A module that is not datadistill's ConvNet is never fused: it runs its own ops."""
+    data = make_dataset(classes=3, size=4)
+    module = TinyConvNet(classes=3, size=4)
+    picks = torch.cat([(data.train_labels == c).nonzero()[:2, 0] for c in range(3)])
+    converged = evaluate_converged(
+        FunctionalModel(module), RandomInit(module, "default"), data.train_images[picks],
+        data.train_labels[picks], data.test_images, data.test_labels, nets=2,
+        settings=ConvergeSettings(epochs=60, lr=0.05), augment=None,
+        generator=torch.Generator().manual_seed(0))
+    assert converged.runner == "pytorch"
+    assert converged.result.mean > 0.9
