@@ -13,7 +13,7 @@ from datadistill.converge import (ConvergeSettings, Curve, evaluate_converged, r
                                   train_to_convergence)
 from datadistill.functional import FunctionalModel
 from datadistill.init_distributions import RandomInit
-from datadistill.kernels.normpool import NormReluPool, fused_convnet
+from datadistill.kernels.normpool import ImageConv, NormReluPool, fused_convnet
 from datadistill.models import build_model
 
 from .conftest import TinyConvNet, make_dataset
@@ -62,6 +62,7 @@ def test_fused_convnet_keeps_the_names_logits_and_gradients_of_the_module(kernel
     fused = fused_convnet(module)
     assert [n for n, _ in fused.named_parameters()] == [n for n, _ in module.named_parameters()]
     assert sum(isinstance(layer, NormReluPool) for layer in fused.features) == 3
+    assert isinstance(fused.features[0], ImageConv)
     params = RandomInit(module, "default").sample(1, torch.Generator().manual_seed(0))
     x, y = torch.randn(1, 6, 1, 28, 28), torch.randint(0, 10, (1, 6))
     grads = []
@@ -88,6 +89,33 @@ def test_only_instance_norm_average_pool_convnets_are_fused(name):
 def test_instance_norm_average_pool_convnets_are_fused(kernel, name, blocks):
     fused = fused_convnet(build_model(name, (3, 32, 32), 10))
     assert sum(isinstance(layer, NormReluPool) for layer in fused.features) == blocks
+
+
+@needs_compiler
+@pytest.mark.parametrize("channels, swapped", [(1, True), (3, True), (4, False)])
+def test_the_image_layer_of_few_channels_runs_im2col_gemm(kernel, channels, swapped):
+    fused = fused_convnet(build_model("convnet-w16", (channels, 32, 32), 10))
+    assert isinstance(fused.features[0], ImageConv) is swapped
+    assert not any(isinstance(layer, ImageConv) for layer in list(fused.features)[1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_image_conv_values_and_gradients_equal_conv2d(dtype):
+    """float32 through thnn_conv2d, float64 through F.conv2d: both against F.conv2d in
+    float64, with DC's first-layer padding of 3."""
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(1, 8, 3, padding=3).to(dtype)
+    layer = ImageConv(conv)
+    x = torch.randn(4, 1, 28, 28, generator=gen, dtype=dtype)
+    upstream = torch.randn(4, 8, 32, 32, generator=gen, dtype=torch.float64)
+    out = layer(x)
+    got = torch.autograd.grad(out, (layer.weight, layer.bias), upstream.to(dtype))
+    w64, b64 = (p.detach().double().requires_grad_() for p in (conv.weight, conv.bias))
+    want_out = F.conv2d(x.double(), w64, b64, padding=3)
+    want = torch.autograd.grad(want_out, (w64, b64), upstream)
+    torch.testing.assert_close(out.double(), want_out, atol=1e-4, rtol=1e-5)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, atol=1e-3, rtol=1e-5)
 
 
 def test_an_average_pool_with_another_divisor_is_not_fused():

@@ -89,7 +89,7 @@ def train_to_convergence(
     leaves = [p.detach().clone().requires_grad_() for p in params.values()]
     trained = dict(zip(params, leaves))
     optimiser = torch.optim.SGD(leaves, lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay)
+                                weight_decay=settings.weight_decay, foreach=True)
     for epoch in range(settings.epochs):
         if epoch == settings.epochs // 2:  # lr x 0.1 halfway
             for group in optimiser.param_groups:

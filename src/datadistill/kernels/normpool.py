@@ -1,10 +1,11 @@
 """ConvNet's instance norm -> ReLU -> 2x2 average pool as one compiled CPU op (``normpool.c``).
 
 ``fused_convnet(module)`` gives a copy of a ConvNet whose blocks run that tail through the
-kernel, forward and backward, with the same parameter names, so ``functional_call`` and the
-converge evaluator use it as they would the module. It serves plain training and testing
-(no gradient of the gradient) of one net at a time, float32 on the CPU; other tensors run the
-block's PyTorch ops, and stacked nets (vmap) are not supported.
+kernel, forward and backward, and whose image layer (a convolution of at most 3 channels)
+runs PyTorch's im2col-GEMM convolution, with the same parameter names, so
+``functional_call`` and the converge evaluator use it as they would the module. It serves
+plain training and testing (no gradient of the gradient) of one net at a time, float32 on
+the CPU; other tensors run the block's PyTorch ops, and stacked nets (vmap) are not supported.
 """
 from __future__ import annotations
 
@@ -83,6 +84,31 @@ class NormReluPool(nn.Module):
                 and load("normpool") is not None)
 
 
+class ImageConv(nn.Module):
+    """A 3x3-style convolution of few input channels (an image layer) through PyTorch's
+    im2col-GEMM convolution (``thnn_conv2d``) on the CPU: for 1 to 3 channels it ran 2-7x
+    faster than oneDNN's, forward and backward (docs/performance.md). Its parameters are the
+    convolution's (``weight``, ``bias``); any other tensor runs ``F.conv2d``."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32:
+            return torch._C._nn.thnn_conv2d(x, self.weight, self.kernel_size, self.bias,
+                                            self.stride, self.padding)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+
+def _image_conv(layer: nn.Module) -> bool:
+    """Whether ``layer`` is a plain convolution of 1 to 3 input channels."""
+    return (type(layer) is nn.Conv2d and layer.in_channels <= 3 and layer.groups == 1
+            and layer.dilation == (1, 1) and layer.padding_mode == "zeros"
+            and isinstance(layer.padding, tuple))
+
+
 def _fusable(layers: list[nn.Module]) -> bool:
     """Whether four layers are the tail the kernel fuses: conv, instance norm, ReLU, 2x2
     average pool."""
@@ -95,8 +121,8 @@ def _fusable(layers: list[nn.Module]) -> bool:
 
 
 def fused_convnet(module: nn.Module) -> nn.Module | None:
-    """A copy of ``module`` with every fusable block tail as one ``NormReluPool`` (same
-    parameter names), or None: not a ConvNet, nothing to fuse, or no C compiler."""
+    """A copy of ``module`` with every fusable block tail as one ``NormReluPool`` and its image
+    layer as an ``ImageConv`` (same parameter names), or None: not a ConvNet, nothing to fuse, or no C compiler."""
     if type(module) is not ConvNet:
         return None
     layers = list(module.features)
@@ -104,6 +130,8 @@ def fused_convnet(module: nn.Module) -> nn.Module | None:
     if not starts or load("normpool") is None:
         return None
     fused = copy.deepcopy(module)
+    if _image_conv(fused.features[0]):
+        fused.features[0] = ImageConv(fused.features[0])
     for i in starts:
         fused.features[i + 1] = NormReluPool(fused.features[i + 1])
         fused.features[i + 2] = fused.features[i + 3] = nn.Identity()
