@@ -92,27 +92,44 @@ def test_instance_norm_average_pool_convnets_are_fused(kernel, name, blocks):
 
 
 @needs_compiler
-@pytest.mark.parametrize("channels, swapped", [(1, True), (3, True), (4, False)])
-def test_the_image_layer_of_few_channels_runs_im2col_gemm(kernel, channels, swapped):
+@pytest.mark.parametrize("channels, swapped", [(1, True), (3, False)])
+def test_a_one_channel_image_layer_runs_im2col_gemm(kernel, monkeypatch, channels,
+                                                          swapped):
     fused = fused_convnet(build_model("convnet-w16", (channels, 32, 32), 10))
     assert isinstance(fused.features[0], ImageConv) is swapped
     assert not any(isinstance(layer, ImageConv) for layer in list(fused.features)[1:])
+    calls = []
+    gemm_conv = torch._C._nn.thnn_conv2d
+    monkeypatch.setattr(torch._C._nn, "thnn_conv2d",
+                        lambda *args: calls.append(1) or gemm_conv(*args))
+    fused(torch.randn(2, channels, 32, 32))
+    assert len(calls) == (1 if swapped else 0)
+    fused.double()(torch.randn(2, channels, 32, 32, dtype=torch.float64))  # F.conv2d
+    assert len(calls) == (1 if swapped else 0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_image_conv_values_and_gradients_equal_conv2d(dtype):
-    """float32 through thnn_conv2d, float64 through F.conv2d: both against F.conv2d in
-    float64, with DC's first-layer padding of 3."""
+@pytest.mark.parametrize("channels, stride, padding, bias, channels_last",
+                         [(1, 1, 3, True, False), (3, 2, 1, False, False), (1, 1, 0, True, True),
+                          (3, 1, 2, True, True)])
+def test_image_conv_values_and_gradients_equal_conv2d_in_float64(channels, stride, padding, bias,
+                                                                  channels_last):
+    """float32 through thnn_conv2d against F.conv2d in float64: output and the gradients of
+    input, weight and bias."""
     gen = torch.Generator().manual_seed(0)
-    conv = nn.Conv2d(1, 8, 3, padding=3).to(dtype)
+    conv = nn.Conv2d(channels, 8, 3, stride=stride, padding=padding, bias=bias)
     layer = ImageConv(conv)
-    x = torch.randn(4, 1, 28, 28, generator=gen, dtype=dtype)
-    upstream = torch.randn(4, 8, 32, 32, generator=gen, dtype=torch.float64)
+    x = torch.randn(4, channels, 28, 28, generator=gen)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     out = layer(x)
-    got = torch.autograd.grad(out, (layer.weight, layer.bias), upstream.to(dtype))
-    w64, b64 = (p.detach().double().requires_grad_() for p in (conv.weight, conv.bias))
-    want_out = F.conv2d(x.double(), w64, b64, padding=3)
-    want = torch.autograd.grad(want_out, (w64, b64), upstream)
+    upstream = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    inputs = [x, layer.weight] + ([layer.bias] if bias else [])
+    got = torch.autograd.grad(out, inputs, upstream.float())
+    wanted_inputs = [t.detach().double().requires_grad_() for t in inputs]
+    want_out = F.conv2d(wanted_inputs[0], wanted_inputs[1], wanted_inputs[2] if bias else None,
+                        stride, padding)
+    want = torch.autograd.grad(want_out, wanted_inputs, upstream)
     torch.testing.assert_close(out.double(), want_out, atol=1e-4, rtol=1e-5)
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w, atol=1e-3, rtol=1e-5)

@@ -43,7 +43,7 @@ class FunctionalModel:
             return functional_call(self.module, (p, self.buffers), (x,))
 
         if num_nets(params) == 1:  # vmap's per-op overhead is not worth it for one net
-            return one_net({k: v.squeeze(0) for k, v in params.items()}, images).unsqueeze(0)
+            return one_net(only_net(params), images).unsqueeze(0)
         return vmap(one_net, in_dims=(0, None), randomness="different")(params, images)
 
     def logits_each(self, params: Params, images: Tensor, train: bool) -> Tensor:
@@ -53,9 +53,8 @@ class FunctionalModel:
         def one_net(p: Params, x: Tensor) -> Tensor:
             return functional_call(self.module, (p, self.buffers), (x,))
 
-        if num_nets(params) == 1:  # squeeze, not [0]: its backward is a view, not a copy
-            one = {k: v.squeeze(0) for k, v in params.items()}
-            return one_net(one, images.squeeze(0)).unsqueeze(0)
+        if num_nets(params) == 1:
+            return one_net(only_net(params), images.squeeze(0)).unsqueeze(0)
         return vmap(one_net, randomness="different")(params, images)
 
     def losses(self, params: Params, images: Tensor, targets: Tensor, train: bool) -> Tensor:
@@ -66,6 +65,12 @@ class FunctionalModel:
         per_net = targets.expand(n, *targets.shape).flatten(0, 1)
         per_example = F.cross_entropy(logits.flatten(0, 1), per_net, reduction="none")
         return per_example.view(n, b).mean(dim=1)
+
+
+def only_net(params: Params) -> Params:
+    """The parameters of N = 1 stacked nets without the net dimension (``squeeze``, not
+    ``[0]``: its backward is a view, not a zero-filled copy)."""
+    return {k: v.squeeze(0) for k, v in params.items()}
 
 
 def num_nets(params: Params) -> int:

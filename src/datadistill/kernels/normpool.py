@@ -1,8 +1,8 @@
 """ConvNet's instance norm -> ReLU -> 2x2 average pool as one compiled CPU op (``normpool.c``).
 
 ``fused_convnet(module)`` gives a copy of a ConvNet whose blocks run that tail through the
-kernel, forward and backward, and whose image layer (a convolution of at most 3 channels)
-runs PyTorch's im2col-GEMM convolution, with the same parameter names, so
+kernel, forward and backward, and whose image layer (a convolution of one channel) runs
+PyTorch's im2col-GEMM convolution, with the same parameter names, so
 ``functional_call`` and the converge evaluator use it as they would the module. It serves
 plain training and testing (no gradient of the gradient) of one net at a time, float32 on
 the CPU; other tensors run the block's PyTorch ops, and stacked nets (vmap) are not supported.
@@ -85,10 +85,10 @@ class NormReluPool(nn.Module):
 
 
 class ImageConv(nn.Module):
-    """A convolution of few input channels (an image layer) through PyTorch's im2col-GEMM
-    convolution (``thnn_conv2d``) for float32 on the CPU: for 1 channel it ran up to 4x
-    faster than oneDNN's (docs/performance.md). Its parameters are the convolution's
-    (``weight``, ``bias``); any other tensor runs ``F.conv2d``."""
+    """A convolution of one input channel (an image layer) through PyTorch's im2col-GEMM
+    convolution (``thnn_conv2d``) for float32 on the CPU, where oneDNN's is slow for that
+    shape (benchmarks/bench_image_conv.py). Its parameters are the convolution's
+    (``weight``, ``bias``); any other input (or a channels-last one) runs ``F.conv2d``."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
@@ -96,15 +96,18 @@ class ImageConv(nn.Module):
         self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32:
+        # its backward refuses channels-last inputs ("grad_weight must be contiguous")
+        if (x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
+                and x.is_contiguous()):
             return torch._C._nn.thnn_conv2d(x, self.weight, self.kernel_size, self.bias,
                                             self.stride, self.padding)
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
 
 def _image_conv(layer: nn.Module) -> bool:
-    """Whether ``layer`` is a plain convolution of 1 to 3 input channels."""
-    return (type(layer) is nn.Conv2d and layer.in_channels <= 3 and layer.groups == 1
+    """Whether ``layer`` is a plain convolution of one input channel (for three the GEMM
+    path was faster for some shapes and slower for others)."""
+    return (type(layer) is nn.Conv2d and layer.in_channels == 1 and layer.groups == 1
             and layer.dilation == (1, 1) and layer.padding_mode == "zeros"
             and isinstance(layer.padding, tuple))
 
