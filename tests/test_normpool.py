@@ -93,8 +93,7 @@ def test_instance_norm_average_pool_convnets_are_fused(kernel, name, blocks):
 
 @needs_compiler
 @pytest.mark.parametrize("channels, swapped", [(1, True), (3, False)])
-def test_a_one_channel_image_layer_runs_im2col_gemm(kernel, monkeypatch, channels,
-                                                          swapped):
+def test_a_one_channel_image_layer_runs_im2col_gemm(kernel, monkeypatch, channels, swapped):
     fused = fused_convnet(build_model("convnet-w16", (channels, 32, 32), 10))
     assert isinstance(fused.features[0], ImageConv) is swapped
     assert not any(isinstance(layer, ImageConv) for layer in list(fused.features)[1:])

@@ -20,6 +20,7 @@ from .augment import DSA
 from .errors import DistillError
 from .functional import FunctionalModel, Params
 from .init_distributions import InitDistribution, PooledInit
+from .kernels import float32_on_cpu
 from .kernels.normpool import fused_convnet
 from .nets import TEST_CHUNK, EvalResult, test_nets
 
@@ -153,8 +154,7 @@ class Runner:
 def runner_for(fmodel: FunctionalModel, images: Tensor, nets_per_batch: int) -> Runner:
     """The fused ConvNet where its kernel runs (float32 on the CPU, one net at a time), else
     the module."""
-    float32_cpu = all(t.device.type == "cpu" and t.dtype == torch.float32
-                      for t in (images, *fmodel.module.parameters()))
+    float32_cpu = float32_on_cpu(images, *fmodel.module.parameters())
     fused = fused_convnet(fmodel.module) if float32_cpu and nets_per_batch == 1 else None
     if fused is None:
         return Runner("pytorch", fmodel)

@@ -27,6 +27,11 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 POINTER, INT64, INT, FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 
 
+def float32_on_cpu(*tensors: torch.Tensor) -> bool:
+    """Whether every tensor is float32 on the CPU: what the compiled kernels take."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
 def call(library: str, name: str, argtypes: Sequence[Any], *args: Any) -> None:
     """Call the function ``name`` of ``kernels/<library>.c`` (built: ``load`` returned it):
     tensors go as pointers, None as NULL; the thread count comes last."""

@@ -21,7 +21,7 @@ from ..errors import DistillError
 from ..functional import Params
 from ..models import LeNet
 from ..recompute import states_in_reverse, unroll_keeping
-from . import FLOAT, INT, INT64, POINTER, call, load
+from . import FLOAT, INT, INT64, POINTER, call, float32_on_cpu, load
 
 if TYPE_CHECKING:
     from ..state import DistilledSteps
@@ -80,8 +80,7 @@ class _Net:
                 and params.keys() == self.shapes.keys()
                 and all(params[k].shape[1:] == shape for k, shape in self.shapes.items())
                 and all(x.shape[1:] == self.image_shape for x in images)
-                and all(t.device.type == "cpu" and t.dtype == torch.float32
-                        for t in (*images, *params.values())))
+                and float32_on_cpu(*images, *params.values()))
 
     def flatten(self, params: Params) -> Tensor:
         return torch.cat([params[k].reshape(params[k].shape[0], -1) for k in self.shapes], 1)

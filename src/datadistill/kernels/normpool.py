@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from ..convnets import ConvNet
-from . import FLOAT, INT, INT64, POINTER, call, load
+from . import FLOAT, INT, INT64, POINTER, call, float32_on_cpu, load
 
 _SIGNATURES = {
     "normpool_forward": [POINTER, INT64, INT, INT, INT, POINTER, POINTER, FLOAT, POINTER, POINTER,
@@ -79,8 +79,7 @@ class NormReluPool(nn.Module):
     def _kernel_runs(self, x: Tensor) -> bool:
         """float32 maps of at least 2 x 2 on the CPU, parameters alike, the kernel built."""
         return (x.dim() == 4 and min(x.shape[2:]) >= 2
-                and all(t.device.type == "cpu" and t.dtype == torch.float32
-                        for t in (x, self.weight, self.bias))
+                and float32_on_cpu(x, self.weight, self.bias)
                 and load("normpool") is not None)
 
 
@@ -97,8 +96,7 @@ class ImageConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # its backward refuses channels-last inputs ("grad_weight must be contiguous")
-        if (x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
-                and x.is_contiguous()):
+        if float32_on_cpu(x, self.weight) and x.is_contiguous():
             return torch._C._nn.thnn_conv2d(x, self.weight, self.kernel_size, self.bias,
                                             self.stride, self.padding)
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
