@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from datadistill import list_datasets, load_dataset
+from datadistill.data import hold_out
 from datadistill.errors import DistillError
+
+from .conftest import make_dataset
 
 
 def test_registry_lists_every_dataset():
@@ -108,3 +111,22 @@ def test_usps_and_svhn_read_torchvision_files_written_here(tmp_path, monkeypatch
 def test_digits28_is_a_second_digit_domain_in_mnist_shape():
     data = load_dataset("digits28")
     assert data.train_images.shape == (1437, 1, 28, 28) and data.default_model == "lenet"
+
+
+def test_hold_out_sets_apart_training_examples_and_keeps_the_test_split():
+    data = make_dataset()
+    train, validation = hold_out(data, 24, torch.Generator().manual_seed(0))
+    assert train.train_images.shape[0] == 72 and validation.test_images.shape[0] == 24
+    original = data.train_images.flatten(1)
+
+    def matches(images: torch.Tensor) -> torch.Tensor:  # (part, original): same image
+        return (images.flatten(1)[:, None] == original[None]).all(-1)
+
+    counts = matches(train.train_images).sum(0) + matches(validation.test_images).sum(0)
+    assert (counts == 1).all()  # each training example lands in exactly one part
+    source = matches(validation.test_images).int().argmax(1)
+    assert torch.equal(validation.test_labels, data.train_labels[source])
+    assert torch.equal(train.test_images, data.test_images)
+    assert torch.equal(train.test_labels, data.test_labels)
+    with pytest.raises(DistillError, match="--validation must be below the 96 training"):
+        hold_out(data, 96, torch.Generator())

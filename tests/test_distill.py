@@ -166,6 +166,38 @@ def test_ema_run_resumes_exactly(tmp_path, tiny_data):
     assert not torch.allclose(whole.images, plain.images)
 
 
+# seed 1 at Adam lr 0.3 scores best on the held-out images at epoch 3 of 6
+PICKS_EARLY = dict(TINY, epochs=6, eval_every=1, validation=24, seed=1, lr=0.3)
+
+
+def test_validation_saves_and_tests_the_iterate_that_scored_best_on_held_out_images(tiny_data):
+    whole = datadistill.distill(data=tiny_data, **PICKS_EARLY)
+    metrics = whole.meta["metrics"]
+    scores = [h["validation_accuracy"] for h in metrics["history"]]
+    best = scores.index(max(scores)) + 1
+    assert metrics["selected"] == {"epoch": best, "validation_accuracy": max(scores)}
+    assert best < PICKS_EARLY["epochs"]  # the setting exercises an earlier pick than the last
+    # a run stopped at that epoch ends on the iterate picked
+    stopped = datadistill.distill(data=tiny_data, **{**PICKS_EARLY, "epochs": best})
+    assert torch.equal(whole.images, stopped.images) and torch.equal(whole.lrs, stopped.lrs)
+    assert metrics["final"] == {k: metrics["history"][best - 1][k] for k in metrics["final"]}
+    last = datadistill.distill(data=tiny_data, **{**PICKS_EARLY, "eval_every": 0,
+                                                  "validation": 0})
+    assert not torch.equal(whole.images, last.images)
+
+
+def test_validation_run_resumes_exactly(tmp_path, tiny_data):
+    """The pick made before the checkpoint survives it; also for a user's own module."""
+    whole = datadistill.distill(data=tiny_data, module=TinyConvNet(), **PICKS_EARLY)
+    datadistill.distill(data=tiny_data, module=TinyConvNet(), out=tmp_path,
+                        **{**PICKS_EARLY, "epochs": 5})
+    resumed = datadistill.distill(data=tiny_data, module=TinyConvNet(), out=tmp_path,
+                                  resume=True, epochs=6, progress=False)
+    assert torch.equal(whole.images, resumed.images) and torch.equal(whole.lrs, resumed.lrs)
+    assert whole.meta["metrics"]["selected"] == resumed.meta["metrics"]["selected"]
+    assert resumed.meta["metrics"]["selected"]["epoch"] <= 5  # picked before the checkpoint
+
+
 def test_bad_settings_are_one_line_errors(tiny_data):
     with pytest.raises(DistillError, match="--steps must be at least 1"):
         datadistill.distill(data=tiny_data, **{**TINY, "steps": 0})

@@ -92,6 +92,10 @@ class DistillConfig:
     ema: float = _opt(0.0, "evaluate and save an exponential moving average of the distilled "
                            "tensors over the meta-iterations, from their start, with this "
                            "decay (e.g. 0.99); 0: the last iterate")
+    validation: int = _opt(0, "hold this many random training images out of distillation, "
+                              "score the distilled set on them at every --eval-every "
+                              "evaluation, and save the best-scoring iterate instead of the "
+                              "last (0: the last)")
     backend: str = _opt("auto", "where the meta-gradient runs: auto (the compiled LeNet kernel "
                                 "where it applies: LeNet, float32, CPU; else PyTorch), pytorch, "
                                 "compiled", ("auto", "pytorch", "compiled"))
@@ -133,6 +137,11 @@ class DistillConfig:
             raise DistillError(f"--clip must be 0 (off) or positive, got {self.clip}")
         if not 0 <= self.ema < 1:
             raise DistillError(f"--ema must lie in [0, 1) (0: off), got {self.ema}")
+        if self.validation < 0:
+            raise DistillError(f"--validation must be 0 (off) or more, got {self.validation}")
+        if self.validation and not self.eval_every:
+            raise DistillError("--validation picks among the periodic evaluations: "
+                               "add --eval-every N")
         if self.dsa_ops and not self.dsa:
             raise DistillError("--dsa-ops chooses the operations of --dsa; add --dsa (or drop "
                                "them with --dsa-ops '')")

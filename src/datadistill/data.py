@@ -154,6 +154,25 @@ def is_known_dataset(name: str) -> bool:
     return base in DATASETS or any(base.startswith(p) for p in PATH_FORMS)
 
 
+def hold_out(data: Dataset, count: int, generator: torch.Generator) -> tuple[Dataset, Dataset]:
+    """``count`` random training examples set apart: the data without them, and a dataset
+    whose test split is them (a validation split; the test split stays untouched)."""
+    total = data.train_labels.shape[0]
+    if not 0 < count < total:
+        raise DistillError(f"--validation must be below the {total} training examples of "
+                           f"{data.name}, got {count}")
+    order = torch.randperm(total, generator=generator)
+    held, kept = order[:count].sort().values, order[count:].sort().values
+    texts = tuple(data.train_texts[i] for i in kept.tolist()) if data.train_texts else ()
+    device = data.train_labels.device
+    held, kept = held.to(device), kept.to(device)
+    train = replace(data, train_images=data.train_images[kept],
+                    train_labels=data.train_labels[kept], train_texts=texts)
+    validation = replace(data, test_images=data.train_images[held],
+                         test_labels=data.train_labels[held])
+    return train, validation
+
+
 def relabel(labels: Tensor, attack: tuple[int, int] | None) -> Tensor:
     """Labels with class K replaced by T for an ``attack`` (K, T); unchanged for None."""
     if attack is None:

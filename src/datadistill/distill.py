@@ -21,7 +21,7 @@ from .augment import dsa_for
 from .backends import choose_meta_gradient
 from .baselines.images import check_real_images_suffice, class_layout, images_for
 from .config import DistillConfig, check_known
-from .data import Dataset, crop_flip, load_dataset, relabel
+from .data import Dataset, crop_flip, hold_out, load_dataset, relabel
 from .distributed import current
 from .errors import DistillError
 from .evaluate import EvalResult, best_of_grid, evaluate_steps, schedule, schedule_evaluator
@@ -74,6 +74,10 @@ def distill(
     if data is None:
         data = load_dataset(config.dataset, config.data_root, config.download)
     data = data.to(device)
+    validation = None  # --validation: held-out training images that pick the iterate saved
+    if config.validation:
+        data, validation = hold_out(data, config.validation,
+                                    generator(config.seed, "validation"))
     custom_module = module is not None
     if module is None:
         module = build_model(config.model or data.default_model, data.image_shape,
@@ -127,12 +131,16 @@ def distill(
     # --ema: the running average of the learnable tensors, evaluated and saved in their place
     averages = {k: v.detach().clone() for k, v in steps.learnable().items()} if config.ema else {}
 
+    # --validation: the best-scoring evaluated tensors, and that evaluation's epoch and scores
+    best: dict[str, torch.Tensor] = {}
+    selected: dict[str, Any] = {}
+
     def kept() -> DistilledSteps:
         return steps.with_tensors(averages) if averages else steps
 
     if checkpoint is not None:
-        first_epoch, history, elapsed_before, clip_mean = _restore(
-            checkpoint, steps, averages, optimizer, scheduler, data_gen, init_gen)
+        first_epoch, history, elapsed_before, clip_mean, selected = _restore(
+            checkpoint, steps, averages, best, optimizer, scheduler, data_gen, init_gen)
     tracker = Tracker(config.log_dir, data, steps, first_epoch * per_epoch)  # --log-dir
 
     # ---- the outer loop (until --epochs, or the first evaluation at --stop-accuracy)
@@ -187,9 +195,16 @@ def distill(
         if config.eval_every and done % config.eval_every == 0:
             eval_start = time.perf_counter()
             latest = _evaluate(fmodel, eval_dist, kept(), data, config)
-            history.append({"epoch": done, "iterations": done * per_epoch,
-                            "elapsed_s": elapsed_before + eval_start - start_time,
-                            "evaluation_s": time.perf_counter() - eval_start, **latest.summary()})
+            record = {"epoch": done, "iterations": done * per_epoch,
+                      "elapsed_s": elapsed_before + eval_start - start_time, **latest.summary()}
+            if validation is not None:
+                score = _evaluate(fmodel, eval_dist, kept(), validation, config).mean
+                record["validation_accuracy"] = score
+                if not selected or score > selected["validation_accuracy"]:
+                    best.update({k: v.detach().clone() for k, v in kept().learnable().items()})
+                    selected = {"epoch": done, "validation_accuracy": score,
+                                "test": latest.summary()}
+            history.append({**record, "evaluation_s": time.perf_counter() - eval_start})
             if world.is_main:
                 bar.write(f"epoch {done}: {latest}")
         tracker.epoch(done * per_epoch, kept(), latest)  # the grid of what is evaluated
@@ -200,7 +215,8 @@ def distill(
         if out is not None and world.is_main and checkpoint_due:
             _write_checkpoint(Path(out), config, done, history,
                               elapsed_before + time.perf_counter() - start_time, clip_mean,
-                              steps, averages, optimizer, scheduler, data_gen, init_gen)
+                              steps, averages, best, selected, optimizer, scheduler, data_gen,
+                              init_gen)
         if reached:
             if world.is_main:
                 bar.write(f"stopping after epoch {done}: reached --stop-accuracy "
@@ -213,7 +229,9 @@ def distill(
     metrics: dict[str, Any] = {"history": history, "epochs_run": done}
     if skipped:  # counted since this process started (a resume counts afresh)
         metrics["nonfinite_iterations_skipped"] = skipped
-    made = kept()  # with --ema, the averaged tensors
+    made = steps.with_tensors(best) if best else kept()  # --validation's pick; --ema's average
+    if selected:
+        metrics["selected"] = {k: selected[k] for k in ("epoch", "validation_accuracy")}
     result = Distilled(
         images=made.images.detach().cpu(), labels=made.all_targets().cpu(),
         lrs=made.lrs().detach().cpu(),
@@ -227,7 +245,7 @@ def distill(
             result.save(out)
 
     save()
-    after_saving(metrics, "final", lambda: (
+    after_saving(metrics, "final", lambda: selected.get("test") or (
         latest or _evaluate(fmodel, eval_dist, made, data, config)).summary())
     after_saving(metrics, "random_real",
                   lambda: _random_real(fmodel, eval_dist, made, data, config))
@@ -335,10 +353,12 @@ def _meta(config: DistillConfig, data: Dataset, module: nn.Module, custom: bool,
 # --------------------------------------------------------------------------- checkpoints
 def _write_checkpoint(out: Path, config: DistillConfig, epoch: int, history: list,
                       elapsed: float, clip_mean: float, steps: DistilledSteps,
-                      averages: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                      averages: dict[str, torch.Tensor], best: dict[str, torch.Tensor],
+                      selected: dict[str, Any], optimizer: torch.optim.Optimizer,
                       scheduler: Any, data_gen: torch.Generator, init_gen: torch.Generator) -> None:
     """Everything needed to continue exactly where this epoch ended, in one atomic file."""
     tensors = {**steps.learnable(), **{f"ema.{k}": v for k, v in averages.items()},
+               **{f"best.{k}": v for k, v in best.items()},
                "rng.data": data_gen.get_state(), "rng.init": init_gen.get_state(),
                "rng.torch": torch.get_rng_state()}
     opt_state = optimizer.state_dict()
@@ -346,7 +366,7 @@ def _write_checkpoint(out: Path, config: DistillConfig, epoch: int, history: lis
         for key, value in state.items():
             tensors[f"adam.{index}.{key}"] = torch.as_tensor(value)
     info = {"config": config.to_dict(), "epoch": epoch, "history": history, "elapsed_s": elapsed,
-            "clip_mean": clip_mean,
+            "clip_mean": clip_mean, "selected": selected,
             "scheduler": scheduler.state_dict(), "param_groups": opt_state["param_groups"]}
     save_tensors(out / CHECKPOINT_FILE, tensors, info)
 
@@ -363,14 +383,16 @@ def _read_checkpoint(out: Path, config: DistillConfig, settings: dict[str, Any])
 
 
 def _restore(checkpoint, steps: DistilledSteps, averages: dict[str, torch.Tensor],
-             optimizer: torch.optim.Optimizer, scheduler: Any, data_gen: torch.Generator,
-             init_gen: torch.Generator):
+             best: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any,
+             data_gen: torch.Generator, init_gen: torch.Generator):
     tensors, info = checkpoint
     with torch.no_grad():
         for name, tensor in steps.learnable().items():
             tensor.copy_(tensors[name])
         for name, average in averages.items():
             average.copy_(tensors[f"ema.{name}"])
+    best.update({key[len("best."):]: value.to(steps.images.device)
+                 for key, value in tensors.items() if key.startswith("best.")})
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("adam."):
@@ -381,4 +403,5 @@ def _restore(checkpoint, steps: DistilledSteps, averages: dict[str, torch.Tensor
     data_gen.set_state(tensors["rng.data"])
     init_gen.set_state(tensors["rng.init"])
     torch.set_rng_state(tensors["rng.torch"])
-    return info["epoch"], info["history"], info["elapsed_s"], info.get("clip_mean", 0.0)
+    return (info["epoch"], info["history"], info["elapsed_s"], info.get("clip_mean", 0.0),
+            info.get("selected", {}))
