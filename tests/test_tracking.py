@@ -58,6 +58,16 @@ def test_log_dir_has_scalars_and_images(tmp_path):
     assert images[0].encoded_image_string.startswith(b"\x89PNG")
 
 
+def test_validation_accuracy_is_logged_at_each_evaluation(tmp_path):
+    log_dir = tmp_path / "tb"
+    result = datadistill.distill(**TINY, validation=300, log_dir=str(log_dir))
+    per_epoch = _per_epoch(result)  # digits without 300 held out: 1,137 images -> 2 batches
+    logged = _events(log_dir).Scalars("eval/validation_accuracy")
+    assert [e.step for e in logged] == [per_epoch, 2 * per_epoch]
+    scored = [h["validation_accuracy"] for h in result.meta["metrics"]["history"]]
+    assert [e.value for e in logged] == pytest.approx(scored)
+
+
 def test_one_shared_lr_is_logged_once(tmp_path):
     log_dir = tmp_path / "tb"
     result = datadistill.distill(**{**TINY, "distill_epochs": 3, "epochs": 1},

@@ -191,7 +191,7 @@ def distill(
             tracker.iteration(epoch * per_epoch + it + 1, meta_loss, steps)
         scheduler.step()
 
-        done, latest = epoch + 1, None
+        done, latest, score = epoch + 1, None, None
         if config.eval_every and done % config.eval_every == 0:
             eval_start = time.perf_counter()
             latest = _evaluate(fmodel, eval_dist, kept(), data, config)
@@ -207,7 +207,7 @@ def distill(
             history.append({**record, "evaluation_s": time.perf_counter() - eval_start})
             if world.is_main:
                 bar.write(f"epoch {done}: {latest}")
-        tracker.epoch(done * per_epoch, kept(), latest)  # the grid of what is evaluated
+        tracker.epoch(done * per_epoch, kept(), latest, score)  # the grid of what is evaluated
         reached = (latest is not None and config.stop_accuracy > 0
                    and latest.mean >= config.stop_accuracy)
         checkpoint_due = (done % config.checkpoint_every == 0 or done == config.epochs
