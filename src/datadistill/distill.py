@@ -206,7 +206,8 @@ def distill(
                                 "test": latest.summary()}
             history.append({**record, "evaluation_s": time.perf_counter() - eval_start})
             if world.is_main:
-                bar.write(f"epoch {done}: {latest}")
+                scored = "" if score is None else f"; validation {100 * score:.2f}%"
+                bar.write(f"epoch {done}: {latest}{scored}")
         tracker.epoch(done * per_epoch, kept(), latest, score)  # the grid of what is evaluated
         reached = (latest is not None and config.stop_accuracy > 0
                    and latest.mean >= config.stop_accuracy)
