@@ -124,8 +124,12 @@ def test_hold_out_sets_apart_training_examples_and_keeps_the_test_split():
 
     counts = matches(train.train_images).sum(0) + matches(validation.test_images).sum(0)
     assert (counts == 1).all()  # each training example lands in exactly one part
-    source = matches(validation.test_images).int().argmax(1)
-    assert torch.equal(validation.test_labels, data.train_labels[source])
+    for images, labels in ((validation.test_images, validation.test_labels),
+                           (train.train_images, train.train_labels)):
+        assert torch.equal(labels, data.train_labels[matches(images).int().argmax(1)])
+    assert torch.equal(validation.train_images, validation.test_images)  # only the held-out
+    again, _ = hold_out(data, 24, torch.Generator().manual_seed(0))
+    assert torch.equal(again.train_images, train.train_images)  # same seed, same split
     assert torch.equal(train.test_images, data.test_images)
     assert torch.equal(train.test_labels, data.test_labels)
     with pytest.raises(DistillError, match="--validation must be below the 96 training"):

@@ -181,9 +181,27 @@ def test_validation_saves_and_tests_the_iterate_that_scored_best_on_held_out_ima
     stopped = datadistill.distill(data=tiny_data, **{**PICKS_EARLY, "epochs": best})
     assert torch.equal(whole.images, stopped.images) and torch.equal(whole.lrs, stopped.lrs)
     assert metrics["final"] == {k: metrics["history"][best - 1][k] for k in metrics["final"]}
-    last = datadistill.distill(data=tiny_data, **{**PICKS_EARLY, "eval_every": 0,
-                                                  "validation": 0})
+    last = datadistill.distill(data=tiny_data, **{**PICKS_EARLY, "eval_every": 6})
+    assert last.meta["metrics"]["selected"]["epoch"] == 6  # one evaluation: the last iterate
     assert not torch.equal(whole.images, last.images)
+
+
+def test_validation_picks_among_the_averaged_iterates_with_ema(tiny_data):
+    settings = {**PICKS_EARLY, "ema": 0.5}
+    whole = datadistill.distill(data=tiny_data, **settings)
+    best = whole.meta["metrics"]["selected"]["epoch"]
+    assert best < settings["epochs"]
+    stopped = datadistill.distill(data=tiny_data, **{**settings, "epochs": best})
+    assert torch.equal(whole.images, stopped.images) and torch.equal(whole.lrs, stopped.lrs)
+
+
+def test_stop_accuracy_with_validation_stops_on_the_held_out_accuracy(tiny_data):
+    """At 0.88 the test split is reached at epoch 2, the held-out images only at epoch 3."""
+    result = datadistill.distill(data=tiny_data, **{**PICKS_EARLY, "stop_accuracy": 0.88})
+    history = result.meta["metrics"]["history"]
+    assert history[1]["accuracy_mean"] >= 0.88 > history[1]["validation_accuracy"]
+    assert result.meta["metrics"]["epochs_run"] == 3
+    assert history[2]["validation_accuracy"] >= 0.88
 
 
 def test_validation_run_resumes_exactly(tmp_path, tiny_data):

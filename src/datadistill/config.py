@@ -108,7 +108,8 @@ class DistillConfig:
     eval_every: int = _opt(0, "evaluate fresh nets every this many epochs (0: only at the end)")
     eval_nets: int = _opt(20, "fresh nets trained on the distilled data per evaluation")
     stop_accuracy: float = _opt(0.0, "stop at the first --eval-every evaluation whose mean "
-                                     "accuracy reaches this fraction (0: run every epoch)")
+                                     "accuracy (with --validation: on the held-out images) "
+                                     "reaches this fraction (0: run every epoch)")
     checkpoint_every: int = _opt(1, "write a checkpoint every this many epochs")
     progress: bool = _opt(True, "show a progress bar")
     log_dir: str = _opt("", "write TensorBoard scalars and image grids to this folder "
@@ -139,9 +140,12 @@ class DistillConfig:
             raise DistillError(f"--ema must lie in [0, 1) (0: off), got {self.ema}")
         if self.validation < 0:
             raise DistillError(f"--validation must be 0 (off) or more, got {self.validation}")
-        if self.validation and not self.eval_every:
-            raise DistillError("--validation picks among the periodic evaluations: "
-                               "add --eval-every N")
+        if self.validation and not 0 < self.eval_every <= self.epochs:
+            raise DistillError("--validation picks among the periodic evaluations: add "
+                               "--eval-every N, N at most --epochs")
+        if self.validation and self.objective == "attack":
+            raise DistillError("--validation picks by clean accuracy, not an attack's success: "
+                               "drop it for --objective attack")
         if self.dsa_ops and not self.dsa:
             raise DistillError("--dsa-ops chooses the operations of --dsa; add --dsa (or drop "
                                "them with --dsa-ops '')")

@@ -156,21 +156,27 @@ def is_known_dataset(name: str) -> bool:
 
 def hold_out(data: Dataset, count: int, generator: torch.Generator) -> tuple[Dataset, Dataset]:
     """``count`` random training examples set apart: the data without them, and a dataset
-    whose test split is them (a validation split; the test split stays untouched)."""
+    of only them (as its train and test split; the original test split stays untouched)."""
     total = data.train_labels.shape[0]
     if not 0 < count < total:
         raise DistillError(f"--validation must be below the {total} training examples of "
                            f"{data.name}, got {count}")
     order = torch.randperm(total, generator=generator)
     held, kept = order[:count].sort().values, order[count:].sort().values
-    texts = tuple(data.train_texts[i] for i in kept.tolist()) if data.train_texts else ()
-    device = data.train_labels.device
-    held, kept = held.to(device), kept.to(device)
-    train = replace(data, train_images=data.train_images[kept],
-                    train_labels=data.train_labels[kept], train_texts=texts)
-    validation = replace(data, test_images=data.train_images[held],
-                         test_labels=data.train_labels[held])
-    return train, validation
+    return _train_subset(data, kept), _as_test(_train_subset(data, held))
+
+
+def _train_subset(data: Dataset, indices: Tensor) -> Dataset:
+    """The data with only these training examples (in this order)."""
+    texts = tuple(data.train_texts[i] for i in indices.tolist()) if data.train_texts else ()
+    indices = indices.to(data.train_labels.device)
+    return replace(data, train_images=data.train_images[indices],
+                   train_labels=data.train_labels[indices], train_texts=texts)
+
+
+def _as_test(data: Dataset) -> Dataset:
+    """The data with its training split as its test split too."""
+    return replace(data, test_images=data.train_images, test_labels=data.train_labels)
 
 
 def relabel(labels: Tensor, attack: tuple[int, int] | None) -> Tensor:

@@ -74,10 +74,9 @@ def distill(
     if data is None:
         data = load_dataset(config.dataset, config.data_root, config.download)
     data = data.to(device)
-    validation = None  # --validation: held-out training images that pick the iterate saved
+    held_out = None  # --validation: training images set apart to pick the iterate saved
     if config.validation:
-        data, validation = hold_out(data, config.validation,
-                                    generator(config.seed, "validation"))
+        data, held_out = hold_out(data, config.validation, generator(config.seed, "validation"))
     custom_module = module is not None
     if module is None:
         module = build_model(config.model or data.default_model, data.image_shape,
@@ -129,7 +128,7 @@ def distill(
     per_epoch = math.ceil(n_train / config.batch_size)
     first_epoch, history, elapsed_before, clip_mean = 0, [], 0.0, 0.0
     # --ema: the running average of the learnable tensors, evaluated and saved in their place
-    averages = {k: v.detach().clone() for k, v in steps.learnable().items()} if config.ema else {}
+    averages = _snapshot(steps) if config.ema else {}
 
     # --validation: the best-scoring evaluated tensors, and that evaluation's epoch and scores
     best: dict[str, torch.Tensor] = {}
@@ -191,17 +190,17 @@ def distill(
             tracker.iteration(epoch * per_epoch + it + 1, meta_loss, steps)
         scheduler.step()
 
-        done, latest, score = epoch + 1, None, None
+        done, latest, score = epoch + 1, None, None  # score: the held-out accuracy
         if config.eval_every and done % config.eval_every == 0:
             eval_start = time.perf_counter()
             latest = _evaluate(fmodel, eval_dist, kept(), data, config)
             record = {"epoch": done, "iterations": done * per_epoch,
                       "elapsed_s": elapsed_before + eval_start - start_time, **latest.summary()}
-            if validation is not None:
-                score = _evaluate(fmodel, eval_dist, kept(), validation, config).mean
+            if held_out is not None:
+                score = _evaluate(fmodel, eval_dist, kept(), held_out, config).mean
                 record["validation_accuracy"] = score
                 if not selected or score > selected["validation_accuracy"]:
-                    best.update({k: v.detach().clone() for k, v in kept().learnable().items()})
+                    best.update(_snapshot(kept()))
                     selected = {"epoch": done, "validation_accuracy": score,
                                 "test": latest.summary()}
             history.append({**record, "evaluation_s": time.perf_counter() - eval_start})
@@ -209,8 +208,8 @@ def distill(
                 scored = "" if score is None else f"; validation {100 * score:.2f}%"
                 bar.write(f"epoch {done}: {latest}{scored}")
         tracker.epoch(done * per_epoch, kept(), latest, score)  # the grid of what is evaluated
-        reached = (latest is not None and config.stop_accuracy > 0
-                   and latest.mean >= config.stop_accuracy)
+        reached = (latest is not None and config.stop_accuracy > 0  # --validation: held out
+                   and (latest.mean if score is None else score) >= config.stop_accuracy)
         checkpoint_due = (done % config.checkpoint_every == 0 or done == config.epochs
                           or reached)
         if out is not None and world.is_main and checkpoint_due:
@@ -256,6 +255,11 @@ def distill(
         after_saving(metrics, "picture", lambda: save_picture(result, data, out).name)
     save()
     return result
+
+
+def _snapshot(steps: DistilledSteps) -> dict[str, torch.Tensor]:
+    """A detached copy of the learnable tensors."""
+    return {name: tensor.detach().clone() for name, tensor in steps.learnable().items()}
 
 
 def _update_averages(averages: dict[str, torch.Tensor], steps: DistilledSteps,

@@ -86,7 +86,7 @@ class Tracker:
                 add(f"grad_norm/{name}", norm, iteration)
 
     def epoch(self, iteration: int, steps: DistilledSteps, evaluation: Any = None,
-              validation: float | None = None) -> None:
+              validation_accuracy: float | None = None) -> None:
         """At the end of an epoch: the evaluation (an EvalResult, if one ran), the
         --validation accuracy (if scored) and the grid."""
         if self.writer is None:
@@ -95,8 +95,8 @@ class Tracker:
             for name, value in evaluation.summary().items():
                 if isinstance(value, float):
                     self.writer.add_scalar(f"eval/{name}", value, iteration)
-        if validation is not None:
-            self.writer.add_scalar("eval/validation_accuracy", validation, iteration)
+        if validation_accuracy is not None:
+            self.writer.add_scalar("eval/validation_accuracy", validation_accuracy, iteration)
         self._grid(iteration, steps)
         self.writer.flush()  # everything up to the checkpoint that follows is on disk
 
