@@ -10,6 +10,9 @@ import torch.nn.functional as F
 import datadistill
 from datadistill.augment import DSA
 from datadistill.errors import DistillError
+from datadistill.evaluate import evaluate_steps, schedule
+from datadistill.functional import FunctionalModel
+from datadistill.init_distributions import RandomInit
 
 from .conftest import TinyConvNet, make_dataset
 
@@ -184,6 +187,30 @@ def test_validation_saves_and_tests_the_iterate_that_scored_best_on_held_out_ima
     last = datadistill.distill(data=tiny_data, **{**PICKS_EARLY, "eval_every": 6})
     assert last.meta["metrics"]["selected"]["epoch"] == 6  # one evaluation: the last iterate
     assert not torch.equal(whole.images, last.images)
+
+
+def test_evaluation_scores_the_held_out_images_with_the_nets_it_tests(tiny_data):
+    """One training of the evaluation nets serves the test split and the held-out images:
+    the same scores as evaluating each set on its own."""
+    module = TinyConvNet()
+    fmodel, init = FunctionalModel(module), RandomInit(module)
+    steps = schedule(tiny_data.train_images[:6].view(2, 3, 1, 4, 4),
+                     tiny_data.train_labels[:6].view(2, 3), 0.1, 2)
+    held_images, held_labels = tiny_data.train_images[6:60], tiny_data.train_labels[6:60]
+
+    def evaluation(test_images, test_labels, also_test=None):
+        return evaluate_steps(fmodel, init, steps, test_images, test_labels, nets=5,
+                              generator=torch.Generator().manual_seed(2), nets_per_batch=2,
+                              also_test=also_test)
+
+    both = evaluation(tiny_data.test_images, tiny_data.test_labels, (held_images, held_labels))
+    test_only = evaluation(tiny_data.test_images, tiny_data.test_labels)
+    held_only = evaluation(held_images, held_labels)
+    assert test_only.also is None
+    assert torch.equal(both.after.confusion, test_only.after.confusion)
+    assert torch.equal(both.also.confusion, held_only.after.confusion)
+    assert torch.equal(both.also.losses, held_only.after.losses)
+    assert not torch.equal(both.also.confusion.sum((1, 2)), both.after.confusion.sum((1, 2)))
 
 
 def test_validation_picks_among_the_averaged_iterates_with_ema(tiny_data):

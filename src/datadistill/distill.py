@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ from .config import DistillConfig, check_known
 from .data import Dataset, crop_flip, hold_out, load_dataset, relabel
 from .distributed import current
 from .errors import DistillError
-from .evaluate import EvalResult, best_of_grid, evaluate_steps, schedule, schedule_evaluator
+from .evaluate import (EvalResult, Evaluation, best_of_grid, evaluate_steps, schedule,
+                       schedule_evaluator)
 from .functional import FunctionalModel
 from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
 from .models import build_model
@@ -130,16 +131,14 @@ def distill(
     # --ema: the running average of the learnable tensors, evaluated and saved in their place
     averages = _snapshot(steps) if config.ema else {}
 
-    # --validation: the best-scoring evaluated tensors, and that evaluation's epoch and scores
-    best: dict[str, torch.Tensor] = {}
-    selected: dict[str, Any] = {}
+    pick = Pick()  # --validation: the best-scoring evaluated iterate
 
     def kept() -> DistilledSteps:
         return steps.with_tensors(averages) if averages else steps
 
     if checkpoint is not None:
-        first_epoch, history, elapsed_before, clip_mean, selected = _restore(
-            checkpoint, steps, averages, best, optimizer, scheduler, data_gen, init_gen)
+        first_epoch, history, elapsed_before, clip_mean = _restore(
+            checkpoint, steps, averages, pick, optimizer, scheduler, data_gen, init_gen)
     tracker = Tracker(config.log_dir, data, steps, first_epoch * per_epoch)  # --log-dir
 
     # ---- the outer loop (until --epochs, or the first evaluation at --stop-accuracy)
@@ -193,16 +192,13 @@ def distill(
         done, latest, score = epoch + 1, None, None  # score: the held-out accuracy
         if config.eval_every and done % config.eval_every == 0:
             eval_start = time.perf_counter()
-            latest = _evaluate(fmodel, eval_dist, kept(), data, config)
+            evaluation = _evaluate(fmodel, eval_dist, kept(), data, config, held_out)
+            latest = evaluation.after
             record = {"epoch": done, "iterations": done * per_epoch,
                       "elapsed_s": elapsed_before + eval_start - start_time, **latest.summary()}
-            if held_out is not None:
-                score = _evaluate(fmodel, eval_dist, kept(), held_out, config).mean
-                record["validation_accuracy"] = score
-                if not selected or score > selected["validation_accuracy"]:
-                    best.update(_snapshot(kept()))
-                    selected = {"epoch": done, "validation_accuracy": score,
-                                "test": latest.summary()}
+            if evaluation.also is not None:  # the same nets scored on the held-out images
+                score = record["validation_accuracy"] = evaluation.also.mean
+                pick.offer(kept(), done, score, latest)
             history.append({**record, "evaluation_s": time.perf_counter() - eval_start})
             if world.is_main:
                 scored = "" if score is None else f"; validation {100 * score:.2f}%"
@@ -215,8 +211,7 @@ def distill(
         if out is not None and world.is_main and checkpoint_due:
             _write_checkpoint(Path(out), config, done, history,
                               elapsed_before + time.perf_counter() - start_time, clip_mean,
-                              steps, averages, best, selected, optimizer, scheduler, data_gen,
-                              init_gen)
+                              steps, averages, pick, optimizer, scheduler, data_gen, init_gen)
         if reached:
             if world.is_main:
                 bar.write(f"stopping after epoch {done}: reached --stop-accuracy "
@@ -229,9 +224,9 @@ def distill(
     metrics: dict[str, Any] = {"history": history, "epochs_run": done}
     if skipped:  # counted since this process started (a resume counts afresh)
         metrics["nonfinite_iterations_skipped"] = skipped
-    made = steps.with_tensors(best) if best else kept()  # --validation's pick; --ema's average
-    if selected:
-        metrics["selected"] = {k: selected[k] for k in ("epoch", "validation_accuracy")}
+    made = steps.with_tensors(pick.tensors) if pick.tensors else kept()  # --ema's average
+    if pick.record:
+        metrics["selected"] = {k: pick.record[k] for k in ("epoch", "validation_accuracy")}
     result = Distilled(
         images=made.images.detach().cpu(), labels=made.all_targets().cpu(),
         lrs=made.lrs().detach().cpu(),
@@ -245,8 +240,8 @@ def distill(
             result.save(out)
 
     save()
-    after_saving(metrics, "final", lambda: selected.get("test") or (
-        latest or _evaluate(fmodel, eval_dist, made, data, config)).summary())
+    after_saving(metrics, "final", lambda: pick.record.get("test") or (
+        latest or _evaluate(fmodel, eval_dist, made, data, config).after).summary())
     after_saving(metrics, "random_real",
                   lambda: _random_real(fmodel, eval_dist, made, data, config))
     if writes:
@@ -260,6 +255,21 @@ def distill(
 def _snapshot(steps: DistilledSteps) -> dict[str, torch.Tensor]:
     """A detached copy of the learnable tensors."""
     return {name: tensor.detach().clone() for name, tensor in steps.learnable().items()}
+
+
+@dataclass
+class Pick:
+    """--validation: the tensors of the best-scoring evaluation so far, and its record
+    (epoch, held-out accuracy, the test split's summary)."""
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    def offer(self, steps: DistilledSteps, epoch: int, score: float, test: EvalResult) -> None:
+        """Keep ``steps`` if ``score`` beats every earlier evaluation's."""
+        if not self.record or score > self.record["validation_accuracy"]:
+            self.tensors = _snapshot(steps)
+            self.record = {"epoch": epoch, "validation_accuracy": score, "test": test.summary()}
 
 
 def _update_averages(averages: dict[str, torch.Tensor], steps: DistilledSteps,
@@ -318,14 +328,17 @@ def _eval_nets(config: DistillConfig) -> int:
 
 
 def _evaluate(fmodel: FunctionalModel, init_dist: InitDistribution, steps: DistilledSteps,
-              data: Dataset, config: DistillConfig) -> EvalResult:
-    """Fresh nets (seeds disjoint from distillation's) trained on the distilled steps."""
+              data: Dataset, config: DistillConfig, held_out: Dataset | None = None) -> Evaluation:
+    """Fresh nets (seeds disjoint from distillation's) trained on the distilled steps, tested
+    on the test split (and on ``held_out``'s images)."""
     lrs = steps.lrs().detach()
     step_list = schedule(steps.images.detach(), steps.all_targets(), lrs, config.distill_epochs,
                          config.minibatch)
     return evaluate_steps(fmodel, init_dist, step_list, data.test_images, data.test_labels,
                           _eval_nets(config), generator(config.seed, "evaluation"),
-                          attack=config.attack, momentum=config.momentum).after
+                          attack=config.attack, momentum=config.momentum,
+                          also_test=None if held_out is None
+                          else (held_out.test_images, held_out.test_labels))
 
 
 def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: DistilledSteps,
@@ -358,12 +371,12 @@ def _meta(config: DistillConfig, data: Dataset, module: nn.Module, custom: bool,
 # --------------------------------------------------------------------------- checkpoints
 def _write_checkpoint(out: Path, config: DistillConfig, epoch: int, history: list,
                       elapsed: float, clip_mean: float, steps: DistilledSteps,
-                      averages: dict[str, torch.Tensor], best: dict[str, torch.Tensor],
-                      selected: dict[str, Any], optimizer: torch.optim.Optimizer,
+                      averages: dict[str, torch.Tensor], pick: Pick,
+                      optimizer: torch.optim.Optimizer,
                       scheduler: Any, data_gen: torch.Generator, init_gen: torch.Generator) -> None:
     """Everything needed to continue exactly where this epoch ended, in one atomic file."""
     tensors = {**steps.learnable(), **{f"ema.{k}": v for k, v in averages.items()},
-               **{f"best.{k}": v for k, v in best.items()},
+               **{f"best.{k}": v for k, v in pick.tensors.items()},
                "rng.data": data_gen.get_state(), "rng.init": init_gen.get_state(),
                "rng.torch": torch.get_rng_state()}
     opt_state = optimizer.state_dict()
@@ -371,7 +384,7 @@ def _write_checkpoint(out: Path, config: DistillConfig, epoch: int, history: lis
         for key, value in state.items():
             tensors[f"adam.{index}.{key}"] = torch.as_tensor(value)
     info = {"config": config.to_dict(), "epoch": epoch, "history": history, "elapsed_s": elapsed,
-            "clip_mean": clip_mean, "selected": selected,
+            "clip_mean": clip_mean, "selected": pick.record,
             "scheduler": scheduler.state_dict(), "param_groups": opt_state["param_groups"]}
     save_tensors(out / CHECKPOINT_FILE, tensors, info)
 
@@ -388,7 +401,7 @@ def _read_checkpoint(out: Path, config: DistillConfig, settings: dict[str, Any])
 
 
 def _restore(checkpoint, steps: DistilledSteps, averages: dict[str, torch.Tensor],
-             best: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, scheduler: Any,
+             pick: Pick, optimizer: torch.optim.Optimizer, scheduler: Any,
              data_gen: torch.Generator, init_gen: torch.Generator):
     tensors, info = checkpoint
     with torch.no_grad():
@@ -396,8 +409,9 @@ def _restore(checkpoint, steps: DistilledSteps, averages: dict[str, torch.Tensor
             tensor.copy_(tensors[name])
         for name, average in averages.items():
             average.copy_(tensors[f"ema.{name}"])
-    best.update({key[len("best."):]: value.to(steps.images.device)
-                 for key, value in tensors.items() if key.startswith("best.")})
+    pick.tensors = {key[len("best."):]: value.to(steps.images.device)
+                    for key, value in tensors.items() if key.startswith("best.")}
+    pick.record = info.get("selected", {})
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("adam."):
@@ -408,5 +422,4 @@ def _restore(checkpoint, steps: DistilledSteps, averages: dict[str, torch.Tensor
     data_gen.set_state(tensors["rng.data"])
     init_gen.set_state(tensors["rng.init"])
     torch.set_rng_state(tensors["rng.torch"])
-    return (info["epoch"], info["history"], info["elapsed_s"], info.get("clip_mean", 0.0),
-            info.get("selected", {}))
+    return info["epoch"], info["history"], info["elapsed_s"], info.get("clip_mean", 0.0)

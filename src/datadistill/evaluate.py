@@ -44,10 +44,12 @@ def grid_epochs(steps: int, distill_epochs: int) -> tuple[int, ...]:
 
 @dataclass
 class Evaluation:
-    """Held-out nets after training on the steps, and (optionally) before it."""
+    """Held-out nets after training on the steps, and (optionally) before it and on a
+    second test set (the same trained nets)."""
 
     after: EvalResult
     before: EvalResult | None = None
+    also: EvalResult | None = None
 
     def summary(self) -> dict[str, Any]:
         out = {"after": self.after.summary()}
@@ -68,9 +70,11 @@ def evaluate_steps(
     test_before: bool = False,
     attack: tuple[int, int] | None = None,
     momentum: float = 0.0,
+    also_test: tuple[Tensor, Tensor] | None = None,
 ) -> Evaluation:
     """Sample ``nets`` initial weights, train each on ``steps`` (heavy-ball ``momentum``
-    when above 0), and test them.
+    when above 0), and test them (and the same trained nets on ``also_test``'s images and
+    labels, when given).
 
     From a pool of trained models, each model is taken once, in order (at most ``nets``); a
     fixed init is one net, whatever ``nets`` says (every copy would train alike). Under torchrun each rank trains and tests its share of the nets; every rank gets all
@@ -83,7 +87,7 @@ def evaluate_steps(
         nets = 1
     world = current()
     mine = world.share(nets)
-    parts: dict[str, list[EvalResult]] = {"after": [], "before": []}
+    parts: dict[str, list[EvalResult]] = {"after": [], "before": [], "also": []}
     for start in range(0, nets, nets_per_batch):
         n = min(nets_per_batch, nets - start)
         drawn = init.take(start, n) if finite else init.sample(n, generator)
@@ -93,12 +97,17 @@ def evaluate_steps(
         params = {k: v[lo - start:hi - start].to(test_images.device) for k, v in drawn.items()}
         if test_before:
             parts["before"].append(test_nets(fmodel, params, test_images, test_labels))
-        parts["after"].append(test_nets(fmodel, train_nets(fmodel, params, steps, momentum),
-                                        test_images, test_labels))
+        trained = train_nets(fmodel, params, steps, momentum)
+        parts["after"].append(test_nets(fmodel, trained, test_images, test_labels))
+        if also_test is not None:
+            parts["also"].append(test_nets(fmodel, trained, *also_test))
     classes = _num_outputs(fmodel, init, test_images)
-    after = _gather(parts["after"], mine, nets, classes, world, attack)
-    before = _gather(parts["before"], mine, nets, classes, world, attack) if test_before else None
-    return Evaluation(after, before)
+
+    def gathered(part: str, wanted: bool) -> EvalResult | None:
+        return _gather(parts[part], mine, nets, classes, world, attack) if wanted else None
+
+    return Evaluation(gathered("after", True), gathered("before", test_before),
+                      gathered("also", also_test is not None))
 
 
 def _num_outputs(fmodel: FunctionalModel, init: InitDistribution, images: Tensor) -> int:
