@@ -8,7 +8,8 @@ then tests it in batches of 256 (as DC's code does). datadistill's evaluator
 (``converge.evaluate_converged``) runs as ``datadistill evaluate --protocol converge`` does
 (on the CPU: a ConvNet one net at a time through the fused norm-ReLU-pool kernel, in
 micro-batches of 64) and, for comparison, without the compiled kernel
-(``DATADISTILL_NO_KERNELS=1``: the module's own ops, whole minibatches); ``--all`` adds the
+(``DATADISTILL_NO_KERNELS=1``: the module's own ops, whole minibatches) and under bfloat16
+autocast (``--bf16``: convolutions and matmuls in bfloat16); ``--all`` adds the
 straightforward loop under bfloat16 autocast, channels-last inputs and nets stacked N at a
 time (vmap). All start from the same initial weights on the same set (random real images);
 the variants run interleaved, so a machine shared with other work slows them alike; the
@@ -120,6 +121,7 @@ def main() -> None:
                                                    data.test_labels, base, augment, 2),
         "datadistill": ours(),
         "datadistill without the compiled kernel": ours(kernels=False),
+        "datadistill, bfloat16 autocast (--bf16)": ours(bfloat16=True),
     }
     if args.all:
         variants.update({

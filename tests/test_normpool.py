@@ -193,6 +193,55 @@ def test_fused_microbatches_train_as_the_module_in_whole_minibatches(kernel):
         torch.testing.assert_close(parts[0][k], whole[0][k], atol=1e-4, rtol=1e-4)
 
 
+@needs_compiler
+def test_under_bfloat16_autocast_the_block_normalises_in_float32(kernel):
+    """A bfloat16 convolution output goes through the kernel as its float32 copy, and the
+    gradient flows back to it in bfloat16."""
+    norm = nn.GroupNorm(3, 3)
+    block = NormReluPool(norm)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, _reference(x.detach().float(), norm.weight, norm.bias,
+                                               norm.eps), atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and x.grad.abs().sum() > 0
+
+
+def _converge_in(bfloat16: bool, module: nn.Module, data, seen: set) -> tuple[str, float]:
+    """Two nets trained on 2 images a class; the dtypes of ``module``'s convolution outputs
+    are added to ``seen``."""
+    picks = torch.cat([(data.train_labels == c).nonzero()[:2, 0] for c in range(3)])
+    hooks = [m.register_forward_hook(lambda _, __, out: seen.add(out.dtype))
+             for m in module.modules() if isinstance(m, nn.Conv2d)]
+    converged = evaluate_converged(
+        FunctionalModel(module), RandomInit(module, "default"), data.train_images[picks],
+        data.train_labels[picks], data.test_images, data.test_labels, nets=2,
+        settings=ConvergeSettings(epochs=60, lr=0.05, bfloat16=bfloat16), augment=None,
+        generator=torch.Generator().manual_seed(0))
+    for hook in hooks:
+        hook.remove()
+    return converged.runner, converged.result.mean
+
+
+@pytest.mark.parametrize("model", ["users-module", "convnet-w16"])
+def test_bf16_runs_convolutions_in_bfloat16_and_reaches_the_float32_accuracy(model):
+    """--bf16: the convolutions of a user's own module (and of the fused ConvNet where the
+    kernel builds) output bfloat16; the nets end as accurate as in float32."""
+    data = make_dataset(n_test=600, classes=3, size=8)
+    module = (TinyConvNet(classes=3, size=8) if model == "users-module"
+              else build_model(model, (1, 8, 8), 3))
+    float32_dtypes, bfloat16_dtypes = set(), set()
+    runner, float32_accuracy = _converge_in(False, module, data, float32_dtypes)
+    runner_bf16, bfloat16_accuracy = _converge_in(True, module, data, bfloat16_dtypes)
+    assert runner == runner_bf16
+    assert float32_dtypes == {torch.float32}
+    assert torch.bfloat16 in bfloat16_dtypes
+    assert float32_accuracy > 0.9
+    assert bfloat16_accuracy == pytest.approx(float32_accuracy, abs=0.03)
+
+
 def test_a_users_own_module_trains_to_convergence_through_pytorch():
     """A module that is not datadistill's ConvNet is never fused: it runs its own ops."""
     data = make_dataset(classes=3, size=4)

@@ -58,6 +58,10 @@ def _add_converge_flags(parser: argparse.ArgumentParser) -> None:
                             "(0: at the end only)")
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                        default=defaults.channels_last, help="channels-last conv inputs")
+    group.add_argument("--bf16", action="store_true",
+                       help="convolutions and matmuls under bfloat16 autocast: faster on CPUs "
+                            "with AVX512-BF16 or AMX and on recent GPUs, much slower where "
+                            "bfloat16 is emulated (docs/performance.md)")
     group.add_argument("--dsa", action="store_true",
                        help="differentiable siamese augmentation of the images (DSA)")
     group.add_argument("--dsa-ops", default="",
@@ -74,7 +78,7 @@ def _converge_settings(args: argparse.Namespace) -> ConvergeSettings:
         lr=defaults.lr if args.lr is None else args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
         nets_per_batch=args.nets_per_batch, test_every=args.test_every,
-        channels_last=args.channels_last)
+        channels_last=args.channels_last, bfloat16=args.bf16)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,11 +230,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         return
     from .evaluate import evaluate
 
-    converge_only = [flag for flag, value in (("--model", args.model), ("--dsa", args.dsa),
-                                              ("--curve", args.curve)) if value]
-    if converge_only:
-        raise DistillError(f"{converge_only[0]} belongs to the converge protocol; add "
-                           "--protocol converge")
+    _refuse_converge_flags(args, model=True)
     nets = 200 if args.nets is None else args.nets
     result = evaluate(args.run, nets=nets, lr=args.lr, epochs=args.epochs,
                       data_root=args.data_root, device=args.device, pool=args.pool)
@@ -249,6 +249,17 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"  attack: accuracy w.r.t. modified labels {100 * after['modified_accuracy_mean']:.2f}% "
               f"± {100 * after['modified_accuracy_std']:.2f}, class K predicted as T "
               f"{100 * after['attack_ratio_mean']:.2f}% ± {100 * after['attack_ratio_std']:.2f}")
+
+
+def _refuse_converge_flags(args: argparse.Namespace, model: bool) -> None:
+    """One line for a converge-protocol flag given to the few-step protocol (``--model`` is
+    the converge protocol's only where ``model`` says so)."""
+    flags = (("--model", model and args.model), ("--dsa", args.dsa), ("--curve", args.curve),
+             ("--bf16", args.bf16))
+    given = [flag for flag, value in flags if value]
+    if given:
+        raise DistillError(f"{given[0]} belongs to the converge protocol; add "
+                           "--protocol converge")
 
 
 def _evaluate_converge(args: argparse.Namespace) -> None:
@@ -322,6 +333,7 @@ def _baseline(args: argparse.Namespace) -> None:
     if args.method == "full":
         raise DistillError("--method full trains on the whole training set: add --protocol "
                            "converge")
+    _refuse_converge_flags(args, model=False)
     from .baselines.write import baseline_artifact
 
     nets = 200 if args.nets is None else args.nets

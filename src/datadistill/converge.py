@@ -9,6 +9,7 @@ a ConvNet trains one net at a time through its fused norm-ReLU-pool kernel
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ class ConvergeSettings:
     nets_per_batch: int = 0  # nets trained together on stacked parameters (0: auto)
     test_every: int = 0  # test accuracy on the learning curve every this many epochs (0: end)
     channels_last: bool = False  # memory format of conv inputs (measured in benchmarks/)
+    bfloat16: bool = False  # convolutions and matmuls under bfloat16 autocast (benchmarks/)
 
     def check(self) -> None:
         """One-line errors for settings that cannot work."""
@@ -89,8 +91,10 @@ def train_to_convergence(
     n, m = next(iter(params.values())).shape[0], images.shape[0]
     leaves = [p.detach().clone().requires_grad_() for p in params.values()]
     trained = dict(zip(params, leaves))
+    fused = images.device.type in ("cpu", "cuda")  # one kernel for all tensors' updates
     optimiser = torch.optim.SGD(leaves, lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay, foreach=True)
+                                weight_decay=settings.weight_decay, foreach=not fused,
+                                fused=fused)
     for epoch in range(settings.epochs):
         if epoch == settings.epochs // 2:  # lr x 0.1 halfway
             for group in optimiser.param_groups:
@@ -105,7 +109,8 @@ def train_to_convergence(
             if settings.channels_last:
                 x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)
             optimiser.zero_grad(set_to_none=True)
-            losses = _accumulate_gradients(fmodel, trained, x, targets[pick], microbatch)
+            losses = _accumulate_gradients(fmodel, trained, x, targets[pick], microbatch,
+                                           settings.bfloat16)
             optimiser.step()
             epoch_loss += float(losses.mean()) * pick.shape[1] / m
         if curve is not None:
@@ -113,24 +118,35 @@ def train_to_convergence(
             done = epoch + 1
             if test is not None and settings.test_every and done % settings.test_every == 0 \
                     and done < settings.epochs:
-                result = test_nets(fmodel, _detached(trained), *test, test_chunk)
+                with precision(settings.bfloat16, images.device):
+                    result = test_nets(fmodel, _detached(trained), *test, test_chunk)
                 curve.test_epochs.append(done)
                 curve.test_accuracy.append(result.mean)
     return _detached(trained)
 
 
+def precision(bfloat16: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` when asked, else nothing."""
+    if bfloat16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _accumulate_gradients(fmodel: FunctionalModel, params: Params, x: Tensor, targets: Tensor,
-                          microbatch: int) -> Tensor:
+                          microbatch: int, bfloat16: bool = False) -> Tensor:
     """Each of the N nets' mean loss on its minibatch ``x`` (N, b, ...) (shape (N,)); its
-    gradient is accumulated into ``params``' ``.grad``, ``microbatch`` images at a time."""
+    gradient is accumulated into ``params``' ``.grad``, ``microbatch`` images at a time; the
+    forward pass under bfloat16 autocast when asked."""
     n, b = x.shape[:2]
     losses = x.new_zeros(n)
+    autocast = precision(bfloat16, x.device)
     for start in range(0, b, microbatch or b):
         part = slice(start, start + (microbatch or b))
         with torch.enable_grad():
-            logits = fmodel.logits_each(params, x[:, part], train=True)  # (N, part, K)
-            summed = F.cross_entropy(logits.flatten(0, 1), targets[:, part].flatten(0, 1),
-                                     reduction="none").view(n, -1).sum(1)
+            with autocast:
+                logits = fmodel.logits_each(params, x[:, part], train=True)  # (N, part, K)
+                summed = F.cross_entropy(logits.flatten(0, 1), targets[:, part].flatten(0, 1),
+                                         reduction="none").view(n, -1).sum(1)
             (summed.sum() / b).backward()  # each net's gradient is that of its own mean loss
         losses += summed.detach() / b
     return losses
@@ -192,7 +208,9 @@ def evaluate_converged(
         trained = train_to_convergence(runner.fmodel, params, images, targets, settings, augment,
                                        generator, (test_images, test_labels), curve,
                                        runner.microbatch, runner.test_chunk)
-        parts.append(test_nets(runner.fmodel, trained, test_images, test_labels, runner.test_chunk))
+        with precision(settings.bfloat16, images.device):
+            parts.append(test_nets(runner.fmodel, trained, test_images, test_labels,
+                                   runner.test_chunk))
         curve.test_epochs.append(settings.epochs)
         curve.test_accuracy.append(parts[-1].mean)
         curves.append((n, curve))

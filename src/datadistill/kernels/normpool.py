@@ -71,6 +71,8 @@ class NormReluPool(nn.Module):
         self.weight, self.bias, self.eps = norm.weight, norm.bias, norm.eps
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype != self.weight.dtype and torch.is_autocast_enabled(x.device.type):
+            x = x.to(self.weight.dtype)  # autocast's bfloat16 convolution: the norm in float32
         if self._kernel_runs(x):
             return _NormReluPool.apply(x, self.weight, self.bias, self.eps)
         normed = F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
