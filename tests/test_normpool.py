@@ -13,6 +13,7 @@ from datadistill.converge import (ConvergeSettings, Curve, evaluate_converged, r
                                   train_to_convergence)
 from datadistill.functional import FunctionalModel
 from datadistill.init_distributions import RandomInit
+from datadistill.kernels import normpool
 from datadistill.kernels.normpool import ImageConv, NormReluPool, fused_convnet
 from datadistill.models import build_model
 
@@ -226,18 +227,27 @@ def _converge_in(bfloat16: bool, module: nn.Module, data, seen: set) -> tuple[st
 
 
 @pytest.mark.parametrize("model", ["users-module", "convnet-w16"])
-def test_bf16_runs_convolutions_in_bfloat16_and_reaches_the_float32_accuracy(model):
-    """--bf16: the convolutions of a user's own module (and of the fused ConvNet where the
-    kernel builds) output bfloat16; the nets end as accurate as in float32."""
+def test_bf16_runs_convolutions_in_bfloat16_and_reaches_the_float32_accuracy(model, monkeypatch):
+    """--bf16: the convolutions of a user's own module (and the inner ones of the fused
+    ConvNet, whose blocks still run the kernel where it builds) output bfloat16, in training
+    and testing; the nets end as accurate as in float32."""
     data = make_dataset(n_test=600, classes=3, size=8)
     module = (TinyConvNet(classes=3, size=8) if model == "users-module"
               else build_model(model, (1, 8, 8), 3))
     float32_dtypes, bfloat16_dtypes = set(), set()
     runner, float32_accuracy = _converge_in(False, module, data, float32_dtypes)
+    kernel_calls = []
+    real_call = normpool._call
+    monkeypatch.setattr(normpool, "_call", lambda name, *args: (kernel_calls.append(name),
+                                                                  real_call(name, *args)))
     runner_bf16, bfloat16_accuracy = _converge_in(True, module, data, bfloat16_dtypes)
     assert runner == runner_bf16
-    assert float32_dtypes == {torch.float32}
-    assert torch.bfloat16 in bfloat16_dtypes
+    assert float32_dtypes == {torch.float32} and bfloat16_dtypes == {torch.bfloat16}
+    if model != "users-module" and kernels.load("normpool") is not None:
+        assert runner_bf16 == "fused-convnet"
+        assert {"normpool_forward", "normpool_backward"} <= set(kernel_calls)
+    else:
+        assert not kernel_calls
     assert float32_accuracy > 0.9
     assert bfloat16_accuracy == pytest.approx(float32_accuracy, abs=0.03)
 

@@ -59,9 +59,9 @@ def _add_converge_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                        default=defaults.channels_last, help="channels-last conv inputs")
     group.add_argument("--bf16", action="store_true",
-                       help="convolutions and matmuls under bfloat16 autocast: faster on CPUs "
-                            "with AVX512-BF16 or AMX and on recent GPUs, much slower where "
-                            "bfloat16 is emulated (docs/performance.md)")
+                       help="convolutions and matmuls under bfloat16 autocast, one net at a "
+                            "time: faster on CPUs with AVX512-BF16, much slower where bfloat16 "
+                            "is emulated (docs/performance.md)")
     group.add_argument("--dsa", action="store_true",
                        help="differentiable siamese augmentation of the images (DSA)")
     group.add_argument("--dsa-ops", default="",

@@ -49,6 +49,9 @@ class ConvergeSettings:
         if self.nets_per_batch < 0:
             raise DistillError(f"--nets-per-batch must be 0 (auto) or more, "
                                f"got {self.nets_per_batch}")
+        if self.bfloat16 and self.nets_per_batch > 1:  # vmap's batched ops ignore autocast
+            raise DistillError("--bf16 trains one net at a time (autocast does not reach "
+                               "stacked nets); drop --nets-per-batch or --bf16")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise DistillError(f"--{name.replace('_', '-')} must be at least 1, "
@@ -91,7 +94,7 @@ def train_to_convergence(
     n, m = next(iter(params.values())).shape[0], images.shape[0]
     leaves = [p.detach().clone().requires_grad_() for p in params.values()]
     trained = dict(zip(params, leaves))
-    fused = images.device.type in ("cpu", "cuda")  # one kernel for all tensors' updates
+    fused = leaves[0].device.type in ("cpu", "cuda")  # one kernel for all tensors' updates
     optimiser = torch.optim.SGD(leaves, lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay, foreach=not fused,
                                 fused=fused)
@@ -139,11 +142,10 @@ def _accumulate_gradients(fmodel: FunctionalModel, params: Params, x: Tensor, ta
     forward pass under bfloat16 autocast when asked."""
     n, b = x.shape[:2]
     losses = x.new_zeros(n)
-    autocast = precision(bfloat16, x.device)
     for start in range(0, b, microbatch or b):
         part = slice(start, start + (microbatch or b))
         with torch.enable_grad():
-            with autocast:
+            with precision(bfloat16, x.device):
                 logits = fmodel.logits_each(params, x[:, part], train=True)  # (N, part, K)
                 summed = F.cross_entropy(logits.flatten(0, 1), targets[:, part].flatten(0, 1),
                                          reduction="none").view(n, -1).sum(1)
@@ -198,7 +200,8 @@ def evaluate_converged(
         nets = min(nets, len(init))
     parts, curves = [], []
     # batching convs over nets pays on CUDA, not on the CPU (benchmarks/bench_converge.py)
-    per_batch = settings.nets_per_batch or (10 if images.device.type == "cuda" else 1)
+    stacks = images.device.type == "cuda" and not settings.bfloat16
+    per_batch = settings.nets_per_batch or (10 if stacks else 1)
     runner = runner_for(fmodel, images, per_batch)
     for start in range(0, nets, per_batch):
         n = min(per_batch, nets - start)

@@ -224,7 +224,8 @@ def distill(
     metrics: dict[str, Any] = {"history": history, "epochs_run": done}
     if skipped:  # counted since this process started (a resume counts afresh)
         metrics["nonfinite_iterations_skipped"] = skipped
-    made = steps.with_tensors(pick.tensors) if pick.tensors else kept()  # --ema's average
+    # --validation's pick, else the last iterate (--ema: its average)
+    made = steps.with_tensors(pick.tensors) if pick.tensors else kept()
     if pick.record:
         metrics["selected"] = {k: pick.record[k] for k in ("epoch", "validation_accuracy")}
     result = Distilled(

@@ -45,7 +45,7 @@ def grid_epochs(steps: int, distill_epochs: int) -> tuple[int, ...]:
 @dataclass
 class Evaluation:
     """Held-out nets after training on the steps, and (optionally) before it and on a
-    second test set (the same trained nets)."""
+    second test set (the same trained nets; not in ``summary``)."""
 
     after: EvalResult
     before: EvalResult | None = None

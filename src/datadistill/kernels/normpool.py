@@ -63,8 +63,9 @@ class _NormReluPool(torch.autograd.Function):
 
 class NormReluPool(nn.Module):
     """``GroupNorm(C, C)`` (instance norm, affine), ReLU and ``AvgPool2d(2)`` in one op; its
-    parameters are the norm's (``weight``, ``bias``). float32 on the CPU runs the kernel, any
-    other tensor the three PyTorch ops."""
+    parameters are the norm's (``weight``, ``bias``). float32 on the CPU runs the kernel (a
+    bfloat16 input under autocast as its float32 copy), any other tensor the three PyTorch
+    ops."""
 
     def __init__(self, norm: nn.GroupNorm) -> None:
         super().__init__()
