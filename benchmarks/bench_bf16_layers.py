@@ -13,7 +13,6 @@ interleaved; each figure is the fastest round's mean time per call.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from pathlib import Path
@@ -26,8 +25,7 @@ from datadistill.kernels.normpool import ImageConv
 from datadistill.models import build_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_image_conv import per_call  # noqa: E402
-from bench_meta_iteration import machine  # noqa: E402
+from bench_image_conv import fastest, per_call, start  # noqa: E402
 
 INNER = [(32, 16), (32, 8), (128, 16), (128, 8)]  # channels, side
 CASES = [("train", 10), ("train", 64), ("test", 64)]
@@ -49,12 +47,6 @@ def step(layer: nn.Module, x: torch.Tensor, mode: str, bfloat16: bool) -> Callab
     return run
 
 
-def fastest(timers: list[Callable[[], float]], rounds: int) -> list[float]:
-    """Each timer's fastest of ``rounds`` interleaved rounds."""
-    measured = [[timer() for timer in timers] for _ in range(rounds)]
-    return [min(column) for column in zip(*measured)]
-
-
 def sgd_update(kind: str) -> Callable[[], object]:
     """One SGD step of the recipe over ``convnet-w32``'s parameters with fixed gradients."""
     leaves = [p.detach().clone().requires_grad_()
@@ -66,11 +58,7 @@ def sgd_update(kind: str) -> Callable[[], object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    print(f"# {machine()}; {args.rounds} interleaved rounds, fastest round per variant")
+    rounds = start(__doc__.splitlines()[0])
     print(f"{'layer':28s} {'case':10s} {'float32 (ms)':>13s} {'bfloat16 (ms)':>14s} "
           f"{'speed-up':>9s}")
     layers = [(f"{c}->{c}, {side}x{side}", nn.Conv2d(c, c, 3, padding=1), c, side)
@@ -82,10 +70,10 @@ def main() -> None:
         for mode, batch in CASES:
             x = torch.randn(batch, channels, side, side, requires_grad=channels > 1)
             best = fastest([per_call(step(float32_layer, x, mode, False)),
-                            per_call(step(conv, x, mode, True))], args.rounds)
+                            per_call(step(conv, x, mode, True))], rounds)
             print(f"{name:28s} {mode + ' ' + str(batch):10s} {1e3 * best[0]:13.3f} "
                   f"{1e3 * best[1]:14.3f} {best[0] / best[1]:8.2f}x", flush=True)
-    best = fastest([per_call(sgd_update("foreach")), per_call(sgd_update("fused"))], args.rounds)
+    best = fastest([per_call(sgd_update("foreach")), per_call(sgd_update("fused"))], rounds)
     print(f"SGD update, convnet-w32: foreach {1e3 * best[0]:.3f} ms, fused {1e3 * best[1]:.3f} "
           f"ms ({best[0] / best[1]:.2f}x)")
 

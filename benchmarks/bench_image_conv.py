@@ -44,6 +44,22 @@ def per_call(run: Callable[[], object], seconds: float = 0.2) -> Callable[[], fl
     return timed
 
 
+def fastest(timers: list[Callable[[], float]], rounds: int) -> list[float]:
+    """Each timer's fastest of ``rounds`` interleaved rounds."""
+    measured = [[timer() for timer in timers] for _ in range(rounds)]
+    return [min(column) for column in zip(*measured)]
+
+
+def start(description: str) -> int:
+    """Parse ``--rounds``, seed torch, print the machine line; the number of rounds."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=5)
+    rounds = parser.parse_args().rounds
+    torch.manual_seed(0)
+    print(f"# {machine()}; {rounds} interleaved rounds, fastest round per variant")
+    return rounds
+
+
 def step(layer: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
     if mode == "test":
         def test() -> object:
@@ -58,11 +74,7 @@ def step(layer: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    print(f"# {machine()}; {args.rounds} interleaved rounds, fastest round per variant")
+    rounds = start(__doc__.splitlines()[0])
     print(f"{'layer':24s} {'case':12s} {'oneDNN (ms)':>12s} {'im2col-GEMM (ms)':>17s} "
           f"{'ratio':>7s}")
     for channels, side, padding in SHAPES:
@@ -71,9 +83,8 @@ def main() -> None:
             gemm = ImageConv(conv)
             for mode, batch in CASES:
                 x = torch.randn(batch, channels, side, side)
-                timers = [per_call(step(conv, x, mode)), per_call(step(gemm, x, mode))]
-                rounds = [[timer() for timer in timers] for _ in range(args.rounds)]
-                best = [min(column) for column in zip(*rounds)]
+                best = fastest([per_call(step(conv, x, mode)), per_call(step(gemm, x, mode))],
+                               rounds)
                 print(f"{channels}->{width}, {side}x{side} pad {padding:<4d} "
                       f"{mode + ' ' + str(batch):12s} {1e3 * best[0]:12.3f} "
                       f"{1e3 * best[1]:17.3f} {best[0] / best[1]:6.2f}x", flush=True)
