@@ -54,6 +54,7 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
         save_file({"images": result.images, "lrs": result.lrs,
                    "final_accuracy": torch.tensor(final["accuracy_mean"]),
                    "accuracies": evaluation.accuracies, "losses": evaluation.losses}, out)
+    dist.barrier()  # neither rank tears gloo down while the other still uses it
     dist.destroy_process_group()
 
 
