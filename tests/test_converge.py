@@ -20,19 +20,21 @@ from datadistill.models import build_model
 from .conftest import make_dataset
 
 
-def test_stacked_nets_train_as_torch_optim_sgd_one_at_a_time():
-    """Two nets on stacked parameters, three minibatches an epoch, lr x0.1 halfway: each ends
-    where torch.optim.SGD (momentum, weight decay) takes a plain module over the same batches."""
+@pytest.mark.parametrize("nets", [1, 2])
+def test_stacked_nets_train_as_torch_optim_sgd_one_at_a_time(nets):
+    """Two nets on stacked parameters (or one net, trained as its own module copy), three
+    minibatches an epoch, lr x0.1 halfway: each ends where torch.optim.SGD (momentum, weight
+    decay) takes a plain module over the same batches."""
     module = build_model("convnet-w16", (1, 8, 8), 10).double()
-    settings = ConvergeSettings(epochs=4, lr=0.05, batch_size=4, nets_per_batch=2)
-    params = RandomInit(module, "default").sample(2, torch.Generator().manual_seed(0))
+    settings = ConvergeSettings(epochs=4, lr=0.05, batch_size=4, nets_per_batch=nets)
+    params = RandomInit(module, "default").sample(nets, torch.Generator().manual_seed(0))
     images = torch.randn(10, 1, 8, 8, dtype=torch.float64)
     labels = torch.arange(10)
     trained = train_to_convergence(FunctionalModel(module), params, images, labels, settings,
                                    None, torch.Generator().manual_seed(1))
     draws = torch.Generator().manual_seed(1)  # the same minibatch orders
-    orders = [torch.argsort(torch.rand(2, 10, generator=draws), dim=1) for _ in range(4)]
-    for i in range(2):
+    orders = [torch.argsort(torch.rand(nets, 10, generator=draws), dim=1) for _ in range(4)]
+    for i in range(nets):
         net = copy.deepcopy(module)
         net.load_state_dict({k: v[i] for k, v in params.items()})
         sgd = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)

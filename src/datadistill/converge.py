@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .augment import DSA
 from .errors import DistillError
-from .functional import FunctionalModel, Params
+from .functional import FunctionalModel, Params, num_nets
 from .init_distributions import InitDistribution, PooledInit
 from .kernels import float32_on_cpu
 from .kernels.normpool import fused_convnet
@@ -91,11 +91,10 @@ def train_to_convergence(
     augmentations from ``generator``. A minibatch's gradient is summed over forward/backward
     passes of ``microbatch`` images (0: one pass), the same gradient for a module without batch
     statistics. Returns the trained parameters (no graph)."""
-    n, m = next(iter(params.values())).shape[0], images.shape[0]
-    leaves = [p.detach().clone().requires_grad_() for p in params.values()]
-    trained = dict(zip(params, leaves))
-    fused = leaves[0].device.type in ("cpu", "cuda")  # one kernel for all tensors' updates
-    optimiser = torch.optim.SGD(leaves, lr=settings.lr, momentum=settings.momentum,
+    n, m = num_nets(params), images.shape[0]
+    nets = _training(fmodel, params)
+    fused = nets.leaves[0].device.type in ("cpu", "cuda")  # one kernel for all tensors' updates
+    optimiser = torch.optim.SGD(nets.leaves, lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay, foreach=not fused,
                                 fused=fused)
     for epoch in range(settings.epochs):
@@ -112,7 +111,7 @@ def train_to_convergence(
             if settings.channels_last:
                 x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)
             optimiser.zero_grad(set_to_none=True)
-            losses = _accumulate_gradients(fmodel, trained, x, targets[pick], microbatch,
+            losses = _accumulate_gradients(nets.logits_each, x, targets[pick], microbatch,
                                            settings.bfloat16)
             optimiser.step()
             epoch_loss += float(losses.mean()) * pick.shape[1] / m
@@ -122,10 +121,36 @@ def train_to_convergence(
             if test is not None and settings.test_every and done % settings.test_every == 0 \
                     and done < settings.epochs:
                 with precision(settings.bfloat16, images.device):
-                    result = test_nets(fmodel, _detached(trained), *test, test_chunk)
+                    result = test_nets(fmodel, nets.trained(), *test, test_chunk)
                 curve.test_epochs.append(done)
                 curve.test_accuracy.append(result.mean)
-    return _detached(trained)
+    return nets.trained()
+
+
+@dataclass(frozen=True)
+class _Training:
+    """Nets in training: the tensors the optimiser updates, each net's logits on its own
+    minibatch ((N, b, ...) -> (N, b, K), training mode) and the parameters reached (stacked,
+    no graph)."""
+
+    leaves: list[Tensor]
+    logits_each: Callable[[Tensor], Tensor]
+    trained: Callable[[], Params]
+
+
+def _training(fmodel: FunctionalModel, params: Params) -> _Training:
+    """One net trains as a module that owns its parameters (a functional call per step cost
+    a fifth of a small step: benchmarks/bench_converge.py); N nets as stacked tensors through
+    ``fmodel.logits_each``."""
+    if num_nets(params) == 1:
+        net = fmodel.one_net_module(params).train()
+        own = dict(net.named_parameters())
+        return _Training([own[k] for k in params], lambda x: net(x[0]).unsqueeze(0),
+                         lambda: {k: own[k].detach().unsqueeze(0) for k in params})
+    stacked = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+    return _Training(list(stacked.values()),
+                     lambda x: fmodel.logits_each(stacked, x, train=True),
+                     lambda: {k: v.detach() for k, v in stacked.items()})
 
 
 def precision(bfloat16: bool, device: torch.device) -> contextlib.AbstractContextManager:
@@ -135,10 +160,10 @@ def precision(bfloat16: bool, device: torch.device) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def _accumulate_gradients(fmodel: FunctionalModel, params: Params, x: Tensor, targets: Tensor,
+def _accumulate_gradients(logits_each: Callable[[Tensor], Tensor], x: Tensor, targets: Tensor,
                           microbatch: int, bfloat16: bool = False) -> Tensor:
     """Each of the N nets' mean loss on its minibatch ``x`` (N, b, ...) (shape (N,)); its
-    gradient is accumulated into ``params``' ``.grad``, ``microbatch`` images at a time; the
+    gradient is accumulated into the nets' ``.grad``, ``microbatch`` images at a time; the
     forward pass under bfloat16 autocast when asked."""
     n, b = x.shape[:2]
     losses = x.new_zeros(n)
@@ -146,16 +171,12 @@ def _accumulate_gradients(fmodel: FunctionalModel, params: Params, x: Tensor, ta
         part = slice(start, start + (microbatch or b))
         with torch.enable_grad():
             with precision(bfloat16, x.device):
-                logits = fmodel.logits_each(params, x[:, part], train=True)  # (N, part, K)
+                logits = logits_each(x[:, part])  # (N, part, K)
                 summed = F.cross_entropy(logits.flatten(0, 1), targets[:, part].flatten(0, 1),
                                          reduction="none").view(n, -1).sum(1)
             (summed.sum() / b).backward()  # each net's gradient is that of its own mean loss
         losses += summed.detach() / b
     return losses
-
-
-def _detached(params: Params) -> Params:
-    return {k: v.detach() for k, v in params.items()}
 
 
 @dataclass(frozen=True)
