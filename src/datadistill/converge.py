@@ -139,9 +139,9 @@ class _Training:
 
 
 def _training(fmodel: FunctionalModel, params: Params) -> _Training:
-    """One net trains as a module that owns its parameters (a functional call per step cost
-    a fifth of a small step: benchmarks/bench_converge.py); N nets as stacked tensors through
-    ``fmodel.logits_each``."""
+    """One net trains as a module that owns its parameters (no functional call and no squeeze
+    per step: a 1-per-class step 4 % faster in an interleaved A/B); N nets as stacked tensors
+    through ``fmodel.logits_each``."""
     if num_nets(params) == 1:
         net = fmodel.one_net_module(params).train()
         own = dict(net.named_parameters())
