@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from datadistill import kernels
 from datadistill.augment import DSA, DSA_OPS, dsa_for
@@ -21,12 +22,12 @@ from .conftest import make_dataset
 
 
 @pytest.mark.parametrize("nets", [1, 2])
-def test_stacked_nets_train_as_torch_optim_sgd_one_at_a_time(nets):
+def test_each_net_trains_as_torch_optim_sgd(nets):
     """Two nets on stacked parameters (or one net, trained as its own module copy), three
     minibatches an epoch, lr x0.1 halfway: each ends where torch.optim.SGD (momentum, weight
     decay) takes a plain module over the same batches."""
     module = build_model("convnet-w16", (1, 8, 8), 10).double()
-    settings = ConvergeSettings(epochs=4, lr=0.05, batch_size=4, nets_per_batch=nets)
+    settings = ConvergeSettings(epochs=4, lr=0.05, batch_size=4)
     params = RandomInit(module, "default").sample(nets, torch.Generator().manual_seed(0))
     images = torch.randn(10, 1, 8, 8, dtype=torch.float64)
     labels = torch.arange(10)
@@ -48,6 +49,39 @@ def test_stacked_nets_train_as_torch_optim_sgd_one_at_a_time(nets):
                 sgd.step()
         for k, p in net.named_parameters():
             torch.testing.assert_close(trained[k][i], p.detach())
+
+
+class _TiedAndFrozen(nn.Module):
+    """A user's module with one weight shared by two layers and a frozen bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second, self.head = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+        self.second.weight = self.first.weight
+        self.head.bias.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.second(torch.tanh(self.first(x.flatten(1))))))
+
+
+def test_one_net_trains_as_a_net_of_a_stack_with_tied_and_frozen_parameters():
+    """One net (its own module copy) and the same initial weights twice on stacked parameters
+    (a functional call) end alike: the shared weight stays shared, the frozen bias trains as
+    every tensor of the stack does. Whole-set minibatches, so the draw order cannot matter."""
+    module = _TiedAndFrozen().double()
+    one = RandomInit(module).sample(1, torch.Generator().manual_seed(0))
+    assert "second.weight" not in one  # the shared weight has one name
+    two = {k: v.expand(2, *v.shape[1:]).clone() for k, v in one.items()}
+    images = torch.randn(10, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(10) % 3
+    settings = ConvergeSettings(epochs=5, lr=0.1, batch_size=10)
+    fmodel = FunctionalModel(module)
+    alone, stacked = (train_to_convergence(fmodel, params, images, labels, settings, None,
+                                           torch.Generator().manual_seed(2))
+                      for params in (one, two))
+    for k in one:
+        assert not torch.equal(alone[k], one[k]), k
+        torch.testing.assert_close(alone[k][0], stacked[k][0])
 
 
 def test_a_set_trained_to_convergence_classifies_with_and_without_dsa():

@@ -88,13 +88,15 @@ def test_distill_and_evaluate_run_on_the_device(tmp_path, capsys, device):
     """Learned labels and a window through the command line; the backend is PyTorch's on a
     GPU (the compiled LeNet is a CPU kernel)."""
     out = tmp_path / "run"
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     assert main(["distill", "--out", str(out), "--dataset", "digits", "--steps", "2",
                  "--distill-epochs", "2", "--window", "2", "--labels", "learned", "--epochs",
                  "1", "--eval-nets", "2", "--no-progress", "--device", device]) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["config"]["device"] == device
-    if device == "cuda":
-        assert meta["backend"] == "pytorch"
+    if device == "cuda":  # the run held tensors on the GPU
+        assert meta["backend"] == "pytorch" and torch.cuda.max_memory_allocated() > 0
     capsys.readouterr()
     assert main(["evaluate", str(out), "--nets", "2", "--json", "--device", device]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -6,8 +6,6 @@ weights) run as one vectorized computation (``torch.func.vmap`` over
 """
 from __future__ import annotations
 
-import copy
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
@@ -58,15 +56,6 @@ class FunctionalModel:
         if num_nets(params) == 1:
             return one_net(only_net(params), images.squeeze(0)).unsqueeze(0)
         return vmap(one_net, randomness="different")(params, images)
-
-    def one_net_module(self, params: Params) -> nn.Module:
-        """A copy of the module that owns one net's (N = 1) parameters, copies of ``params``
-        on their device: trained in place, it skips the functional call's per-step cost."""
-        first = next(iter(params.values()))
-        net = copy.deepcopy(self.module).to(first.device)
-        net.load_state_dict({k: v[0].detach().clone() for k, v in params.items()}, strict=False,
-                            assign=True)
-        return net
 
     def losses(self, params: Params, images: Tensor, targets: Tensor, train: bool) -> Tensor:
         """Mean cross-entropy of each of the N nets on the batch: shape (N,). ``targets`` are

@@ -51,13 +51,13 @@ def initial_parameters(module: nn.Module, scheme: str, generator: torch.Generato
         return {k: v.detach().clone() for k, v in fresh.named_parameters()}
 
     params = {k: v.detach().clone().cpu() for k, v in module.named_parameters()}
-    for prefix, sub in module.named_modules():
+    name_of = {id(v): k for k, v in module.named_parameters()}  # a shared weight: one name
+    for sub in module.modules():
         if isinstance(sub, _WEIGHTED):
-            key = f"{prefix}.weight" if prefix else "weight"
             with torch.no_grad():
-                init_weight(params[key], generator)
+                init_weight(params[name_of[id(sub.weight)]], generator)
                 if sub.bias is not None:
-                    params[key[: -len("weight")] + "bias"].zero_()
+                    params[name_of[id(sub.bias)]].zero_()
     return params
 
 
