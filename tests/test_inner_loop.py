@@ -231,16 +231,19 @@ def test_direct_labels_are_the_targets_and_start_one_hot():
 
 
 def _windowed_problem(labels_learned: bool, minibatch: int, momentum: float = 0.0,
-                      augment: DSA | None = None):
+                      augment: DSA | None = None, downscale: int = 1):
     """A flat set of 6 images (S = 1), 6 inner steps, minibatches of ``minibatch``, each
-    step's images augmented by ``augment``."""
+    step's images augmented by ``augment``; with ``downscale`` stored at 1/downscale of the
+    side and enlarged to 4x4 by every step."""
     fmodel, params, images, labels, _, real_x, real_y = _problem(TinyConvNet(), n_steps=2)
     images, labels = images.view(1, 6, 1, 4, 4), labels.view(1, 6)
+    images = images[..., ::downscale, ::downscale].contiguous()
     if labels_learned:
         labels = 2 * F.one_hot(labels, 3).double()
     raw_lrs = torch.linspace(-1.5, -0.5, 6, dtype=torch.float64)
     steps = DistilledSteps(images.requires_grad_(), labels.requires_grad_(labels_learned),
-                           raw_lrs.requires_grad_(), momentum=momentum, augment=augment)
+                           raw_lrs.requires_grad_(), momentum=momentum, augment=augment,
+                           full_size=(4, 4) if downscale > 1 else None)
     steps.draw_minibatches(minibatch, torch.Generator().manual_seed(5))
     steps.draw_augmentation(torch.Generator().manual_seed(6))
     return fmodel, params, steps, real_x, real_y
@@ -261,17 +264,20 @@ def test_each_dsa_operation_has_the_gradient_of_its_finite_differences(op):
         lambda x: augment(x, torch.Generator().manual_seed(0)), (images,))
 
 
-@pytest.mark.parametrize("momentum,augment", [(0.0, None), (0.5, None), (0.5, ALL_DSA)],
-                         ids=["gd", "momentum", "momentum-dsa"])
+@pytest.mark.parametrize("momentum,augment,downscale",
+                         [(0.0, None, 1), (0.5, None, 1), (0.5, ALL_DSA, 1), (0.5, ALL_DSA, 2)],
+                         ids=["gd", "momentum", "momentum-dsa", "momentum-dsa-downscale2"])
 @pytest.mark.parametrize("mode", ["full", "backgrad"])
 @pytest.mark.parametrize("minibatch", [0, 4], ids=["whole", "minibatch"])
-def test_windowed_meta_gradient_matches_finite_differences(mode, minibatch, momentum, augment):
+def test_windowed_meta_gradient_matches_finite_differences(mode, minibatch, momentum, augment,
+                                                           downscale):
     """Through the window [2, 5) only: the steps before it are constants, the loss is at θ_5;
-    with DSA each step's images are augmented, the same way in every pass."""
+    with DSA each step's images are augmented, the same way in every pass; with a downscale
+    each step enlarges its stored images first (the gradient flows through the resize)."""
     from datadistill.inner_loop import inner_step, start, unroll
 
     fmodel, params, steps, real_x, real_y = _windowed_problem(True, minibatch, momentum,
-                                                              augment)
+                                                              augment, downscale)
     window = range(2, 5)
     meta_gradient(fmodel, params, steps, real_x, real_y, mode, keep_every=2, window=window)
     before = start(params, momentum)  # (θ_2, v_2), held constant; not by the code under test

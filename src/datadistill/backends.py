@@ -40,7 +40,8 @@ def choose_meta_gradient(choice: str, fmodel: FunctionalModel, params: Params,
         raise DistillError(f"--backend must be one of {', '.join(CHOICES)}, got {choice!r}")
     if mode not in ("full", "backgrad"):
         raise DistillError(f"--backward must be full or backgrad, got {mode!r}")
-    kernel_may_run = choice != "pytorch" and steps.augment is None  # it reads raw images
+    # it reads the stored images as they are: no augmentation, no enlarging
+    kernel_may_run = choice != "pytorch" and steps.augment is None and steps.full_size is None
     compiled = lenet_meta_gradient_fn(fmodel.module, params, real_images,
                                       steps.images[0]) if kernel_may_run else None
     if compiled is not None:
@@ -49,7 +50,7 @@ def choose_meta_gradient(choice: str, fmodel: FunctionalModel, params: Params,
             p, s, x, y, kept, window or range(s.num_steps)))
     if choice == "compiled":
         raise DistillError("--backend compiled runs only the registered LeNet in float32 on the "
-                           "CPU with a working C compiler, without --dsa; use --backend auto "
-                           "or pytorch")
+                           "CPU with a working C compiler, without --dsa or --downscale; use "
+                           "--backend auto or pytorch")
     return MetaGradient("pytorch", lambda p, s, x, y, window=None: meta_gradient(
         fmodel, p, s, x, y, mode, keep_every, chunk_size, window))

@@ -19,7 +19,8 @@ from .errors import DistillError
 
 # the DistillConfig fields a baseline takes as flags when not --like a run
 BASELINE_SETTINGS = ("dataset", "data_root", "model", "init_scheme", "pool", "steps",
-                     "distill_epochs", "images_per_class", "minibatch", "seed", "device")
+                     "distill_epochs", "images_per_class", "downscale", "minibatch", "seed",
+                     "device")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -51,6 +51,10 @@ class DistillConfig:
     images_per_step: int = _opt(0, "images in each step, their classes going round from step "
                                    "to step; may be fewer than the classes (0: classes x "
                                    "--images-per-class)")
+    downscale: int = _opt(1, "store each distilled image at 1/F of the images' side, F x F "
+                             "as many per class (the same pixels), each enlarged bilinearly "
+                             "to full size whenever a net trains on it (IDC's "
+                             "multi-formation); 1: full-size images")
     labels: str = _opt("fixed", "labels of the distilled images: fixed classes (the paper), "
                                 "learned soft labels (label logits trained with the images, "
                                 "targets their softmax) or direct (learned label vectors used "
@@ -122,7 +126,7 @@ class DistillConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise DistillError(f"--{f.name.replace('_', '-')} must be one of "
                                    f"{', '.join(choices)}, got {getattr(self, f.name)!r}")
-        positive = ["steps", "distill_epochs", "images_per_class", "epochs",
+        positive = ["steps", "distill_epochs", "images_per_class", "downscale", "epochs",
                     "batch_size", "decay_epochs", "outer_chunk",
                     "eval_nets", "checkpoint_every"]
         for name in positive:

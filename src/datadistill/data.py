@@ -201,6 +201,43 @@ def crop_flip(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tenso
     return picked.permute(0, 3, 1, 2).contiguous()  # advanced indexing put channels last
 
 
+def resize_images(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """Images (..., C, H, W) resized bilinearly to ``size`` (antialiased when shrinking);
+    the images themselves when already that size. Differentiable."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    flat = images.reshape(-1, *images.shape[-3:])
+    shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+    resized = torch.nn.functional.interpolate(flat, size=tuple(size), mode="bilinear",
+                                              align_corners=False, antialias=shrinking)
+    return resized.reshape(*images.shape[:-2], *size)
+
+
+def shrunk_size(image_shape: tuple[int, ...], factor: int) -> tuple[int, int]:
+    """The side lengths of an image of ``image_shape`` (C, H, W) stored at 1/``factor``."""
+    return image_shape[-2] // factor, image_shape[-1] // factor
+
+
+def multi_formed(images: Tensor, factor: int) -> Tensor:
+    """Images (..., C, H, W) stored at 1/``factor`` of their side and enlarged back: what
+    a net trains on from a multi-formed set (IDC); unchanged for ``factor`` 1."""
+    full = tuple(images.shape[-2:])
+    return resize_images(resize_images(images, shrunk_size(images.shape, factor)), full)
+
+
+def check_downscale(data: Dataset, factor: int) -> None:
+    """Refuse a ``--downscale`` that the dataset's images cannot take."""
+    if factor == 1:
+        return
+    if data.kind != "image":
+        raise DistillError(f"--downscale stores images at a smaller size; {data.name} holds "
+                           f"{data.kind} data: drop --downscale")
+    if min(shrunk_size(data.image_shape, factor)) < 2:
+        raise DistillError(f"--downscale {factor} leaves {data.name}'s {data.image_shape[-2]}x"
+                           f"{data.image_shape[-1]} images under 2 px a side; use a smaller "
+                           "factor")
+
+
 # --------------------------------------------------------------------------- helpers
 def _as_images(array: np.ndarray | Tensor, scale: float) -> Tensor:
     """uint8/float arrays (N, H, W) or (N, H, W, C) -> float (N, C, H, W) in [0, 1]."""

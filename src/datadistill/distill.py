@@ -21,7 +21,8 @@ from .augment import dsa_for
 from .backends import choose_meta_gradient
 from .baselines.images import check_real_images_suffice, class_layout, images_for
 from .config import DistillConfig, check_known
-from .data import Dataset, crop_flip, hold_out, load_dataset, relabel
+from .data import (Dataset, check_downscale, crop_flip, hold_out, load_dataset, multi_formed,
+                   relabel, resize_images, shrunk_size)
 from .distributed import current
 from .errors import DistillError
 from .evaluate import (EvalResult, Evaluation, best_of_grid, evaluate_steps, schedule,
@@ -100,20 +101,18 @@ def distill(
     if attack is not None and max(attack) >= data.num_classes:
         raise DistillError(f"--attack-class/--target-class must be below {data.num_classes} "
                            f"(the classes of {data.name}), got {attack}")
+    check_downscale(data, config.downscale)
     layout = _class_layout(config, data.num_classes)  # the class each distilled image starts as
     check_real_images_suffice(data, int(torch.bincount(layout.flatten()).max()))
 
     # ---- distilled steps: starting images, labels (fixed, learned or direct), lrs through softplus
-    if config.image_init == "noise":
-        images = torch.randn(*layout.shape, *data.image_shape, generator=steps_gen)
-    else:
-        images = images_for(INIT_BASELINE.get(config.image_init, config.image_init), data,
-                            layout, steps_gen)
+    images = _starting_images(config, data, layout, steps_gen)  # --downscale: stored smaller
+    full_size = tuple(data.image_shape[-2:]) if config.downscale > 1 else None
     steps = new_steps(images.to(device), layout.to(device), config.steps * config.distill_epochs,
                       config.distill_lr, data.num_classes, config.labels,
                       config.label_confidence, config.momentum,
                       dsa_for(data.class_names, config.dsa_ops) if config.dsa else None,
-                      config.lr_per_step)
+                      config.lr_per_step, full_size)
     optimizer = torch.optim.Adam(
         [{"params": [tensor], "lr": config.label_lr or config.lr} if name.startswith("label_")
          else {"params": [tensor]} for name, tensor in steps.learnable().items()],
@@ -229,7 +228,7 @@ def distill(
     if pick.record:
         metrics["selected"] = {k: pick.record[k] for k in ("epoch", "validation_accuracy")}
     result = Distilled(
-        images=made.images.detach().cpu(), labels=made.all_targets().cpu(),
+        images=made.full_images().cpu(), labels=made.all_targets().cpu(),
         lrs=made.lrs().detach().cpu(),
         init=fixed_params, meta=_meta(config, data, module, custom_module, metrics,
                                       backend=backend.name))
@@ -320,8 +319,21 @@ def _init_distributions(config: DistillConfig, module: nn.Module, data: Dataset,
 
 
 def _class_layout(config: DistillConfig, num_classes: int) -> torch.Tensor:
-    return class_layout(config.steps, num_classes, config.images_per_class,
-                        config.images_per_step)
+    """The class of every stored image (steps, n): --downscale F stores F x F times as many."""
+    per_image = config.downscale ** 2
+    return class_layout(config.steps, num_classes, config.images_per_class * per_image,
+                        config.images_per_step * per_image)
+
+
+def _starting_images(config: DistillConfig, data: Dataset, layout: torch.Tensor,
+                     generator: torch.Generator) -> torch.Tensor:
+    """--image-init's images for the layout, at the stored size (1/--downscale a side)."""
+    size = shrunk_size(data.image_shape, config.downscale)
+    if config.image_init == "noise":
+        return torch.randn(*layout.shape, data.image_shape[0], *size, generator=generator)
+    images = images_for(INIT_BASELINE.get(config.image_init, config.image_init), data, layout,
+                        generator)
+    return resize_images(images, size)
 
 
 def _eval_nets(config: DistillConfig) -> int:
@@ -333,7 +345,7 @@ def _evaluate(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Disti
     """Fresh nets (seeds disjoint from distillation's) trained on the distilled steps, tested
     on the test split (and on ``held_out``'s images)."""
     lrs = steps.lrs().detach()
-    step_list = schedule(steps.images.detach(), steps.all_targets(), lrs, config.distill_epochs,
+    step_list = schedule(steps.full_images(), steps.all_targets(), lrs, config.distill_epochs,
                          config.minibatch)
     return evaluate_steps(fmodel, init_dist, step_list, data.test_images, data.test_labels,
                           _eval_nets(config), generator(config.seed, "evaluation"),
@@ -346,10 +358,12 @@ def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Di
                  data: Dataset, config: DistillConfig) -> dict[str, Any]:
     """As many random real images in the same steps; the best of the learned and fixed lrs.
 
-    For an attack these are real images with class K labelled T.
+    For an attack these are real images with class K labelled T; with --downscale they are
+    stored as small and enlarged alike (IDC's multi-formed random baseline).
     """
     labels = _class_layout(config, data.num_classes).to(data.train_images.device)
-    images = images_for("random", data, labels, generator(config.seed, "random-real"))
+    images = multi_formed(images_for("random", data, labels, generator(config.seed, "random-real")),
+                          config.downscale)
     run = schedule_evaluator(fmodel, init_dist, images, relabel(labels, config.attack),
                              data.test_images, data.test_labels, _eval_nets(config), config.seed,
                              "evaluation", attack=config.attack, minibatch=config.minibatch,

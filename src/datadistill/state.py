@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .augment import DSA
+from .data import resize_images
 
 
 def inverse_softplus(value: float) -> float:
@@ -33,7 +34,8 @@ class DistilledSteps:
     (float): label logits whose softmax is each image's soft target, or with ``direct`` the
     targets themselves (any real values; the cross-entropy -Σ_k y_k log p_k). With ``order``
     (T, b) set (``draw_minibatches``), step t uses only the images ``order[t]`` of its batch:
-    a flat set (S = 1) trained on minibatches.
+    a flat set (S = 1) trained on minibatches. With ``full_size`` (H, W) set, the images
+    are stored smaller and every step enlarges its own to that size (``--downscale``).
     """
 
     images: Tensor
@@ -45,6 +47,7 @@ class DistilledSteps:
     augment: DSA | None = None  # DSA of each step's images, differentiable (None: none)
     augment_seed: int = 0  # step t draws its augmentation from seed + t (``draw_augmentation``)
     shared_lr_steps: int = 0  # T when one raw lr (1,) serves every step; 0: one lr per step
+    full_size: tuple[int, int] | None = None  # the side a net sees; None: as stored
 
     @property
     def num_steps(self) -> int:
@@ -102,10 +105,18 @@ class DistilledSteps:
         images, targets = self.images[s], self.targets(s)
         if picked is not None:
             images, targets = images[picked], targets[picked]
+        images = self._enlarged(images)
         if self.augment is not None:  # the same draw each time step t is run or recomputed
             draws = torch.Generator().manual_seed(self.augment_seed + t)
             images = self.augment(images.unsqueeze(0), draws).squeeze(0)
         return images, targets, F.softplus(self.raw_lrs[self.lr_index(t)])
+
+    def full_images(self) -> Tensor:
+        """Every batch's images as a net sees them, detached: (S, n, C, H, W) at full size."""
+        return self._enlarged(self.images.detach())
+
+    def _enlarged(self, images: Tensor) -> Tensor:
+        return images if self.full_size is None else resize_images(images, self.full_size)
 
     def draw_augmentation(self, generator: torch.Generator) -> None:
         """A new augmentation for every step, drawn once per meta-iteration."""
@@ -143,13 +154,14 @@ LABELS = ("fixed", "learned", "direct")
 def new_steps(images: Tensor, labels: Tensor, num_steps: int, lr: float, num_classes: int,
               kind: str = "fixed", label_confidence: float = 0.9,
               momentum: float = 0.0, augment: DSA | None = None,
-              lr_per_step: bool = True) -> DistilledSteps:
+              lr_per_step: bool = True,
+              full_size: tuple[int, int] | None = None) -> DistilledSteps:
     """Learnable steps from starting images and class labels, every lr at ``lr`` (one lr
     per step, or one shared by all unless ``lr_per_step``); labels of a ``kind`` in
     ``LABELS``. Learned labels start as logits whose softmax gives each image's class
     ``label_confidence`` and spreads the rest evenly over the other classes; direct labels
     start one-hot. ``momentum``: the inner steps' heavy-ball β; ``augment``: DSA of
-    each step's images."""
+    each step's images; ``full_size``: the side images stored smaller are enlarged to."""
     images = images.detach().clone().requires_grad_()
     if kind != "fixed":
         one_hot = F.one_hot(labels, num_classes).to(images.dtype)
@@ -159,4 +171,5 @@ def new_steps(images: Tensor, labels: Tensor, num_steps: int, lr: float, num_cla
     raw_lrs = torch.full((num_steps if lr_per_step else 1,), inverse_softplus(lr),
                          dtype=images.dtype, device=images.device, requires_grad=True)
     return DistilledSteps(images, labels, raw_lrs, direct=kind == "direct", momentum=momentum,
-                          augment=augment, shared_lr_steps=0 if lr_per_step else num_steps)
+                          augment=augment, shared_lr_steps=0 if lr_per_step else num_steps,
+                          full_size=full_size)

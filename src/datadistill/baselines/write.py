@@ -11,6 +11,7 @@ from ..artifacts import (META_FILE, Distilled, after_saving, atomic_write, check
                          load, run_meta)
 from ..config import DistillConfig
 from ..converge import ConvergeSettings
+from ..data import check_downscale, multi_formed
 from ..errors import DistillError
 from ..evaluate import build_context, context_for, converge_report, grid_epochs
 from ..runtime import generator
@@ -50,6 +51,9 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
         learned = None
         model_meta = {"name": config.model or data.default_model,
                       "class": type(fmodel.module).__name__}
+    if config.downscale > 1:
+        raise DistillError("multi-formed baselines (--downscale) run under the converge "
+                           "protocol: add --protocol converge")
     images, labels, lrs, report = run_baseline(
         method, data, fmodel, init, config.steps, config.images_per_class, learned,
         nets=nets, search_nets=search_nets, sets=sets, seed=config.seed, attack=config.attack,
@@ -73,7 +77,9 @@ def converge_baseline(method: str, out: str | Path, settings: dict[str, Any],
     """A floor or ceiling under the converge protocol: fresh nets trained to convergence on
     ``method``'s real images (steps x images-per-class per class, one flat set) or, for
     ``full``, on the whole training set. Writes the images (not for ``full``) and meta.json
-    into ``out``; returns the report."""
+    into ``out``; returns the report. With ``downscale`` F in the settings: F x F times as
+    many real images per class, each stored at 1/F of its side and enlarged back (IDC's
+    multi-formed floors)."""
     if nets < 1:
         raise DistillError(f"--nets must be at least 1, got {nets}")
     if method.startswith("knn-") or method == "optimized":
@@ -86,11 +92,17 @@ def converge_baseline(method: str, out: str | Path, settings: dict[str, Any],
     data, fmodel, init = build_context(config.to_dict(), config.dataset, config.model, None,
                                        None, config.device, None, None, None)
     if method == "full":
+        if config.downscale > 1:
+            raise DistillError("--method full trains on the whole training set as it is: "
+                               "drop --downscale")
         images, labels = data.train_images, data.train_labels
     else:
-        check_real_images_suffice(data, config.steps * config.images_per_class)
-        images, labels = baseline_images(method, data, config.steps, config.images_per_class,
+        check_downscale(data, config.downscale)
+        per_class = config.images_per_class * config.downscale ** 2
+        check_real_images_suffice(data, config.steps * per_class)
+        images, labels = baseline_images(method, data, config.steps, per_class,
                                          generator(config.seed, f"baseline-{method}"))
+        images = multi_formed(images, config.downscale)
     model = config.model or data.default_model
     report = converge_report(data, fmodel, init, images.reshape(-1, *data.image_shape),
                              labels.reshape(-1), nets, converge, dsa, dsa_ops, config.seed, model)
