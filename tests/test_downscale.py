@@ -61,9 +61,9 @@ def test_a_downscaled_run_learns_four_small_images_per_class_and_saves_them_enla
     assert torch.equal(datadistill.load(tmp_path).images, resumed.images)
 
 
-def test_evaluate_trains_on_the_enlarged_images_under_both_protocols(tmp_path):
+def test_evaluate_and_export_take_the_enlarged_images(tmp_path):
     """A registered model on digits (8x8 stored as 4x4): the few-step and the converge
-    protocols take the artifact as it is."""
+    protocols and the exchange export take the artifact as it is."""
     datadistill.distill(dataset="digits", downscale=2, out=tmp_path, **TINY)
     stored = datadistill.load(tmp_path)
     assert stored.images.shape == (1, 40, 1, 8, 8) and _rank(stored.images) <= 16
@@ -72,6 +72,8 @@ def test_evaluate_trains_on_the_enlarged_images_under_both_protocols(tmp_path):
     converge = datadistill.evaluate_converge(tmp_path, nets=1, device="cpu",
                                              settings=ConvergeSettings(epochs=100, lr=0.05))
     assert converge["images"] == 40 and converge["after"]["accuracy_mean"] > 0.3
+    exported = datadistill.export_set(tmp_path, tmp_path / "set.safetensors")
+    assert exported["images"].shape == (40, 1, 8, 8) and exported["labels"].shape == (40, 10)
 
 
 def test_multi_formed_converge_floor_holds_four_enlarged_real_images_per_class(tmp_path, capsys):
