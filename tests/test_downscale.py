@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import datadistill
+from datadistill.baselines.write import baseline_artifact
 from datadistill.cli import main
 from datadistill.converge import ConvergeSettings
 from datadistill.data import multi_formed, resize_images
@@ -42,7 +43,7 @@ def test_a_downscaled_run_learns_four_small_images_per_class_and_saves_them_enla
         tmp_path, tiny_data):
     """12 images of 2x2 for 3 classes at 1 per class (the pixels of 3 images of 4x4); the
     artifact holds them enlarged to 4x4, so its 12 images span at most the 4 dimensions of
-    bilinearly enlarged 2x2 images; a user module runs in PyTorch; the run resumes exactly."""
+    bilinearly enlarged 2x2 images; the run, with a user module, resumes exactly."""
     whole = datadistill.distill(data=tiny_data, module=TinyConvNet(), downscale=2, **TINY)
     assert whole.images.shape == (1, 12, 1, 4, 4) and whole.labels.shape == (1, 12, 3)
     assert torch.equal(whole.labels.argmax(-1)[0], torch.arange(3).repeat_interleave(4))
@@ -50,7 +51,7 @@ def test_a_downscaled_run_learns_four_small_images_per_class_and_saves_them_enla
     plain = datadistill.distill(data=tiny_data, module=TinyConvNet(), images_per_class=4,
                                 **{k: v for k, v in TINY.items() if k != "images_per_class"})
     assert _rank(plain.images) > 4  # full-size images are not so confined
-    assert whole.meta["config"]["downscale"] == 2 and whole.meta["backend"] == "pytorch"
+    assert whole.meta["config"]["downscale"] == 2
     metrics = whole.meta["metrics"]
     assert 0 <= metrics["final"]["accuracy_mean"] <= 1 and "random_real" in metrics
     datadistill.distill(data=tiny_data, module=TinyConvNet(), downscale=2, out=tmp_path,
@@ -74,6 +75,8 @@ def test_evaluate_and_export_take_the_enlarged_images(tmp_path):
     assert converge["images"] == 40 and converge["after"]["accuracy_mean"] > 0.3
     exported = datadistill.export_set(tmp_path, tmp_path / "set.safetensors")
     assert exported["images"].shape == (40, 1, 8, 8) and exported["labels"].shape == (40, 10)
+    with pytest.raises(DistillError, match="was distilled with --downscale 2: multi-formed"):
+        baseline_artifact("random", tmp_path / "floor", like=tmp_path)
 
 
 def test_multi_formed_converge_floor_holds_four_enlarged_real_images_per_class(tmp_path, capsys):
@@ -88,22 +91,24 @@ def test_multi_formed_converge_floor_holds_four_enlarged_real_images_per_class(t
     assert floor.meta["config"]["downscale"] == 2
 
 
-def test_the_compiled_lenet_never_runs_steps_that_enlarge_their_images():
-    from datadistill.backends import choose_meta_gradient
+def test_the_compiled_lenet_never_runs_steps_that_enlarge_their_images(monkeypatch):
+    """The kernel reads the stored images as they are: where it would take the steps (here
+    a stand-in that takes any), steps that enlarge theirs go to PyTorch."""
+    from datadistill import backends
     from datadistill.models import build_model
 
+    monkeypatch.setattr(backends, "lenet_meta_gradient_fn", lambda *args: lambda *more: None)
     module = build_model("lenet", (1, 28, 28), 10)
     params = RandomInit(module).sample(1, torch.Generator().manual_seed(0))
-    steps = DistilledSteps(torch.randn(1, 40, 1, 14, 14, requires_grad=True),
-                           torch.arange(10).repeat_interleave(4).view(1, 40),
-                           torch.zeros(3, requires_grad=True), full_size=(28, 28))
-    backend = choose_meta_gradient("auto", FunctionalModel(module), params, steps,
-                                   torch.randn(8, 1, 28, 28))
-    assert backend.name == "pytorch"
-    assert steps.step(0)[0].shape == (40, 1, 28, 28)
-    with pytest.raises(DistillError, match="without --dsa or --downscale"):
-        choose_meta_gradient("compiled", FunctionalModel(module), params, steps,
-                             torch.randn(8, 1, 28, 28))
+    for full_size, expected in (((28, 28), "pytorch"), (None, "compiled-lenet")):
+        steps = DistilledSteps(torch.randn(1, 40, 1, 14, 14, requires_grad=True),
+                               torch.arange(10).repeat_interleave(4).view(1, 40),
+                               torch.zeros(3, requires_grad=True), full_size=full_size)
+        backend = backends.choose_meta_gradient("auto", FunctionalModel(module), params, steps,
+                                                torch.randn(8, 1, 28, 28))
+        assert backend.name == expected
+    assert steps.step(0)[0].shape == (40, 1, 14, 14)
+    assert replace(steps, full_size=(28, 28)).step(0)[0].shape == (40, 1, 28, 28)
 
 
 def test_downscaling_other_data_than_images_is_refused(tiny_data):

@@ -265,8 +265,10 @@ def test_each_dsa_operation_has_the_gradient_of_its_finite_differences(op):
 
 
 @pytest.mark.parametrize("momentum,augment,downscale",
-                         [(0.0, None, 1), (0.5, None, 1), (0.5, ALL_DSA, 1), (0.5, ALL_DSA, 2)],
-                         ids=["gd", "momentum", "momentum-dsa", "momentum-dsa-downscale2"])
+                         [(0.0, None, 1), (0.5, None, 1), (0.5, ALL_DSA, 1), (0.0, None, 2),
+                          (0.5, ALL_DSA, 2)],
+                         ids=["gd", "momentum", "momentum-dsa", "gd-downscale2",
+                              "momentum-dsa-downscale2"])
 @pytest.mark.parametrize("mode", ["full", "backgrad"])
 @pytest.mark.parametrize("minibatch", [0, 4], ids=["whole", "minibatch"])
 def test_windowed_meta_gradient_matches_finite_differences(mode, minibatch, momentum, augment,

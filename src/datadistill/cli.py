@@ -322,6 +322,9 @@ def _baseline(args: argparse.Namespace) -> None:
     if converge:
         from .baselines.write import converge_baseline
 
+        if args.like:
+            raise DistillError("--like takes a few-step run's setting; under --protocol "
+                               "converge pass --dataset, --steps and --images-per-class")
         if args.curve:
             check_png_path(args.curve)
         result = converge_baseline(args.method, args.out, settings, _converge_settings(args),

@@ -198,6 +198,11 @@ class DistillConfig:
         return self.nets_per_iteration or max(least, processes)
 
     @property
+    def stored_per_class(self) -> int:
+        """Images stored per class and step: --downscale F stores F x F smaller ones for each."""
+        return self.images_per_class * self.downscale ** 2
+
+    @property
     def attack(self) -> tuple[int, int] | None:
         """(K, T) for the attack objective, else None."""
         return (self.attack_class, self.target_class) if self.objective == "attack" else None

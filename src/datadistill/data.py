@@ -232,10 +232,13 @@ def check_downscale(data: Dataset, factor: int) -> None:
     if data.kind != "image":
         raise DistillError(f"--downscale stores images at a smaller size; {data.name} holds "
                            f"{data.kind} data: drop --downscale")
+    height, width = data.image_shape[-2:]
     if min(shrunk_size(data.image_shape, factor)) < 2:
-        raise DistillError(f"--downscale {factor} leaves {data.name}'s {data.image_shape[-2]}x"
-                           f"{data.image_shape[-1]} images under 2 px a side; use a smaller "
-                           "factor")
+        raise DistillError(f"--downscale {factor} leaves {data.name}'s {height}x{width} images "
+                           "under 2 px a side; use a smaller factor")
+    if height % factor or width % factor:
+        raise DistillError(f"--downscale {factor} does not divide {data.name}'s {height}x{width} "
+                           "images (the stored pixels would fall short); use a factor that does")
 
 
 # --------------------------------------------------------------------------- helpers

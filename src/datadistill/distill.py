@@ -320,9 +320,8 @@ def _init_distributions(config: DistillConfig, module: nn.Module, data: Dataset,
 
 def _class_layout(config: DistillConfig, num_classes: int) -> torch.Tensor:
     """The class of every stored image (steps, n): --downscale F stores F x F times as many."""
-    per_image = config.downscale ** 2
-    return class_layout(config.steps, num_classes, config.images_per_class * per_image,
-                        config.images_per_step * per_image)
+    return class_layout(config.steps, num_classes, config.stored_per_class,
+                        config.images_per_step * config.downscale ** 2)
 
 
 def _starting_images(config: DistillConfig, data: Dataset, layout: torch.Tensor,

@@ -42,7 +42,8 @@ def export_set(run: str | Path, out: str | Path) -> dict[str, Tensor]:
         tensors["lrs"] = distilled.lrs.float()
     metadata = {"format": SET_FORMAT, "dataset": dataset["name"],
                 "class_names": json.dumps(dataset["class_names"]),
-                "images_per_step": str(per_step)}
+                "images_per_step": str(per_step),
+                "downscale": str(distilled.meta.get("config", {}).get("downscale", 1))}
     atomic_write(Path(out), save({k: v.contiguous() for k, v in tensors.items()}, metadata))
     return tensors
 

@@ -107,7 +107,7 @@ class Tracker:
     def _grid(self, iteration: int, steps: DistilledSteps) -> None:
         from torchvision.utils import make_grid
 
-        images = steps.images.detach().float().cpu()
+        images = steps.full_images().float().cpu()
         per_step = images.shape[1]
         pixels = (images.flatten(0, 1) * self._std + self._mean).clamp(0, 1)
         self.writer.add_image("distilled", make_grid(pixels, nrow=per_step, padding=1,

@@ -37,6 +37,7 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
     if like is not None:
         reference = load(like)
         config = DistillConfig.from_dict(reference.meta["config"])
+        _refuse_downscale(config, like)
         data, fmodel, init = context_for(reference, settings.get("data_root"),
                                          settings.get("device", "auto"), pool=settings.get("pool"))
         learned = reference.lrs
@@ -46,14 +47,12 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
             settings["init"] = "pretrained-random"
         config = DistillConfig(**settings)
         config.validate()
+        _refuse_downscale(config)
         data, fmodel, init = build_context(config.to_dict(), config.dataset, config.model, None,
                                            None, config.device, None, None, None)
         learned = None
         model_meta = {"name": config.model or data.default_model,
                       "class": type(fmodel.module).__name__}
-    if config.downscale > 1:
-        raise DistillError("multi-formed baselines (--downscale) run under the converge "
-                           "protocol: add --protocol converge")
     images, labels, lrs, report = run_baseline(
         method, data, fmodel, init, config.steps, config.images_per_class, learned,
         nets=nets, search_nets=search_nets, sets=sets, seed=config.seed, attack=config.attack,
@@ -69,6 +68,17 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
 
         after_saving(report, "picture", lambda: save_picture(artifact, data, out).name)
     return report
+
+
+def _refuse_downscale(config: DistillConfig, like: str | Path | None = None) -> None:
+    """The few-step baselines have no multi-formed form (``--downscale``): one line."""
+    if config.downscale == 1:
+        return
+    given = (f"{like} was distilled with --downscale {config.downscale}" if like is not None
+             else f"--downscale {config.downscale}")
+    raise DistillError(f"{given}: multi-formed floors run under the converge protocol, "
+                       f"baseline --protocol converge --downscale {config.downscale} with the "
+                       "run's --dataset, --steps and --images-per-class")
 
 
 def converge_baseline(method: str, out: str | Path, settings: dict[str, Any],
@@ -89,18 +99,17 @@ def converge_baseline(method: str, out: str | Path, settings: dict[str, Any],
     check_out_folder(Path(out))
     config = DistillConfig(**settings)
     config.validate()
+    if method == "full" and config.downscale > 1:
+        raise DistillError("--method full trains on the whole training set as it is: drop "
+                           "--downscale")
     data, fmodel, init = build_context(config.to_dict(), config.dataset, config.model, None,
                                        None, config.device, None, None, None)
     if method == "full":
-        if config.downscale > 1:
-            raise DistillError("--method full trains on the whole training set as it is: "
-                               "drop --downscale")
         images, labels = data.train_images, data.train_labels
     else:
         check_downscale(data, config.downscale)
-        per_class = config.images_per_class * config.downscale ** 2
-        check_real_images_suffice(data, config.steps * per_class)
-        images, labels = baseline_images(method, data, config.steps, per_class,
+        check_real_images_suffice(data, config.steps * config.stored_per_class)
+        images, labels = baseline_images(method, data, config.steps, config.stored_per_class,
                                          generator(config.seed, f"baseline-{method}"))
         images = multi_formed(images, config.downscale)
     model = config.model or data.default_model
