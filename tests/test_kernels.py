@@ -1,4 +1,5 @@
 """The compiled LeNet kernel: same logits as PyTorch, and a clean fallback without a compiler."""
+import copy
 import os
 import shutil
 import warnings
@@ -238,10 +239,36 @@ def test_kernel_with_one_shared_lr_equals_autograd(kernel, monkeypatch):
     steps, real_x, real_y = _steps_and_real_batch((1, 28, 28), torch.arange(10).repeat(3, 1),
                                                   seed=12)
     steps.raw_lrs, steps.shared_lr_steps, steps.momentum = torch.tensor([-3.0]), 6, 0.9
-    fast, plain = _meta_gradients_both_ways(monkeypatch, fmodel, _reversed(params), steps,
+    params = _reversed(params)
+    fast, plain = _meta_gradients_both_ways(monkeypatch, fmodel, params, steps,
                                             real_x, real_y, 2, window=range(1, 5))
     assert fast[2].shape == plain[2].shape == (1,)
-    _assert_same_gradients(fast, plain)
+    # float32 PyTorch drifts from exact by ~1e-4 of the largest image gradient through these
+    # momentum steps on some CPUs, so the kernel is held to float64 autograd at the tight
+    # tolerance and float32 PyTorch to it loosely
+    exact = _float64_meta_gradient(fmodel, params, steps, real_x, real_y, 2, range(1, 5))
+    _assert_same_gradients(fast, exact)
+    for ours, reference in zip(plain, exact):
+        torch.testing.assert_close(ours, reference, atol=1e-3 * float(reference.abs().max()),
+                                   rtol=1e-3)
+
+
+def _float64_meta_gradient(fmodel, params, steps, real_x, real_y, keep_every, window):
+    """PyTorch's back-gradient meta-gradient in float64, cast back to float32: the losses
+    and the grads of the learnable tensors."""
+    from datadistill.backends import choose_meta_gradient
+    from datadistill.state import DistilledSteps
+
+    fmodel64 = FunctionalModel(copy.deepcopy(fmodel.module).double())
+    params64 = {k: v.double() for k, v in params.items()}
+    fresh = DistilledSteps(*(t.detach().clone().double().requires_grad_() if t.is_floating_point()
+                             else t for t in (steps.images, steps.labels, steps.raw_lrs)),
+                           steps.order, steps.direct, steps.momentum,
+                           shared_lr_steps=steps.shared_lr_steps)
+    backend = choose_meta_gradient("pytorch", fmodel64, params64, fresh, real_x.double(),
+                                   "backgrad", keep_every, 64)
+    losses = backend.run(params64, fresh, real_x.double(), real_y, window)
+    return [t.float() for t in (losses.detach(), *(t.grad for t in fresh.learnable().values()))]
 
 
 @needs_compiler
