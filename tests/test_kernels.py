@@ -141,14 +141,10 @@ def _meta_gradients_both_ways(monkeypatch, fmodel, params, steps, real_x, real_y
     copied from ``steps`` (same minibatches): the losses and the grads of the learnable
     tensors."""
     from datadistill.backends import choose_meta_gradient
-    from datadistill.state import DistilledSteps
 
     results = []
     for choice, name in (("compiled", "compiled-lenet"), ("pytorch", "pytorch")):
-        fresh = DistilledSteps(*(t.detach().clone().requires_grad_(t.is_floating_point())
-                                 for t in (steps.images, steps.labels, steps.raw_lrs)),
-                               steps.order, steps.direct, steps.momentum,
-                               shared_lr_steps=steps.shared_lr_steps)
+        fresh = _fresh_leaves(steps, torch.float32)
         backend = choose_meta_gradient(choice, fmodel, params, fresh, real_x, "backgrad",
                                        keep_every, 64)
         assert backend.name == name
@@ -253,18 +249,25 @@ def test_kernel_with_one_shared_lr_equals_autograd(kernel, monkeypatch):
                                    rtol=1e-3)
 
 
+def _fresh_leaves(steps, dtype):
+    """A copy of ``steps`` whose floating tensors are new leaves of ``dtype``."""
+    from datadistill.state import DistilledSteps
+
+    return DistilledSteps(*(t.detach().clone().to(dtype).requires_grad_()
+                            if t.is_floating_point() else t.detach().clone()
+                            for t in (steps.images, steps.labels, steps.raw_lrs)),
+                          steps.order, steps.direct, steps.momentum,
+                          shared_lr_steps=steps.shared_lr_steps)
+
+
 def _float64_meta_gradient(fmodel, params, steps, real_x, real_y, keep_every, window):
     """PyTorch's back-gradient meta-gradient in float64, cast back to float32: the losses
     and the grads of the learnable tensors."""
     from datadistill.backends import choose_meta_gradient
-    from datadistill.state import DistilledSteps
 
     fmodel64 = FunctionalModel(copy.deepcopy(fmodel.module).double())
     params64 = {k: v.double() for k, v in params.items()}
-    fresh = DistilledSteps(*(t.detach().clone().double().requires_grad_() if t.is_floating_point()
-                             else t for t in (steps.images, steps.labels, steps.raw_lrs)),
-                           steps.order, steps.direct, steps.momentum,
-                           shared_lr_steps=steps.shared_lr_steps)
+    fresh = _fresh_leaves(steps, torch.float64)
     backend = choose_meta_gradient("pytorch", fmodel64, params64, fresh, real_x.double(),
                                    "backgrad", keep_every, 64)
     losses = backend.run(params64, fresh, real_x.double(), real_y, window)
