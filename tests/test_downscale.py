@@ -91,26 +91,6 @@ def test_multi_formed_converge_floor_holds_four_enlarged_real_images_per_class(t
     assert floor.meta["config"]["downscale"] == 2
 
 
-def test_the_compiled_lenet_never_runs_steps_that_enlarge_their_images(monkeypatch):
-    """The kernel reads the stored images as they are: where it would take the steps (here
-    a stand-in that takes any), steps that enlarge theirs go to PyTorch."""
-    from datadistill import backends
-    from datadistill.models import build_model
-
-    monkeypatch.setattr(backends, "lenet_meta_gradient_fn", lambda *args: lambda *more: None)
-    module = build_model("lenet", (1, 28, 28), 10)
-    params = RandomInit(module).sample(1, torch.Generator().manual_seed(0))
-    for full_size, expected in (((28, 28), "pytorch"), (None, "compiled-lenet")):
-        steps = DistilledSteps(torch.randn(1, 40, 1, 14, 14, requires_grad=True),
-                               torch.arange(10).repeat_interleave(4).view(1, 40),
-                               torch.zeros(3, requires_grad=True), full_size=full_size)
-        backend = backends.choose_meta_gradient("auto", FunctionalModel(module), params, steps,
-                                                torch.randn(8, 1, 28, 28))
-        assert backend.name == expected
-    assert steps.step(0)[0].shape == (40, 1, 14, 14)
-    assert replace(steps, full_size=(28, 28)).step(0)[0].shape == (40, 1, 28, 28)
-
-
 def test_downscaling_other_data_than_images_is_refused(tiny_data):
     with pytest.raises(DistillError, match="holds audio data: drop --downscale"):
         datadistill.distill(data=replace(tiny_data, kind="audio"), downscale=2, **TINY)

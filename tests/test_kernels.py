@@ -229,6 +229,24 @@ def test_kernel_windowed_flat_set_equals_autograd(kernel, monkeypatch, minibatch
 
 
 @needs_compiler
+@pytest.mark.parametrize("minibatch", [0, 12], ids=["whole", "minibatch"])
+def test_kernel_on_images_stored_smaller_equals_autograd(kernel, monkeypatch, minibatch):
+    """--downscale 2: 40 images of 14 x 14 a step, enlarged to 28 x 28, learned labels, the
+    window [1, 5): the kernel runs on the enlarged images and its gradient flows back
+    through the resize into the small ones, as PyTorch's does."""
+    fmodel, params = _nets((1, 28, 28), n=2, seed=13)
+    logits = 2 * torch.randn(3, 40, 10, generator=torch.Generator().manual_seed(14))
+    steps, real_x, real_y = _steps_and_real_batch((1, 14, 14), logits, seed=15)
+    steps.images = torch.randn(3, 40, 1, 14, 14, generator=torch.Generator().manual_seed(16))
+    steps.full_size, real_x = (28, 28), torch.randn(100, 1, 28, 28)
+    steps.draw_minibatches(minibatch, torch.Generator().manual_seed(17))
+    fast, plain = _meta_gradients_both_ways(monkeypatch, fmodel, _reversed(params), steps,
+                                            real_x, real_y, 1, window=range(1, 5))
+    assert fast[1].shape == plain[1].shape == (3, 40, 1, 14, 14)
+    _assert_same_gradients(fast, plain)
+
+
+@needs_compiler
 def test_kernel_with_one_shared_lr_equals_autograd(kernel, monkeypatch):
     """One learned lr for all 6 steps (raw lrs (1,)), momentum, the window [1, 5)."""
     fmodel, params = _nets((1, 28, 28), n=2, seed=11)
@@ -257,7 +275,7 @@ def _fresh_leaves(steps, dtype):
                             if t.is_floating_point() else t.detach().clone()
                             for t in (steps.images, steps.labels, steps.raw_lrs)),
                           steps.order, steps.direct, steps.momentum,
-                          shared_lr_steps=steps.shared_lr_steps)
+                          shared_lr_steps=steps.shared_lr_steps, full_size=steps.full_size)
 
 
 def _float64_meta_gradient(fmodel, params, steps, real_x, real_y, keep_every, window):

@@ -7,11 +7,12 @@ every θ_t kept for ``full``. The choice is recorded in each artifact's ``meta.j
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from torch import Tensor
 
+from .data import resize_images
 from .errors import DistillError
 from .functional import FunctionalModel, Params
 from .inner_loop import meta_gradient
@@ -40,17 +41,30 @@ def choose_meta_gradient(choice: str, fmodel: FunctionalModel, params: Params,
         raise DistillError(f"--backend must be one of {', '.join(CHOICES)}, got {choice!r}")
     if mode not in ("full", "backgrad"):
         raise DistillError(f"--backward must be full or backgrad, got {mode!r}")
-    # it reads the stored images as they are: no augmentation, no enlarging
-    kernel_may_run = choice != "pytorch" and steps.augment is None and steps.full_size is None
+    # it reads the images as a net sees them, unaugmented
+    kernel_may_run = choice != "pytorch" and steps.augment is None
     compiled = lenet_meta_gradient_fn(fmodel.module, params, real_images,
-                                      steps.images[0]) if kernel_may_run else None
+                                      steps.full_images()[0]) if kernel_may_run else None
     if compiled is not None:
         kept = keep_every if mode == "backgrad" else 1
-        return MetaGradient("compiled-lenet", lambda p, s, x, y, window=None: compiled(
-            p, s, x, y, kept, window or range(s.num_steps)))
+        return MetaGradient("compiled-lenet", lambda p, s, x, y, window=None: _enlarged_first(
+            compiled, p, s, x, y, kept, window or range(s.num_steps)))
     if choice == "compiled":
         raise DistillError("--backend compiled runs only the registered LeNet in float32 on the "
-                           "CPU with a working C compiler, without --dsa or --downscale; use "
-                           "--backend auto or pytorch")
+                           "CPU with a working C compiler, without --dsa; use --backend auto or "
+                           "pytorch")
     return MetaGradient("pytorch", lambda p, s, x, y, window=None: meta_gradient(
         fmodel, p, s, x, y, mode, keep_every, chunk_size, window))
+
+
+def _enlarged_first(compiled: Callable[..., Tensor], params: Params, steps: DistilledSteps,
+                    *rest) -> Tensor:
+    """The kernel's meta-gradient; for images stored smaller (``--downscale``) it runs on the
+    enlarged images, a new leaf, whose gradient then flows back through the (linear) resize
+    into the stored ones. Labels and lrs are the same leaves either way."""
+    if steps.full_size is None:
+        return compiled(params, steps, *rest)
+    enlarged = steps.full_images().requires_grad_()
+    losses = compiled(params, replace(steps, images=enlarged, full_size=None), *rest)
+    resize_images(steps.images, steps.full_size).backward(enlarged.grad)
+    return losses
