@@ -36,16 +36,20 @@ from datadistill.models import build_model  # noqa: E402
 from datadistill.state import DistilledSteps, inverse_softplus  # noqa: E402
 
 
-def make_case(total_steps: int = 200, per_class: int = 10, batch: int = 1024, seed: int = 0):
+def make_case(total_steps: int = 200, per_class: int = 10, batch: int = 1024, seed: int = 0,
+              downscale: int = 1):
     """LeNet, a flat set (1, 10 × per_class, 1, 28, 28) with learned labels, T raw lrs, one
-    net's initial weights and a real batch (synthetic tensors of MNIST's shapes)."""
+    net's initial weights and a real batch (synthetic tensors of MNIST's shapes); with
+    ``downscale`` F the set stores F × F as many images at 28 / F a side (``--downscale``)."""
     gen = torch.Generator().manual_seed(seed)
     module = build_model("lenet", (1, 28, 28), 10)
+    per_class, side = per_class * downscale ** 2, 28 // downscale
     n = 10 * per_class
     classes = torch.arange(10).repeat_interleave(per_class)
-    steps = DistilledSteps(torch.randn(1, n, 1, 28, 28, generator=gen),
+    steps = DistilledSteps(torch.randn(1, n, 1, side, side, generator=gen),
                            (4.4 * F.one_hot(classes, 10).float()).unsqueeze(0),
-                           torch.full((total_steps,), inverse_softplus(0.01)))
+                           torch.full((total_steps,), inverse_softplus(0.01)),
+                           full_size=(28, 28) if downscale > 1 else None)
     params = RandomInit(module).sample(1, gen)
     real_x = torch.randn(batch, 1, 28, 28, generator=gen)
     real_y = torch.randint(0, 10, (batch,), generator=gen)
@@ -54,7 +58,8 @@ def make_case(total_steps: int = 200, per_class: int = 10, batch: int = 1024, se
 
 def fresh(steps: DistilledSteps) -> DistilledSteps:
     return DistilledSteps(*(t.detach().clone().requires_grad_() for t in
-                            (steps.images, steps.labels, steps.raw_lrs)))
+                            (steps.images, steps.labels, steps.raw_lrs)),
+                          full_size=steps.full_size)
 
 
 def straightforward(module, steps: DistilledSteps, params, real_x, real_y,
