@@ -40,7 +40,8 @@ def make_case(total_steps: int = 200, per_class: int = 10, batch: int = 1024, se
               downscale: int = 1):
     """LeNet, a flat set (1, 10 × per_class, 1, 28, 28) with learned labels, T raw lrs, one
     net's initial weights and a real batch (synthetic tensors of MNIST's shapes); with
-    ``downscale`` F the set stores F × F as many images at 28 / F a side (``--downscale``)."""
+    ``downscale`` F the set stores F × F as many images at 28 / F a side (``--downscale``;
+    for the backends only: ``straightforward`` does not enlarge them)."""
     gen = torch.Generator().manual_seed(seed)
     module = build_model("lenet", (1, 28, 28), 10)
     per_class, side = per_class * downscale ** 2, 28 // downscale

@@ -14,9 +14,6 @@ from datadistill.cli import main
 from datadistill.converge import ConvergeSettings
 from datadistill.data import multi_formed, resize_images
 from datadistill.errors import DistillError
-from datadistill.functional import FunctionalModel
-from datadistill.init_distributions import RandomInit
-from datadistill.state import DistilledSteps
 
 from .conftest import TinyConvNet
 

@@ -229,17 +229,24 @@ def test_kernel_windowed_flat_set_equals_autograd(kernel, monkeypatch, minibatch
 
 
 @needs_compiler
+@pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["gd", "momentum"])
 @pytest.mark.parametrize("minibatch", [0, 12], ids=["whole", "minibatch"])
-def test_kernel_on_images_stored_smaller_equals_autograd(kernel, monkeypatch, minibatch):
+def test_kernel_on_images_stored_smaller_equals_autograd(kernel, monkeypatch, minibatch,
+                                                         momentum):
     """--downscale 2: 40 images of 14 x 14 a step, enlarged to 28 x 28, learned labels, the
-    window [1, 5): the kernel runs on the enlarged images and its gradient flows back
-    through the resize into the small ones, as PyTorch's does."""
+    window [1, 5), plain GD or momentum: the kernel runs on the enlarged images and its
+    gradient flows back through the resize into the small ones, as PyTorch's does."""
+    from datadistill.state import DistilledSteps
+
     fmodel, params = _nets((1, 28, 28), n=2, seed=13)
-    logits = 2 * torch.randn(3, 40, 10, generator=torch.Generator().manual_seed(14))
-    steps, real_x, real_y = _steps_and_real_batch((1, 14, 14), logits, seed=15)
-    steps.images = torch.randn(3, 40, 1, 14, 14, generator=torch.Generator().manual_seed(16))
-    steps.full_size, real_x = (28, 28), torch.randn(100, 1, 28, 28)
-    steps.draw_minibatches(minibatch, torch.Generator().manual_seed(17))
+    gen = torch.Generator().manual_seed(14)
+    steps = DistilledSteps(torch.randn(3, 40, 1, 14, 14, generator=gen),
+                           2 * torch.randn(3, 40, 10, generator=gen),
+                           torch.full((6,), -3.0) + 0.1 * torch.randn(6, generator=gen),
+                           momentum=momentum, full_size=(28, 28))
+    real_x = torch.randn(100, 1, 28, 28, generator=gen)
+    real_y = torch.randint(0, 10, (100,), generator=gen)
+    steps.draw_minibatches(minibatch, gen)
     fast, plain = _meta_gradients_both_ways(monkeypatch, fmodel, _reversed(params), steps,
                                             real_x, real_y, 1, window=range(1, 5))
     assert fast[1].shape == plain[1].shape == (3, 40, 1, 14, 14)

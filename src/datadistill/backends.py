@@ -47,8 +47,9 @@ def choose_meta_gradient(choice: str, fmodel: FunctionalModel, params: Params,
                                       steps.full_images()[0]) if kernel_may_run else None
     if compiled is not None:
         kept = keep_every if mode == "backgrad" else 1
-        return MetaGradient("compiled-lenet", lambda p, s, x, y, window=None: _enlarged_first(
-            compiled, p, s, x, y, kept, window or range(s.num_steps)))
+        return MetaGradient("compiled-lenet", lambda p, s, x, y, window=None:
+                            _on_full_size_images(compiled, p, s, x, y, kept,
+                                                 window or range(s.num_steps)))
     if choice == "compiled":
         raise DistillError("--backend compiled runs only the registered LeNet in float32 on the "
                            "CPU with a working C compiler, without --dsa; use --backend auto or "
@@ -57,14 +58,17 @@ def choose_meta_gradient(choice: str, fmodel: FunctionalModel, params: Params,
         fmodel, p, s, x, y, mode, keep_every, chunk_size, window))
 
 
-def _enlarged_first(compiled: Callable[..., Tensor], params: Params, steps: DistilledSteps,
-                    *rest) -> Tensor:
+def _on_full_size_images(compiled: Callable[..., Tensor], params: Params,
+                         steps: DistilledSteps, real_images: Tensor, real_labels: Tensor,
+                         keep_every: int, window: range) -> Tensor:
     """The kernel's meta-gradient; for images stored smaller (``--downscale``) it runs on the
     enlarged images, a new leaf, whose gradient then flows back through the (linear) resize
     into the stored ones. Labels and lrs are the same leaves either way."""
+    rest = real_images, real_labels, keep_every, window
     if steps.full_size is None:
         return compiled(params, steps, *rest)
-    enlarged = steps.full_images().requires_grad_()
-    losses = compiled(params, replace(steps, images=enlarged, full_size=None), *rest)
-    resize_images(steps.images, steps.full_size).backward(enlarged.grad)
+    enlarged = resize_images(steps.images, steps.full_size)
+    leaf = enlarged.detach().requires_grad_()
+    losses = compiled(params, replace(steps, images=leaf, full_size=None), *rest)
+    enlarged.backward(leaf.grad)
     return losses
