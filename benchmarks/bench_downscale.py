@@ -13,29 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_meta_iteration import machine  # noqa: E402
-from bench_window import fresh, make_case  # noqa: E402
-
-from datadistill.backends import choose_meta_gradient  # noqa: E402
-from datadistill.functional import FunctionalModel  # noqa: E402
-
-
-def timed(choice: str, case, window: range) -> tuple[float, str]:
-    """Seconds for one meta-iteration through the backend ``choice``, and its name."""
-    module, steps, params, real_x, real_y = case
-    steps = fresh(steps)
-    start = time.perf_counter()
-    backend = choose_meta_gradient(choice, FunctionalModel(module), params, steps, real_x)
-    backend.run(params, steps, real_x, real_y, window)
-    return time.perf_counter() - start, backend.name
+from bench_window import interleaved, make_case, ours  # noqa: E402
 
 
 def main() -> None:
@@ -43,24 +28,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    case = make_case(downscale=2)
-    gen = torch.Generator().manual_seed(1)
-    times: dict[str, list[float]] = {"pytorch": [], "auto": []}
-    names = {}
-    for _ in range(args.rounds):
-        last = int(torch.randint(60, 201, (1,), generator=gen))
-        for choice in times:
-            seconds, names[choice] = timed(choice, case, range(last - 60, last))
-            times[choice].append(seconds)
-    medians = {choice: statistics.median(values) for choice, values in times.items()}
-    ratio = medians["pytorch"] / medians["auto"]
-    print(f"T=200 W=60, 400 images of 14x14 enlarged to 28x28, learned labels: "
-          f"{names['pytorch']} {medians['pytorch']:.3f} s, {names['auto']} "
-          f"{medians['auto']:.3f} s per meta-iteration: x{ratio:.2f}")
+    runs = {"pytorch": partial(ours, choice="pytorch"), "compiled": ours}
+    times, medians = interleaved(runs, make_case(downscale=2), args.rounds)
+    ratio = medians["pytorch"] / medians["compiled"]
+    print(f"T=200 W=60, 400 images of 14x14 enlarged to 28x28, learned labels: pytorch "
+          f"{medians['pytorch']:.3f} s, compiled {medians['compiled']:.3f} s per "
+          f"meta-iteration: x{ratio:.2f}")
     print(machine(), time.strftime("%Y-%m-%d"))
     if args.json:
-        Path(args.json).write_text(json.dumps({"seconds": times, "backends": names,
-                                               "ratio": ratio}, indent=2))
+        Path(args.json).write_text(json.dumps({"seconds": times, "ratio": ratio}, indent=2))
 
 
 if __name__ == "__main__":

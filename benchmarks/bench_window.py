@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -87,8 +88,9 @@ def straightforward(module, steps: DistilledSteps, params, real_x, real_y,
     return float(meta_loss.detach())
 
 
-def ours(module, steps: DistilledSteps, params, real_x, real_y, window: range) -> float:
-    backend = choose_meta_gradient("auto", FunctionalModel(module), params, steps, real_x)
+def ours(module, steps: DistilledSteps, params, real_x, real_y, window: range,
+         choice: str = "auto") -> float:
+    backend = choose_meta_gradient(choice, FunctionalModel(module), params, steps, real_x)
     return float(backend.run(params, steps, real_x, real_y, window).mean())
 
 
@@ -98,6 +100,19 @@ def timed(run, case, window: range) -> float:
     start = time.perf_counter()
     run(module, steps, params, real_x, real_y, window)
     return time.perf_counter() - start
+
+
+def interleaved(runs: dict[str, Callable], case, rounds: int
+                ) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds of every run in each round (rounds interleave the runs, each round on one
+    random window of 60 steps) and their medians."""
+    gen = torch.Generator().manual_seed(1)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        last = int(torch.randint(60, 201, (1,), generator=gen))
+        for name, run in runs.items():
+            times[name].append(timed(run, case, range(last - 60, last)))
+    return times, {name: statistics.median(values) for name, values in times.items()}
 
 
 def _status_kib(field: str) -> int:
@@ -125,15 +140,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    case = make_case()
-    gen = torch.Generator().manual_seed(1)
-    times: dict[str, list[float]] = {"straightforward": [], "datadistill": []}
-    for _ in range(args.rounds):
-        last = int(torch.randint(60, 201, (1,), generator=gen))
-        window = range(last - 60, last)
-        times["straightforward"].append(timed(straightforward, case, window))
-        times["datadistill"].append(timed(ours, case, window))
-    medians = {name: statistics.median(values) for name, values in times.items()}
+    times, medians = interleaved(
+        {"straightforward": straightforward, "datadistill": ours}, make_case(), args.rounds)
     ratio = medians["straightforward"] / medians["datadistill"]
     print(f"T=200 W=60, 100 images, learned labels: straightforward "
           f"{medians['straightforward']:.3f} s, datadistill {medians['datadistill']:.3f} s "

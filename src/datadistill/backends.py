@@ -12,7 +12,6 @@ from typing import Callable
 
 from torch import Tensor
 
-from .data import resize_images
 from .errors import DistillError
 from .functional import FunctionalModel, Params
 from .inner_loop import meta_gradient
@@ -67,7 +66,7 @@ def _on_full_size_images(compiled: Callable[..., Tensor], params: Params,
     rest = real_images, real_labels, keep_every, window
     if steps.full_size is None:
         return compiled(params, steps, *rest)
-    enlarged = resize_images(steps.images, steps.full_size)
+    enlarged = steps.enlarged(steps.images)
     leaf = enlarged.detach().requires_grad_()
     losses = compiled(params, replace(steps, images=leaf, full_size=None), *rest)
     enlarged.backward(leaf.grad)

@@ -105,7 +105,7 @@ class DistilledSteps:
         images, targets = self.images[s], self.targets(s)
         if picked is not None:
             images, targets = images[picked], targets[picked]
-        images = self._enlarged(images)
+        images = self.enlarged(images)
         if self.augment is not None:  # the same draw each time step t is run or recomputed
             draws = torch.Generator().manual_seed(self.augment_seed + t)
             images = self.augment(images.unsqueeze(0), draws).squeeze(0)
@@ -113,9 +113,10 @@ class DistilledSteps:
 
     def full_images(self) -> Tensor:
         """Every batch's images as a net sees them, detached: (S, n, C, H, W) at full size."""
-        return self._enlarged(self.images.detach())
+        return self.enlarged(self.images.detach())
 
-    def _enlarged(self, images: Tensor) -> Tensor:
+    def enlarged(self, images: Tensor) -> Tensor:
+        """``images`` stored smaller, enlarged to ``full_size`` (differentiably); else as they are."""
         return images if self.full_size is None else resize_images(images, self.full_size)
 
     def draw_augmentation(self, generator: torch.Generator) -> None:
