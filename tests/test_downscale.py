@@ -72,8 +72,20 @@ def test_evaluate_and_export_take_the_enlarged_images(tmp_path):
     assert converge["images"] == 40 and converge["after"]["accuracy_mean"] > 0.3
     exported = datadistill.export_set(tmp_path, tmp_path / "set.safetensors")
     assert exported["images"].shape == (40, 1, 8, 8) and exported["labels"].shape == (40, 10)
-    with pytest.raises(DistillError, match="was distilled with --downscale 2: multi-formed"):
-        baseline_artifact("random", tmp_path / "floor", like=tmp_path)
+
+
+@pytest.mark.parametrize("method", ["herding", "kmeans", "optimized", "knn-random"])
+def test_few_step_floor_like_a_multi_formed_run_holds_four_enlarged_real_images_per_class(
+        tmp_path, method):
+    """`baseline --like` a --downscale 2 run: the floor has the run's form (40 images of
+    4x4 enlarged to 8x8, so of rank <= 16) and is evaluated by the run's inner training."""
+    datadistill.distill(dataset="digits", downscale=2, out=tmp_path / "run", **TINY)
+    report = baseline_artifact(method, tmp_path / method, like=tmp_path / "run", nets=2,
+                               search_nets=2, sets=5)
+    floor = datadistill.load(tmp_path / method)
+    assert floor.images.shape == (1, 40, 1, 8, 8) and _rank(floor.images) <= 16
+    assert floor.meta["config"]["downscale"] == 2 and floor.meta["baseline"] == method
+    assert report["final"]["accuracy_mean"] > 0.3
 
 
 def test_multi_formed_converge_floor_holds_four_enlarged_real_images_per_class(tmp_path, capsys):

@@ -131,7 +131,7 @@ BAD_INPUTS = [
     (["distill", "--out", "OUT", *QUICK, "--downscale", "3"],
      "--downscale 3 does not divide digits's 8x8 images"),
     (["baseline", "--method", "random", "--dataset", "digits", "--out", "OUT", "--downscale",
-      "2"], "--downscale 2: multi-formed floors run under the converge protocol"),
+      "3"], "--downscale 3 does not divide digits's 8x8 images"),
     (["baseline", "--method", "random", "--like", "RUNS/knn", "--out", "OUT", *CONVERGE],
      "--like takes a few-step run's setting"),
     (["baseline", "--method", "random", "--dataset", "digits", "--out", "OUT", *CONVERGE,

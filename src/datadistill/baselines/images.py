@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import Dataset
+from ..data import Dataset, multi_formed
 from ..errors import DistillError
 from ..registry import Registry
 
@@ -46,10 +46,14 @@ def images_for(method: str, data: Dataset, labels: Tensor, generator: torch.Gene
 
 
 def baseline_images(method: str, data: Dataset, steps: int, images_per_class: int,
-                    generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """A baseline in the distilled layout: images (steps, classes × ipc, ...) and labels."""
-    labels = class_layout(steps, data.num_classes, images_per_class)
-    return images_for(method, data, labels, generator), labels.to(data.train_images.device)
+                    generator: torch.Generator, downscale: int = 1) -> tuple[Tensor, Tensor]:
+    """A baseline in the distilled layout: images (steps, classes × ipc, ...) and labels.
+
+    ``downscale`` F: F x F times as many images per class, each stored at 1/F of its side
+    and enlarged back (the floor of a multi-formed set, IDC's multi-formation)."""
+    labels = class_layout(steps, data.num_classes, images_per_class * downscale ** 2)
+    images = multi_formed(images_for(method, data, labels, generator), downscale)
+    return images, labels.to(data.train_images.device)
 
 
 def random_real(data: Dataset, steps: int, images_per_class: int,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
+from functools import partial
 from typing import Any, Sequence
 
 import torch
@@ -14,7 +15,7 @@ from ..evaluate import GRID_EPOCHS, EvalResult, best_of_grid, schedule, schedule
 from ..functional import FunctionalModel
 from ..init_distributions import InitDistribution
 from ..runtime import generator
-from .images import baseline_images, check_real_images_suffice, random_real
+from .images import baseline_images, check_real_images_suffice
 from .knn import knn_accuracy
 
 METHODS = ("random", "optimized", "kmeans", "average", "herding", "knn-random", "knn-kmeans")
@@ -36,6 +37,7 @@ def run_baseline(
     minibatch: int = 0,
     epochs: Sequence[int] = GRID_EPOCHS,
     momentum: float = 0.0,
+    downscale: int = 1,
 ) -> tuple[Tensor, Tensor, list[float], dict[str, Any]]:
     """Images, labels, chosen lrs and a report (best grid cell, all cells, final mean ± std).
 
@@ -47,16 +49,19 @@ def run_baseline(
     ranked by accuracy w.r.t. the modified labels. ``minibatch``: images per inner step, as
     the distillation run trained with (0: each step's whole batch); ``epochs``: the passes
     the grid tries (``evaluate.grid_epochs`` of a run's setting); ``momentum``: the inner
-    steps' heavy-ball β, as the run trained with.
+    steps' heavy-ball β, as the run trained with; ``downscale`` F: F x F times as many real
+    images per class, each stored at 1/F of its side and enlarged back (a multi-formed run's
+    floor, IDC's multi-formation).
     """
-    check_real_images_suffice(data, steps * images_per_class)
+    check_real_images_suffice(data, steps * images_per_class * downscale ** 2)
+    choose = partial(baseline_images, data=data, steps=steps, images_per_class=images_per_class,
+                     downscale=downscale)
     if method.startswith("knn-"):
         if attack is not None:
             raise DistillError("k-NN baselines take no GD step, so they do not apply to an attack")
-        return _knn(method, data, steps, images_per_class, sets, seed)
+        return _knn(method, choose, data, sets, seed)
     gen = generator(seed, f"baseline-{method}")
-    images, labels = baseline_images("random" if method == "optimized" else method, data, steps,
-                                     images_per_class, gen)
+    images, labels = choose("random" if method == "optimized" else method, generator=gen)
     labels = relabel(labels, attack)
 
     def on_test(imgs: Tensor, lbls: Tensor, n: int, purpose: str):
@@ -70,9 +75,9 @@ def run_baseline(
     report: dict[str, Any] = {"method": method, "best": {"lr": best["lr"], "epochs": best["epochs"]},
                               "grid": grid, "search_nets": search_nets}
     if method == "optimized":
-        images, labels, final = _optimized(data, fmodel, init, steps, images_per_class, lr,
-                                           best["epochs"], nets, search_nets, sets, gen, seed,
-                                           attack, minibatch, momentum)
+        images, labels, final = _optimized(data, fmodel, init, choose, lr, best["epochs"], nets,
+                                           search_nets, sets, gen, seed, attack, minibatch,
+                                           momentum)
         report["sets"] = sets
     else:
         final = on_test(images, labels, nets, "held-out")(lr, best["epochs"])
@@ -81,7 +86,7 @@ def run_baseline(
     return images, labels, lrs, report
 
 
-def _optimized(data, fmodel, init, steps, ipc, lr, n_epochs, nets, search_nets, sets, gen, seed,
+def _optimized(data, fmodel, init, choose, lr, n_epochs, nets, search_nets, sets, gen, seed,
                attack, minibatch, momentum):
     """Best 20 % of random real sets by training-set accuracy, evaluated on the test set
     (trained with the run's minibatches and momentum)."""
@@ -90,7 +95,7 @@ def _optimized(data, fmodel, init, steps, ipc, lr, n_epochs, nets, search_nets, 
     subset = subset.to(data.train_images.device)
     candidates = []
     for _ in range(sets):
-        images, labels = random_real(data, steps, ipc, gen)
+        images, labels = choose("random", generator=gen)
         labels = relabel(labels, attack)
         summary = schedule_evaluator(fmodel, init, images, labels, data.train_images[subset],
                                      data.train_labels[subset], search_nets, seed,
@@ -108,10 +113,9 @@ def _optimized(data, fmodel, init, steps, ipc, lr, n_epochs, nets, search_nets, 
     return kept[0][1], kept[0][2], EvalResult.cat(results)
 
 
-def _knn(method, data, steps, ipc, sets, seed):
+def _knn(method, choose, data, sets, seed):
     gen = generator(seed, f"baseline-{method}")
-    draws = [baseline_images(method.removeprefix("knn-"), data, steps, ipc, gen)
-             for _ in range(sets)]
+    draws = [choose(method.removeprefix("knn-"), generator=gen) for _ in range(sets)]
     cells = []
     for k, metric in itertools.product((1, 3), ("l1", "l2")):
         accs = [knn_accuracy(imgs.flatten(0, 1), lbls, data.test_images, data.test_labels, k, metric)

@@ -11,7 +11,7 @@ from ..artifacts import (META_FILE, Distilled, after_saving, atomic_write, check
                          load, run_meta)
 from ..config import DistillConfig
 from ..converge import ConvergeSettings
-from ..data import check_downscale, multi_formed
+from ..data import check_downscale
 from ..errors import DistillError
 from ..evaluate import build_context, context_for, converge_report, grid_epochs
 from ..runtime import generator
@@ -37,7 +37,6 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
     if like is not None:
         reference = load(like)
         config = DistillConfig.from_dict(reference.meta["config"])
-        _refuse_downscale(config, like)
         data, fmodel, init = context_for(reference, settings.get("data_root"),
                                          settings.get("device", "auto"), pool=settings.get("pool"))
         learned = reference.lrs
@@ -47,17 +46,17 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
             settings["init"] = "pretrained-random"
         config = DistillConfig(**settings)
         config.validate()
-        _refuse_downscale(config)
         data, fmodel, init = build_context(config.to_dict(), config.dataset, config.model, None,
                                            None, config.device, None, None, None)
         learned = None
         model_meta = {"name": config.model or data.default_model,
                       "class": type(fmodel.module).__name__}
+    check_downscale(data, config.downscale)
     images, labels, lrs, report = run_baseline(
         method, data, fmodel, init, config.steps, config.images_per_class, learned,
         nets=nets, search_nets=search_nets, sets=sets, seed=config.seed, attack=config.attack,
         minibatch=config.minibatch, epochs=grid_epochs(config.steps, config.distill_epochs),
-        momentum=config.momentum)
+        momentum=config.momentum, downscale=config.downscale)
     meta = run_meta(config.to_dict(), data, model_meta,
                     {"final": report["final"], "baseline": report}, baseline=method)
     artifact = Distilled(images.cpu(), labels.cpu(), torch.tensor(lrs, dtype=torch.float32),
@@ -68,17 +67,6 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
 
         after_saving(report, "picture", lambda: save_picture(artifact, data, out).name)
     return report
-
-
-def _refuse_downscale(config: DistillConfig, like: str | Path | None = None) -> None:
-    """The few-step baselines have no multi-formed form (``--downscale``): one line."""
-    if config.downscale == 1:
-        return
-    given = (f"{like} was distilled with --downscale {config.downscale}" if like is not None
-             else f"--downscale {config.downscale}")
-    raise DistillError(f"{given}: multi-formed floors run under the converge protocol, "
-                       f"baseline --protocol converge --downscale {config.downscale} with the "
-                       "run's --dataset, --steps and --images-per-class")
 
 
 def converge_baseline(method: str, out: str | Path, settings: dict[str, Any],
@@ -109,9 +97,9 @@ def converge_baseline(method: str, out: str | Path, settings: dict[str, Any],
     else:
         check_downscale(data, config.downscale)
         check_real_images_suffice(data, config.steps * config.stored_per_class)
-        images, labels = baseline_images(method, data, config.steps, config.stored_per_class,
-                                         generator(config.seed, f"baseline-{method}"))
-        images = multi_formed(images, config.downscale)
+        images, labels = baseline_images(method, data, config.steps, config.images_per_class,
+                                         generator(config.seed, f"baseline-{method}"),
+                                         config.downscale)
     model = config.model or data.default_model
     report = converge_report(data, fmodel, init, images.reshape(-1, *data.image_shape),
                              labels.reshape(-1), nets, converge, dsa, dsa_ops, config.seed, model)
