@@ -74,18 +74,37 @@ def test_evaluate_and_export_take_the_enlarged_images(tmp_path):
     assert exported["images"].shape == (40, 1, 8, 8) and exported["labels"].shape == (40, 10)
 
 
-@pytest.mark.parametrize("method", ["herding", "kmeans", "optimized", "knn-random"])
-def test_few_step_floor_like_a_multi_formed_run_holds_four_enlarged_real_images_per_class(
-        tmp_path, method):
-    """`baseline --like` a --downscale 2 run: the floor has the run's form (40 images of
-    4x4 enlarged to 8x8, so of rank <= 16) and is evaluated by the run's inner training."""
-    datadistill.distill(dataset="digits", downscale=2, out=tmp_path / "run", **TINY)
-    report = baseline_artifact(method, tmp_path / method, like=tmp_path / "run", nets=2,
-                               search_nets=2, sets=5)
-    floor = datadistill.load(tmp_path / method)
+@pytest.fixture(scope="module")
+def multi_formed_run(tmp_path_factory):
+    """A --downscale 2 run on digits: 40 images of 4x4 enlarged to 8x8."""
+    out = tmp_path_factory.mktemp("multi-formed-run")
+    datadistill.distill(dataset="digits", downscale=2, out=out, **TINY)
+    return out
+
+
+def _assert_multi_formed_floor(folder, method: str) -> None:
+    """Four images per class, each 4x4 enlarged to 8x8 (so all of rank <= 16), recorded."""
+    floor = datadistill.load(folder)
     assert floor.images.shape == (1, 40, 1, 8, 8) and _rank(floor.images) <= 16
+    assert torch.equal(floor.labels.reshape(-1).cpu(), torch.arange(10).repeat_interleave(4))
     assert floor.meta["config"]["downscale"] == 2 and floor.meta["baseline"] == method
+
+
+@pytest.mark.parametrize("method", ["herding", "kmeans", "optimized", "knn-random"])
+def test_few_step_floor_like_a_multi_formed_run_holds_four_enlarged_images_per_class(
+        multi_formed_run, tmp_path, method):
+    report = baseline_artifact(method, tmp_path / method, like=multi_formed_run, nets=2,
+                               search_nets=2, sets=5)
+    _assert_multi_formed_floor(tmp_path / method, method)
     assert report["final"]["accuracy_mean"] > 0.3
+
+
+def test_few_step_floor_with_downscale_flag_holds_four_enlarged_images_per_class(tmp_path):
+    assert main(["baseline", "--method", "herding", "--dataset", "digits", "--steps", "1",
+                 "--images-per-class", "1", "--distill-epochs", "4", "--downscale", "2",
+                 "--nets", "2", "--search-nets", "2", "--device", "cpu",
+                 "--out", str(tmp_path)]) == 0
+    _assert_multi_formed_floor(tmp_path, "herding")
 
 
 def test_multi_formed_converge_floor_holds_four_enlarged_real_images_per_class(tmp_path, capsys):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import Dataset, multi_formed
+from ..data import Dataset, check_downscale, multi_formed
 from ..errors import DistillError
 from ..registry import Registry
 
@@ -51,6 +51,8 @@ def baseline_images(method: str, data: Dataset, steps: int, images_per_class: in
 
     ``downscale`` F: F x F times as many images per class, each stored at 1/F of its side
     and enlarged back (the floor of a multi-formed set, IDC's multi-formation)."""
+    check_downscale(data, downscale)
+    check_real_images_suffice(data, steps * images_per_class * downscale ** 2)
     labels = class_layout(steps, data.num_classes, images_per_class * downscale ** 2)
     images = multi_formed(images_for(method, data, labels, generator), downscale)
     return images, labels.to(data.train_images.device)
@@ -69,9 +71,10 @@ def check_real_images_suffice(data: Dataset, per_class: int) -> None:
     fewest = int(counts.argmin())
     if per_class > int(counts[fewest]):
         raise DistillError(
-            f"--steps x --images-per-class asks for {per_class} images per class, but "
-            f"{data.name} has only {int(counts[fewest])} training images of class "
-            f"{data.class_names[fewest]}; lower --steps or --images-per-class")
+            f"--steps x --images-per-class (x F x F for --downscale F) asks for {per_class} "
+            f"images per class, but {data.name} has only {int(counts[fewest])} training images "
+            f"of class {data.class_names[fewest]}; lower --steps, --images-per-class or "
+            "--downscale")
 
 
 @IMAGE_BASELINES.register("random")

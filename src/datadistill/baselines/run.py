@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import statistics
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -15,10 +15,11 @@ from ..evaluate import GRID_EPOCHS, EvalResult, best_of_grid, schedule, schedule
 from ..functional import FunctionalModel
 from ..init_distributions import InitDistribution
 from ..runtime import generator
-from .images import baseline_images, check_real_images_suffice
+from .images import baseline_images
 from .knn import knn_accuracy
 
 METHODS = ("random", "optimized", "kmeans", "average", "herding", "knn-random", "knn-kmeans")
+Chooser = Callable[..., tuple[Tensor, Tensor]]  # (method, generator=) -> images, labels
 
 
 def run_baseline(
@@ -53,7 +54,6 @@ def run_baseline(
     images per class, each stored at 1/F of its side and enlarged back (a multi-formed run's
     floor, IDC's multi-formation).
     """
-    check_real_images_suffice(data, steps * images_per_class * downscale ** 2)
     choose = partial(baseline_images, data=data, steps=steps, images_per_class=images_per_class,
                      downscale=downscale)
     if method.startswith("knn-"):
@@ -86,8 +86,8 @@ def run_baseline(
     return images, labels, lrs, report
 
 
-def _optimized(data, fmodel, init, choose, lr, n_epochs, nets, search_nets, sets, gen, seed,
-               attack, minibatch, momentum):
+def _optimized(data, fmodel, init, choose: Chooser, lr, n_epochs, nets, search_nets, sets, gen,
+               seed, attack, minibatch, momentum):
     """Best 20 % of random real sets by training-set accuracy, evaluated on the test set
     (trained with the run's minibatches and momentum)."""
     score_gen = torch.Generator().manual_seed(seed)
@@ -113,7 +113,7 @@ def _optimized(data, fmodel, init, choose, lr, n_epochs, nets, search_nets, sets
     return kept[0][1], kept[0][2], EvalResult.cat(results)
 
 
-def _knn(method, choose, data, sets, seed):
+def _knn(method: str, choose: Chooser, data: Dataset, sets: int, seed: int):
     gen = generator(seed, f"baseline-{method}")
     draws = [choose(method.removeprefix("knn-"), generator=gen) for _ in range(sets)]
     cells = []

@@ -11,11 +11,10 @@ from ..artifacts import (META_FILE, Distilled, after_saving, atomic_write, check
                          load, run_meta)
 from ..config import DistillConfig
 from ..converge import ConvergeSettings
-from ..data import check_downscale
 from ..errors import DistillError
 from ..evaluate import build_context, context_for, converge_report, grid_epochs
 from ..runtime import generator
-from .images import baseline_images, check_real_images_suffice
+from .images import baseline_images
 from .run import run_baseline
 
 
@@ -51,7 +50,6 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
         learned = None
         model_meta = {"name": config.model or data.default_model,
                       "class": type(fmodel.module).__name__}
-    check_downscale(data, config.downscale)
     images, labels, lrs, report = run_baseline(
         method, data, fmodel, init, config.steps, config.images_per_class, learned,
         nets=nets, search_nets=search_nets, sets=sets, seed=config.seed, attack=config.attack,
@@ -95,8 +93,6 @@ def converge_baseline(method: str, out: str | Path, settings: dict[str, Any],
     if method == "full":
         images, labels = data.train_images, data.train_labels
     else:
-        check_downscale(data, config.downscale)
-        check_real_images_suffice(data, config.steps * config.stored_per_class)
         images, labels = baseline_images(method, data, config.steps, config.images_per_class,
                                          generator(config.seed, f"baseline-{method}"),
                                          config.downscale)
