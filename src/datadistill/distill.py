@@ -21,8 +21,8 @@ from .augment import dsa_for
 from .backends import choose_meta_gradient
 from .baselines.images import check_real_images_suffice, class_layout, images_for
 from .config import DistillConfig, check_known
-from .data import (Dataset, check_downscale, crop_flip, hold_out, load_dataset, multi_formed,
-                   relabel, resize_images, shrunk_size)
+from .data import (Dataset, check_downscale, crop_flip, hold_out, load_dataset, relabel,
+                   resize_images, shrunk_size)
 from .distributed import current
 from .errors import DistillError
 from .evaluate import (EvalResult, Evaluation, best_of_grid, evaluate_steps, schedule,
@@ -361,8 +361,8 @@ def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Di
     stored as small and enlarged alike (IDC's multi-formed random baseline).
     """
     labels = _class_layout(config, data.num_classes).to(data.train_images.device)
-    images = multi_formed(images_for("random", data, labels, generator(config.seed, "random-real")),
-                          config.downscale)
+    images = images_for("random", data, labels, generator(config.seed, "random-real"),
+                        config.downscale)
     run = schedule_evaluator(fmodel, init_dist, images, relabel(labels, config.attack),
                              data.test_images, data.test_labels, _eval_nets(config), config.seed,
                              "evaluation", attack=config.attack, minibatch=config.minibatch,

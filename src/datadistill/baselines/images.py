@@ -31,9 +31,11 @@ def class_layout(steps: int, classes: int, images_per_class: int = 1,
     return torch.arange(classes).repeat_interleave(images_per_class).repeat(steps, 1)
 
 
-def images_for(method: str, data: Dataset, labels: Tensor, generator: torch.Generator) -> Tensor:
+def images_for(method: str, data: Dataset, labels: Tensor, generator: torch.Generator,
+               downscale: int = 1) -> Tensor:
     """Images (steps, n, C, H, W) for a class layout, chosen per class by the ``method``
-    baseline (each class's images go to its slots in step order)."""
+    baseline (each class's images go to its slots in step order); ``downscale`` F: each
+    stored at 1/F of its side and enlarged back (IDC's multi-formation)."""
     select = IMAGE_BASELINES.get(method)
     flat = labels.flatten().cpu()
     images = data.train_images.new_empty(len(flat), *data.image_shape)
@@ -42,7 +44,7 @@ def images_for(method: str, data: Dataset, labels: Tensor, generator: torch.Gene
         if len(slots):
             members = data.train_images[data.train_labels == c]
             images[slots.to(images.device)] = select(members, len(slots), generator)
-    return images.view(*labels.shape, *data.image_shape)
+    return multi_formed(images.view(*labels.shape, *data.image_shape), downscale)
 
 
 def baseline_images(method: str, data: Dataset, steps: int, images_per_class: int,
@@ -51,10 +53,11 @@ def baseline_images(method: str, data: Dataset, steps: int, images_per_class: in
 
     ``downscale`` F: F x F times as many images per class, each stored at 1/F of its side
     and enlarged back (the floor of a multi-formed set, IDC's multi-formation)."""
+    per_class = images_per_class * downscale ** 2
     check_downscale(data, downscale)
-    check_real_images_suffice(data, steps * images_per_class * downscale ** 2)
-    labels = class_layout(steps, data.num_classes, images_per_class * downscale ** 2)
-    images = multi_formed(images_for(method, data, labels, generator), downscale)
+    check_real_images_suffice(data, steps * per_class)
+    labels = class_layout(steps, data.num_classes, per_class)
+    images = images_for(method, data, labels, generator, downscale)
     return images, labels.to(data.train_images.device)
 
 
