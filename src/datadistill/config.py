@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .augment import dsa_for
+from .data import stored_count
 from .errors import DistillError
 
 
@@ -200,7 +201,7 @@ class DistillConfig:
     @property
     def stored_per_class(self) -> int:
         """Images stored per class and step: --downscale F stores F x F smaller ones for each."""
-        return self.images_per_class * self.downscale ** 2
+        return stored_count(self.images_per_class, self.downscale)
 
     @property
     def attack(self) -> tuple[int, int] | None:

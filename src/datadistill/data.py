@@ -218,6 +218,12 @@ def shrunk_size(image_shape: tuple[int, ...], factor: int) -> tuple[int, int]:
     return image_shape[-2] // factor, image_shape[-1] // factor
 
 
+def stored_count(count: int, factor: int) -> int:
+    """Images stored in place of ``count`` full-size ones at 1/``factor`` of their side: the
+    same pixels, ``factor`` x ``factor`` times as many."""
+    return count * factor ** 2
+
+
 def multi_formed(images: Tensor, factor: int) -> Tensor:
     """Images (..., C, H, W) stored at 1/``factor`` of their side and enlarged back: what
     a net trains on from a multi-formed set (IDC); unchanged for ``factor`` 1."""

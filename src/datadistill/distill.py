@@ -22,7 +22,7 @@ from .backends import choose_meta_gradient
 from .baselines.images import check_real_images_suffice, class_layout, images_for
 from .config import DistillConfig, check_known
 from .data import (Dataset, check_downscale, crop_flip, hold_out, load_dataset, relabel,
-                   resize_images, shrunk_size)
+                   resize_images, shrunk_size, stored_count)
 from .distributed import current
 from .errors import DistillError
 from .evaluate import (EvalResult, Evaluation, best_of_grid, evaluate_steps, schedule,
@@ -321,7 +321,7 @@ def _init_distributions(config: DistillConfig, module: nn.Module, data: Dataset,
 def _class_layout(config: DistillConfig, num_classes: int) -> torch.Tensor:
     """The class of every stored image (steps, n): --downscale F stores F x F times as many."""
     return class_layout(config.steps, num_classes, config.stored_per_class,
-                        config.images_per_step * config.downscale ** 2)
+                        stored_count(config.images_per_step, config.downscale))
 
 
 def _starting_images(config: DistillConfig, data: Dataset, layout: torch.Tensor,

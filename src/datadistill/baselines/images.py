@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import Dataset, check_downscale, multi_formed
+from ..data import Dataset, check_downscale, multi_formed, stored_count
 from ..errors import DistillError
 from ..registry import Registry
 
@@ -53,7 +53,7 @@ def baseline_images(method: str, data: Dataset, steps: int, images_per_class: in
 
     ``downscale`` F: F x F times as many images per class, each stored at 1/F of its side
     and enlarged back (the floor of a multi-formed set, IDC's multi-formation)."""
-    per_class = images_per_class * downscale ** 2
+    per_class = stored_count(images_per_class, downscale)
     check_downscale(data, downscale)
     check_real_images_suffice(data, steps * per_class)
     labels = class_layout(steps, data.num_classes, per_class)
