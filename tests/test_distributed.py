@@ -97,3 +97,17 @@ def test_torchrun_runs_the_cli_unchanged(tmp_path):
     assert done.stdout.count("distilled ") == 1  # rank 0 alone prints
     assert (tmp_path / "run" / "distilled.safetensors").is_file()
     assert datadistill.load(tmp_path / "run").meta["metrics"]["final"]["nets"] == 4
+
+
+def test_the_cli_leaves_the_process_group_it_ran_in():
+    """A rank that exits with its gloo group open can abort (SIGABRT) at interpreter exit."""
+    from datadistill.cli import main
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}",
+                            rank=0, world_size=1)
+    try:
+        assert main(["list"]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

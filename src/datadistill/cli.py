@@ -14,7 +14,7 @@ from typing import Sequence
 from .baselines.run import METHODS
 from .config import DistillConfig, read_config_file
 from .converge import ConvergeSettings
-from .distributed import init_from_env
+from .distributed import finish, init_from_env
 from .errors import DistillError
 
 # the DistillConfig fields a baseline takes as flags when not --like a run
@@ -443,18 +443,23 @@ def _list(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not init_from_env().is_main:  # under torchrun, rank 0 alone prints
+    world = init_from_env()
+    if not world.is_main:  # under torchrun, rank 0 alone prints
         sys.stdout = open(os.devnull, "w")
     commands = {"distill": _distill, "evaluate": _evaluate, "baseline": _baseline,
                 "linreg": _linreg,
                 "pretrain": _pretrain, "pool-import": _pool_import, "show": _show, "list": _list,
                 "export": _export, "import": _import_set}
+    completed = False
     try:
         commands[args.command](args)
+        completed = True
     except DistillError as exc:
         print(f"datadistill: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("datadistill: interrupted; a distill run continues with --resume", file=sys.stderr)
         return 130
+    finally:
+        finish(world, completed)
     return 0
