@@ -14,7 +14,7 @@ from typing import Sequence
 from .baselines.run import METHODS
 from .config import DistillConfig, read_config_file
 from .converge import ConvergeSettings
-from .distributed import finish, init_from_env
+from .distributed import init_from_env, leave_process_group
 from .errors import DistillError
 
 # the DistillConfig fields a baseline takes as flags when not --like a run
@@ -450,10 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "linreg": _linreg,
                 "pretrain": _pretrain, "pool-import": _pool_import, "show": _show, "list": _list,
                 "export": _export, "import": _import_set}
-    completed = False
     try:
         commands[args.command](args)
-        completed = True
+        world.barrier()  # no rank leaves while another still needs the group; skipped on errors
     except DistillError as exc:
         print(f"datadistill: error: {exc}", file=sys.stderr)
         return 2
@@ -461,5 +460,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("datadistill: interrupted; a distill run continues with --resume", file=sys.stderr)
         return 130
     finally:
-        finish(world, completed)
+        leave_process_group()
     return 0

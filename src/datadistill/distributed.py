@@ -69,13 +69,7 @@ def init_from_env() -> World:
     return current()
 
 
-def finish(world: World, completed: bool) -> None:
-    """Leave the process group: a rank exiting with it open can abort in gloo's threads.
-
-    After a completed command the ranks meet first, so none leaves while another still
-    needs it; after an error they do not, since the others may never arrive.
-    """
+def leave_process_group() -> None:
+    """Destroy the open process group: a rank that exits with it open can abort in gloo."""
     if dist.is_available() and dist.is_initialized():
-        if completed:
-            world.barrier()
         dist.destroy_process_group()
