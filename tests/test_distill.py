@@ -349,6 +349,31 @@ def test_learned_labels_resume_equals_one_run(tmp_path, tiny_data, labels):
     assert torch.equal(whole.images, resumed.images)
 
 
+def test_init_from_starts_at_another_runs_last_iterate_with_another_model(tmp_path, tiny_data):
+    """A run warm-started from another (a vanishing outer lr, so it barely moves) holds that
+    run's images, labels and lrs, though it trains another model."""
+    first = datadistill.distill(data=tiny_data, labels="learned", out=tmp_path, **TINY)
+    warm = datadistill.distill(data=tiny_data, labels="learned", module=TinyConvNet(),
+                               init_from=str(tmp_path), **{**TINY, "epochs": 1, "lr": 1e-12})
+    assert torch.allclose(warm.images, first.images, atol=1e-6)
+    assert torch.allclose(warm.labels, first.labels, atol=1e-6)
+    assert torch.allclose(warm.lrs, first.lrs, atol=1e-6)
+    assert warm.meta["config"]["init_from"] == str(tmp_path)
+    cold = datadistill.distill(data=tiny_data, labels="learned", module=TinyConvNet(),
+                               **{**TINY, "epochs": 1, "lr": 1e-12})
+    assert not torch.allclose(cold.images, first.images, atol=1e-2)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(images_per_class=2), "its images are"), (dict(labels="fixed"), "match its --labels"),
+    (dict(init_from="no-such-run"), "no checkpoint.safetensors there")])
+def test_init_from_refuses_a_run_of_another_layout(tmp_path, tiny_data, change, message):
+    datadistill.distill(data=tiny_data, labels="learned", out=tmp_path, **TINY)
+    settings = {**TINY, "labels": "learned", "init_from": str(tmp_path), **change}
+    with pytest.raises(DistillError, match=message):
+        datadistill.distill(data=tiny_data, **settings)
+
+
 def test_backend_is_chosen_once_and_recorded(tiny_data):
     """Any user module runs in PyTorch; meta.json says so; asking for the compiled kernel
     where it cannot run is a one-line error before any work."""

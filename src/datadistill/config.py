@@ -68,6 +68,10 @@ class DistillConfig:
                                     "random real training images, k-means centroids or herded "
                                     "real images of each slot's class",
                            ("noise", "real", "kmeans", "herding"))
+    init_from: str = _opt("", "start the learned images, labels and lrs from another run's "
+                              "last iterate (its folder, with checkpoint.safetensors) instead "
+                              "of --image-init, e.g. to go on with another --model or "
+                              "--window; the layout must match theirs")
     # outer optimization
     epochs: int = _opt(400, "passes over the real training set")
     batch_size: int = _opt(1024, "real images per meta-iteration")

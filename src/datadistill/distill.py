@@ -113,6 +113,8 @@ def distill(
                       config.label_confidence, config.momentum,
                       dsa_for(data.class_names, config.dsa_ops) if config.dsa else None,
                       config.lr_per_step, full_size)
+    if config.init_from and checkpoint is None:
+        steps = _warm_start(Path(config.init_from), steps)
     optimizer = torch.optim.Adam(
         [{"params": [tensor], "lr": config.label_lr or config.lr} if name.startswith("label_")
          else {"params": [tensor]} for name, tensor in steps.learnable().items()],
@@ -328,11 +330,33 @@ def _starting_images(config: DistillConfig, data: Dataset, layout: torch.Tensor,
                      generator: torch.Generator) -> torch.Tensor:
     """--image-init's images for the layout, at the stored size (1/--downscale a side)."""
     size = shrunk_size(data.image_shape, config.downscale)
-    if config.image_init == "noise":
+    if config.image_init == "noise" or config.init_from:  # --init-from replaces them
         return torch.randn(*layout.shape, data.image_shape[0], *size, generator=generator)
     images = images_for(INIT_BASELINE.get(config.image_init, config.image_init), data, layout,
                         generator)
     return resize_images(images, size)
+
+
+def _warm_start(run: Path, steps: DistilledSteps) -> DistilledSteps:
+    """--init-from: these steps holding another run's last iterate of the learned tensors."""
+    file = run / CHECKPOINT_FILE
+    if not file.is_file():
+        raise DistillError(f"--init-from {run}: no {CHECKPOINT_FILE} there; pass the folder "
+                           "of a distill run")
+    tensors, _ = load_tensors(file)
+    theirs = {name: tensor for name, tensor in tensors.items() if "." not in name}
+    if theirs.keys() != steps.learnable().keys():
+        raise DistillError(f"--init-from {run}: it learned {', '.join(sorted(theirs))}, this run "
+                           f"{', '.join(sorted(steps.learnable()))}; match its --labels")
+    for name, tensor in steps.learnable().items():
+        if theirs[name].shape != tensor.shape:
+            raise DistillError(
+                f"--init-from {run}: its {name} are {tuple(theirs[name].shape)}, this run's "
+                f"{tuple(tensor.shape)}; "
+                "match its --steps, --images-per-class, --images-per-step, --downscale, "
+                "--distill-epochs, --labels and --lr-per-step")
+    return steps.with_tensors({name: theirs[name].to(tensor).requires_grad_()
+                               for name, tensor in steps.learnable().items()})
 
 
 def _eval_nets(config: DistillConfig) -> int:
