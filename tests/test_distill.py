@@ -365,11 +365,15 @@ def test_init_from_starts_at_another_runs_last_iterate_with_another_model(tmp_pa
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(images_per_class=2), "its images are"), (dict(labels="fixed"), "match its --labels"),
+    (dict(images_per_class=1), "with --images-per-class 2;"), (dict(labels="fixed"), "--labels learned"),
+    (dict(images_per_class=1, images_per_step=6),  # the same shapes, another class layout
+     "with --images-per-class 2, --images-per-step 0;"),
     (dict(init_from="no-such-run"), "no checkpoint.safetensors there")])
 def test_init_from_refuses_a_run_of_another_layout(tmp_path, tiny_data, change, message):
-    datadistill.distill(data=tiny_data, labels="learned", out=tmp_path, **TINY)
-    settings = {**TINY, "labels": "learned", "init_from": str(tmp_path), **change}
+    datadistill.distill(data=tiny_data, labels="learned", images_per_class=2, out=tmp_path,
+                        **TINY)
+    settings = {**TINY, "labels": "learned", "images_per_class": 2, "init_from": str(tmp_path),
+                **change}
     with pytest.raises(DistillError, match=message):
         datadistill.distill(data=tiny_data, **settings)
 

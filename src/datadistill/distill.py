@@ -114,7 +114,7 @@ def distill(
                       dsa_for(data.class_names, config.dsa_ops) if config.dsa else None,
                       config.lr_per_step, full_size)
     if config.init_from and checkpoint is None:
-        steps = _warm_start(Path(config.init_from), steps)
+        steps = _warm_start(Path(config.init_from), steps, config)
     optimizer = torch.optim.Adam(
         [{"params": [tensor], "lr": config.label_lr or config.lr} if name.startswith("label_")
          else {"params": [tensor]} for name, tensor in steps.learnable().items()],
@@ -337,25 +337,25 @@ def _starting_images(config: DistillConfig, data: Dataset, layout: torch.Tensor,
     return resize_images(images, size)
 
 
-def _warm_start(run: Path, steps: DistilledSteps) -> DistilledSteps:
+# settings that fix the learned tensors' shapes and meaning: --init-from's run must share them
+LAYOUT = ("dataset", "steps", "distill_epochs", "images_per_class", "images_per_step",
+          "downscale", "labels", "lr_per_step")
+
+
+def _warm_start(run: Path, steps: DistilledSteps, config: DistillConfig) -> DistilledSteps:
     """--init-from: these steps holding another run's last iterate of the learned tensors."""
     file = run / CHECKPOINT_FILE
     if not file.is_file():
         raise DistillError(f"--init-from {run}: no {CHECKPOINT_FILE} there; pass the folder "
                            "of a distill run")
-    tensors, _ = load_tensors(file)
-    theirs = {name: tensor for name, tensor in tensors.items() if "." not in name}
-    if theirs.keys() != steps.learnable().keys():
-        raise DistillError(f"--init-from {run}: it learned {', '.join(sorted(theirs))}, this run "
-                           f"{', '.join(sorted(steps.learnable()))}; match its --labels")
-    for name, tensor in steps.learnable().items():
-        if theirs[name].shape != tensor.shape:
-            raise DistillError(
-                f"--init-from {run}: its {name} are {tuple(theirs[name].shape)}, this run's "
-                f"{tuple(tensor.shape)}; "
-                "match its --steps, --images-per-class, --images-per-step, --downscale, "
-                "--distill-epochs, --labels and --lr-per-step")
-    return steps.with_tensors({name: theirs[name].to(tensor).requires_grad_()
+    tensors, info = load_tensors(file)
+    theirs = info.get("config", {})
+    differ = [name for name in LAYOUT if theirs.get(name) != getattr(config, name)]
+    if differ:
+        raise DistillError(f"--init-from {run}: it was distilled with " + ", ".join(
+            f"--{name.replace('_', '-')} {theirs.get(name)}" for name in differ) + "; set "
+            "this run's alike")
+    return steps.with_tensors({name: tensors[name].to(tensor).requires_grad_()
                                for name, tensor in steps.learnable().items()})
 
 
