@@ -365,7 +365,8 @@ def test_init_from_starts_at_another_runs_last_iterate_with_another_model(tmp_pa
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(images_per_class=1), "with --images-per-class 2;"), (dict(labels="fixed"), "--labels learned"),
+    (dict(images_per_class=1), "with --images-per-class 2;"),
+    (dict(labels="fixed"), "--labels learned"),
     (dict(images_per_class=1, images_per_step=6),  # the same shapes, another class layout
      "with --images-per-class 2, --images-per-step 0;"),
     (dict(init_from="no-such-run"), "no checkpoint.safetensors there")])

@@ -69,6 +69,9 @@ def distill(
     if out is not None:
         check_out_folder(Path(out))
     check_log_dir(config.log_dir)
+    # --init-from: another run's last iterate of the learned tensors, checked before any work
+    start_from = _read_init_from(Path(config.init_from), config) \
+        if config.init_from and checkpoint is None else None
     device = resolve_device(config.device)
     start_time = time.perf_counter()
 
@@ -113,8 +116,9 @@ def distill(
                       config.label_confidence, config.momentum,
                       dsa_for(data.class_names, config.dsa_ops) if config.dsa else None,
                       config.lr_per_step, full_size)
-    if config.init_from and checkpoint is None:
-        steps = _warm_start(Path(config.init_from), steps, config)
+    if start_from is not None:
+        steps = steps.with_tensors({name: start_from[name].to(tensor).requires_grad_()
+                                    for name, tensor in steps.learnable().items()})
     optimizer = torch.optim.Adam(
         [{"params": [tensor], "lr": config.label_lr or config.lr} if name.startswith("label_")
          else {"params": [tensor]} for name, tensor in steps.learnable().items()],
@@ -342,8 +346,8 @@ LAYOUT = ("dataset", "steps", "distill_epochs", "images_per_class", "images_per_
           "downscale", "labels", "lr_per_step")
 
 
-def _warm_start(run: Path, steps: DistilledSteps, config: DistillConfig) -> DistilledSteps:
-    """--init-from: these steps holding another run's last iterate of the learned tensors."""
+def _read_init_from(run: Path, config: DistillConfig) -> dict[str, torch.Tensor]:
+    """--init-from: the learned tensors of RUN's checkpoint, whose layout must be this run's."""
     file = run / CHECKPOINT_FILE
     if not file.is_file():
         raise DistillError(f"--init-from {run}: no {CHECKPOINT_FILE} there; pass the folder "
@@ -355,8 +359,7 @@ def _warm_start(run: Path, steps: DistilledSteps, config: DistillConfig) -> Dist
         raise DistillError(f"--init-from {run}: it was distilled with " + ", ".join(
             f"--{name.replace('_', '-')} {theirs.get(name)}" for name in differ) + "; set "
             "this run's alike")
-    return steps.with_tensors({name: tensors[name].to(tensor).requires_grad_()
-                               for name, tensor in steps.learnable().items()})
+    return tensors
 
 
 def _eval_nets(config: DistillConfig) -> int:
