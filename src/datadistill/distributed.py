@@ -6,6 +6,7 @@ helper here is the single-process identity, so the rest of the code never branch
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -70,6 +71,11 @@ def init_from_env() -> World:
 
 
 def leave_process_group() -> None:
-    """Destroy the open process group: a rank that exits with it open can abort in gloo."""
+    """Destroy the open process group: a rank that exits with it open can abort in gloo.
+
+    Garbage left in reference cycles is collected first, while the group still stands: freed
+    at interpreter exit instead, it aborted about one two-rank run in twelve here.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
