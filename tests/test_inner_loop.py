@@ -328,7 +328,7 @@ def test_the_compiled_lenet_never_runs_augmented_steps():
     for augment, expected in ((DSA(), "pytorch"), (None, plain)):
         steps = DistilledSteps(images, torch.arange(10).view(1, 10),
                                torch.zeros(3, requires_grad=True), augment=augment)
-        backend = choose_meta_gradient("auto", FunctionalModel(module), params, steps,
+        backend = choose_meta_gradient(FunctionalModel(module, "auto"), params, steps,
                                        torch.randn(8, 1, 28, 28))
         assert backend.name == expected
 

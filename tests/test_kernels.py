@@ -145,8 +145,8 @@ def _meta_gradients_both_ways(monkeypatch, fmodel, params, steps, real_x, real_y
     results = []
     for choice, name in (("compiled", "compiled-lenet"), ("pytorch", "pytorch")):
         fresh = _fresh_leaves(steps, torch.float32)
-        backend = choose_meta_gradient(choice, fmodel, params, fresh, real_x, "backgrad",
-                                       keep_every, 64)
+        backend = choose_meta_gradient(FunctionalModel(fmodel.module, choice), params, fresh,
+                                       real_x, "backgrad", keep_every, 64)
         assert backend.name == name
         losses = backend.run(params, fresh, real_x, real_y, window)
         results.append([losses, *(t.grad for t in fresh.learnable().values())])
@@ -290,11 +290,11 @@ def _float64_meta_gradient(fmodel, params, steps, real_x, real_y, keep_every, wi
     and the grads of the learnable tensors."""
     from datadistill.backends import choose_meta_gradient
 
-    fmodel64 = FunctionalModel(copy.deepcopy(fmodel.module).double())
+    fmodel64 = FunctionalModel(copy.deepcopy(fmodel.module).double(), "pytorch")
     params64 = {k: v.double() for k, v in params.items()}
     fresh = _fresh_leaves(steps, torch.float64)
-    backend = choose_meta_gradient("pytorch", fmodel64, params64, fresh, real_x.double(),
-                                   "backgrad", keep_every, 64)
+    backend = choose_meta_gradient(fmodel64, params64, fresh, real_x.double(), "backgrad",
+                                   keep_every, 64)
     losses = backend.run(params64, fresh, real_x.double(), real_y, window)
     return [t.float() for t in (losses.detach(), *(t.grad for t in fresh.learnable().values()))]
 

@@ -18,9 +18,6 @@ from .inner_loop import meta_gradient
 from .kernels.lenet import lenet_meta_gradient_fn
 from .state import DistilledSteps
 
-CHOICES = ("auto", "pytorch", "compiled")
-
-
 @dataclass
 class MetaGradient:
     """``run(params, steps, real_images, real_labels, window=None) -> losses (N,)``,
@@ -31,17 +28,16 @@ class MetaGradient:
     run: Callable[..., Tensor]
 
 
-def choose_meta_gradient(choice: str, fmodel: FunctionalModel, params: Params,
-                         steps: DistilledSteps, real_images: Tensor, mode: str = "full",
-                         keep_every: int = 1, chunk_size: int = 512) -> MetaGradient:
-    """The backend for these nets, steps and real images: ``auto`` takes the compiled one
-    where it applies, ``compiled`` insists on it, ``pytorch`` never takes it."""
-    if choice not in CHOICES:
-        raise DistillError(f"--backend must be one of {', '.join(CHOICES)}, got {choice!r}")
+def choose_meta_gradient(fmodel: FunctionalModel, params: Params, steps: DistilledSteps,
+                         real_images: Tensor, mode: str = "full", keep_every: int = 1,
+                         chunk_size: int = 512) -> MetaGradient:
+    """The meta-gradient for these nets, steps and real images under the model's backend:
+    ``auto`` takes the compiled one where it applies, ``compiled`` insists on it, ``pytorch``
+    never takes it."""
     if mode not in ("full", "backgrad"):
         raise DistillError(f"--backward must be full or backgrad, got {mode!r}")
     # it reads the images as a net sees them, unaugmented
-    kernel_may_run = choice != "pytorch" and steps.augment is None
+    kernel_may_run = fmodel.kernels and steps.augment is None
     compiled = lenet_meta_gradient_fn(fmodel.module, params, real_images,
                                       steps.full_images()[0]) if kernel_may_run else None
     if compiled is not None:
@@ -49,7 +45,7 @@ def choose_meta_gradient(choice: str, fmodel: FunctionalModel, params: Params,
         return MetaGradient("compiled-lenet", lambda p, s, x, y, window=None:
                             _on_full_size_images(compiled, p, s, x, y, kept,
                                                  window or range(s.num_steps)))
-    if choice == "compiled":
+    if fmodel.backend == "compiled":
         raise DistillError("--backend compiled runs only the registered LeNet in float32 on the "
                            "CPU with a working C compiler, without --dsa; use --backend auto or "
                            "pytorch")

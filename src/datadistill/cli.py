@@ -20,7 +20,7 @@ from .errors import DistillError
 # the DistillConfig fields a baseline takes as flags when not --like a run
 BASELINE_SETTINGS = ("dataset", "data_root", "model", "init_scheme", "pool", "steps",
                      "distill_epochs", "images_per_class", "downscale", "minibatch", "seed",
-                     "device")
+                     "device", "backend")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +39,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 PROTOCOLS = ("few-step", "converge")
+
+
+def _add_backend_flag(parser: argparse.ArgumentParser) -> None:
+    """--backend, meaning what distill's means: where every net of the command runs."""
+    field = DistillConfig.__dataclass_fields__["backend"]
+    parser.add_argument("--backend", default=field.default, choices=field.metadata["choices"],
+                        help=f"{field.metadata['help']} (default: {field.default})")
 CONVERGE_INIT = "default"  # the fresh nets of the published recipe start from PyTorch's init
 
 
@@ -113,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="override the stored data root")
     p.add_argument("--pool", default=None, help="override the stored pool folder (pretrained-random)")
     p.add_argument("--device", default="auto")
+    _add_backend_flag(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--model", default=None,
                    help="converge: architecture of the fresh nets (default: the artifact's); "
@@ -140,13 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_converge_flags(p)
     p.add_argument("--search-nets", type=int, default=20, help="held-out nets per grid cell")
     p.add_argument("--sets", type=int, default=10, help="random draws (optimized real, k-NN)")
-    for name in (n for n in BASELINE_SETTINGS if n != "init_scheme"):  # that one below
+    for name in (n for n in BASELINE_SETTINGS if n not in ("init_scheme", "backend")):
         default = getattr(DistillConfig(), name)
         p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
                        help=f"when not --like (default: {default})")
     p.add_argument("--init-scheme", default=None,
                    help=f"when not --like (default: {DistillConfig().init_scheme}; converge: "
                         f"{CONVERGE_INIT})")
+    _add_backend_flag(p)
 
     p = sub.add_parser("pretrain", help="train a pool of models (pretrained-init settings, attacks)")
     p.add_argument("--dataset", required=True, help="registered dataset to train on")
@@ -164,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default="data")
     p.add_argument("--device", default="auto")
+    _add_backend_flag(p)
 
     p = sub.add_parser("pool-import", help="make a pool of your own trained models (state dicts)")
     p.add_argument("folder", help="folder of *.safetensors / *.pt / *.pth state dicts, one architecture")
@@ -173,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", type=int, default=None, help="models kept for evaluation only")
     p.add_argument("--data-root", default="data")
     p.add_argument("--device", default="auto")
+    _add_backend_flag(p)
 
     p = sub.add_parser("export", help="write a run's images, labels and normalisation as "
                                       "plain tensors (docs/exchange.md)")
@@ -234,7 +245,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     _refuse_converge_flags(args, model=True)
     nets = 200 if args.nets is None else args.nets
     result = evaluate(args.run, nets=nets, lr=args.lr, epochs=args.epochs,
-                      data_root=args.data_root, device=args.device, pool=args.pool)
+                      data_root=args.data_root, device=args.device, pool=args.pool,
+                      backend=args.backend)
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -272,7 +284,8 @@ def _evaluate_converge(args: argparse.Namespace) -> None:
                                model=args.model,
                                settings=_converge_settings(args), dsa=args.dsa,
                                dsa_ops=args.dsa_ops, init_scheme=args.init_scheme,
-                               data_root=args.data_root, device=args.device)
+                               data_root=args.data_root, device=args.device,
+                               backend=args.backend)
     _report_converge(result, args)
 
 
@@ -358,7 +371,7 @@ def _pretrain(args: argparse.Namespace) -> None:
     pool = pretrain(args.dataset, args.models, args.out, arch=args.arch, schedule=schedule,
                     batch_size=args.batch_size, held_out=args.held_out,
                     init_scheme=args.init_scheme, seed=args.seed, data_root=args.data_root,
-                    device=args.device, group=args.group)
+                    device=args.device, group=args.group, backend=args.backend)
     _print_pool(pool, args.out)
 
 
@@ -366,7 +379,8 @@ def _pool_import(args: argparse.Namespace) -> None:
     from .pools import import_pool
 
     pool = import_pool(args.folder, args.dataset, args.out, arch=args.arch,
-                       held_out=args.held_out, data_root=args.data_root, device=args.device)
+                       held_out=args.held_out, data_root=args.data_root, device=args.device,
+                       backend=args.backend)
     _print_pool(pool, args.out)
 
 

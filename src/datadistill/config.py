@@ -105,9 +105,12 @@ class DistillConfig:
                               "score the distilled set on them at every --eval-every "
                               "evaluation, and save the best-scoring iterate instead of the "
                               "last (0: the last)")
-    backend: str = _opt("auto", "where the meta-gradient runs: auto (the compiled LeNet kernel "
-                                "where it applies: LeNet, float32, CPU; else PyTorch), pytorch, "
-                                "compiled", ("auto", "pytorch", "compiled"))
+    backend: str = _opt("auto", "where every net of the command runs: auto (compiled CPU "
+                                "kernels where they apply: the LeNet kernel for the "
+                                "meta-gradient and held-out nets, the fused ConvNet for the "
+                                "converge protocol; else PyTorch), pytorch (no compiled code), "
+                                "compiled (insist on the LeNet kernel for the meta-gradient)",
+                        ("auto", "pytorch", "compiled"))
     backgrad_keep_every: int = _opt(
         1, "backgrad: keep every k-th weight and recompute the rest (0: k = ceil(sqrt(T)))")
     outer_chunk: int = _opt(512, "real images per chunk of the outer gradient (memory/speed)")

@@ -205,13 +205,15 @@ class Runner:
 
 
 def runner_for(fmodel: FunctionalModel, images: Tensor, nets_per_batch: int) -> Runner:
-    """The fused ConvNet where its kernel runs (float32 on the CPU, one net at a time), else
-    the module."""
-    float32_cpu = float32_on_cpu(images, *fmodel.module.parameters())
-    fused = fused_convnet(fmodel.module) if float32_cpu and nets_per_batch == 1 else None
+    """The fused ConvNet where its kernel runs (float32 on the CPU, one net at a time, the
+    model's backend not ``pytorch``), else the module."""
+    runs = fmodel.kernels and nets_per_batch == 1 and float32_on_cpu(
+        images, *fmodel.module.parameters())
+    fused = fused_convnet(fmodel.module) if runs else None
     if fused is None:
         return Runner("pytorch", fmodel)
-    return Runner("fused-convnet", FunctionalModel(fused), FUSED_MICROBATCH, FUSED_TEST_CHUNK)
+    return Runner("fused-convnet", FunctionalModel(fused, fmodel.backend), FUSED_MICROBATCH,
+                  FUSED_TEST_CHUNK)
 
 
 @dataclass(frozen=True)

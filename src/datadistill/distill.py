@@ -87,7 +87,7 @@ def distill(
         module = build_model(config.model or data.default_model, data.image_shape,
                              data.num_classes)
     module = module.to(device)
-    fmodel = FunctionalModel(module)
+    fmodel = FunctionalModel(module, config.backend)  # the backend of every net this run trains
     data_gen = generator(config.seed, "data")
     init_gen = generator(config.seed, "init")
     steps_gen = generator(config.seed, "distilled")
@@ -127,7 +127,7 @@ def distill(
 
     keep_every = config.backgrad_keep_every or math.ceil(math.sqrt(steps.num_steps))
     backend = choose_meta_gradient(  # the compiled LeNet or PyTorch, once, recorded in meta.json
-        config.backend, fmodel, {k: v.to(device) for k, v in init_dist.sample(1, torch.Generator()).items()},
+        fmodel, {k: v.to(device) for k, v in init_dist.sample(1, torch.Generator()).items()},
         steps,
         data.train_images[:config.batch_size], config.backward, keep_every, config.outer_chunk)
     n_train = data.train_images.shape[0]

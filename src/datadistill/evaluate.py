@@ -167,7 +167,7 @@ def best_of_grid(
 
 def context_for(distilled: Distilled, data_root: str | None = None, device: str = "auto",
                 data: Dataset | None = None, pool: str | None = None,
-                module: nn.Module | None = None,
+                module: nn.Module | None = None, backend: str = "auto",
                 ) -> tuple[Dataset, FunctionalModel, InitDistribution]:
     """The dataset, model and held-out initial-weight distribution an artifact was made for.
 
@@ -186,15 +186,15 @@ def context_for(distilled: Distilled, data_root: str | None = None, device: str 
         raise DistillError(f"this artifact was distilled on a dataset of your own ({dataset!r}); "
                            "evaluate it from Python: datadistill.evaluate(RUN, data=your_dataset)")
     return build_context(meta["config"], dataset, meta["model"].get("name"),
-                         distilled.init, data_root, device, data, pool, module)
+                         distilled.init, data_root, device, data, pool, module, backend)
 
 
 def build_context(config: dict[str, Any], dataset: str, model: str | None,
                   fixed: Params | None, data_root: str | None, device: str,
                   data: Dataset | None, pool: str | None, module: nn.Module | None,
-                  ) -> tuple[Dataset, FunctionalModel, InitDistribution]:
-    """Dataset, model and held-out p(θ0) of a setting: ``fixed`` weights, the held-out
-    models of a pool (pretrained-random), or fresh random draws."""
+                  backend: str = "auto") -> tuple[Dataset, FunctionalModel, InitDistribution]:
+    """Dataset, model (run by ``backend``) and held-out p(θ0) of a setting: ``fixed``
+    weights, the held-out models of a pool (pretrained-random), or fresh random draws."""
     dev = resolve_device(device)
     data = (data or load_dataset(dataset, data_root or config["data_root"])).to(dev)
     module = (module or build_model(model or data.default_model, data.image_shape,
@@ -208,7 +208,7 @@ def build_context(config: dict[str, Any], dataset: str, model: str | None,
         init = models.split("held_out")
     else:
         init = RandomInit(module, config["init_scheme"])
-    return data, FunctionalModel(module), init
+    return data, FunctionalModel(module, backend), init
 
 
 def _attack_of(config: dict[str, Any]) -> tuple[int, int] | None:
@@ -219,7 +219,8 @@ def _attack_of(config: dict[str, Any]) -> tuple[int, int] | None:
 
 def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: int | None = None,
              data_root: str | None = None, device: str = "auto", pool: str | None = None,
-             module: nn.Module | None = None, data: Dataset | None = None) -> dict[str, Any]:
+             module: nn.Module | None = None, data: Dataset | None = None,
+             backend: str = "auto") -> dict[str, Any]:
     """Held-out evaluation of a run folder: ``nets`` fresh nets from its init distribution.
 
     The steps are applied with the learned lrs (or the constant ``lr``) for the distilled
@@ -235,7 +236,7 @@ def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: 
         raise DistillError(f"{run} holds no learning rates (a k-NN baseline, a converge-protocol "
                            "baseline or an imported set); evaluate it with --protocol converge, "
                            "or give --lr and --epochs")
-    data, fmodel, init = context_for(distilled, data_root, device, data, pool, module)
+    data, fmodel, init = context_for(distilled, data_root, device, data, pool, module, backend)
     dev = data.test_images.device
     config = distilled.meta["config"]
     n_epochs = epochs or distilled.num_steps // distilled.images.shape[0]
@@ -246,7 +247,7 @@ def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: 
                             generator(config["seed"], "held-out"), test_before=True,
                             attack=_attack_of(config), momentum=config.get("momentum", 0.0))
     return {"run": str(run), "dataset": data.name, "lr": "learned" if lr is None else lr,
-            "epochs": n_epochs, **result.summary()}
+            "epochs": n_epochs, "backend": backend, **result.summary()}
 
 
 def check_evaluation_settings(nets: int, lr: float | None, epochs: int | None) -> None:
@@ -263,9 +264,9 @@ def evaluate_converge(run: str | Path, nets: int = 5, model: str | None = None,
                       settings: ConvergeSettings = ConvergeSettings(), dsa: bool = False,
                       dsa_ops: str = "", init_scheme: str = "default",
                       data_root: str | None = None, device: str = "auto",
-                      data: Dataset | None = None) -> dict[str, Any]:
+                      data: Dataset | None = None, backend: str = "auto") -> dict[str, Any]:
     """The converge protocol on a run folder: ``nets`` fresh nets of ``model`` (default: the
-    one it was distilled with) trained to convergence on its images as one flat set, with
+    one it was distilled with, run by ``backend``) trained to convergence on its images as one flat set, with
     DSA when ``dsa``; mean ± std, per-class accuracy and the learning curve."""
     check_evaluation_settings(nets, None, None)
     settings.check()
@@ -278,7 +279,7 @@ def evaluate_converge(run: str | Path, nets: int = 5, model: str | None = None,
     data, fmodel, init = build_context({**meta["config"], "init": "random",
                                         "init_scheme": init_scheme},
                                        meta["dataset"]["name"], name, None, data_root, device,
-                                       data, None, None)
+                                       data, None, None, backend)
     images, labels = distilled.images.flatten(0, 1), distilled.labels.flatten(0, 1)
     result = converge_report(data, fmodel, init, images, labels, nets, settings, dsa, dsa_ops,
                              meta["config"]["seed"], name)
@@ -295,6 +296,7 @@ def converge_report(data: Dataset, fmodel: FunctionalModel, init: InitDistributi
                                    data.test_images, data.test_labels, nets, settings, augment,
                                    generator(seed, "converge"))
     return {"protocol": "converge", "dataset": data.name, "images": int(images.shape[0]),
-            "model": model, "settings": asdict(settings), "runner": converged.runner,
+            "model": model, "settings": asdict(settings), "backend": fmodel.backend,
+            "runner": converged.runner,
             "dsa": list(augment.ops) if augment else [], "after": converged.result.summary(),
             "curve": converged.curve.summary()}

@@ -26,14 +26,28 @@ def check_supported(module: nn.Module) -> None:
             )
 
 
-class FunctionalModel:
-    """A module evaluated functionally on N stacked parameter sets."""
+BACKENDS = ("auto", "pytorch", "compiled")
 
-    def __init__(self, module: nn.Module) -> None:
+
+class FunctionalModel:
+    """A module evaluated functionally on N stacked parameter sets, with the backend chosen
+    once for a command: ``auto`` lets compiled CPU kernels run it where they apply (the LeNet
+    kernel, the fused ConvNet), ``compiled`` insists on them for the meta-gradient, ``pytorch``
+    never runs compiled code."""
+
+    def __init__(self, module: nn.Module, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise DistillError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         check_supported(module)
         self.module = module
+        self.backend = backend
         self.buffers = dict(module.named_buffers())
         self.param_names = [name for name, _ in module.named_parameters()]
+
+    @property
+    def kernels(self) -> bool:
+        """Whether compiled kernels may run this module."""
+        return self.backend != "pytorch"
 
     def logits(self, params: Params, images: Tensor, train: bool) -> Tensor:
         """Logits (N, B, classes) of N nets on one shared batch ``images`` (B, ...)."""

@@ -1,7 +1,8 @@
 """N stacked networks trained on a sequence of GD steps and tested: the primitives that
 evaluation, pools and distillation share.
 
-LeNets on the CPU run through the compiled kernel; any other module in PyTorch.
+LeNets on the CPU run through the compiled kernel (unless the model's backend is
+``pytorch``); any other module in PyTorch.
 """
 from __future__ import annotations
 
@@ -105,7 +106,9 @@ def train_nets(fmodel: FunctionalModel, params: Params, steps: Sequence[Step],
                momentum: float = 0.0) -> Params:
     """Apply the GD steps (heavy-ball with ``momentum`` β > 0) to N stacked nets at once
     (LeNets on the CPU through the compiled kernel); returns the trained weights."""
-    if steps and (compiled := lenet_train_fn(fmodel.module, params, steps[0][0])) is not None:
+    compiled = lenet_train_fn(fmodel.module, params, steps[0][0]) \
+        if steps and fmodel.kernels else None
+    if compiled is not None:
         return compiled(params, steps, momentum)
     velocity = {k: torch.zeros_like(v) for k, v in params.items()} if momentum else {}
     for images, labels, lr in steps:
@@ -135,7 +138,8 @@ def test_nets(
     N weight sets is slower on CPU than N plain convs.
     """
     n = num_nets(params)
-    logits_of = lenet_logits_fn(fmodel.module, params, images) or _one_net_at_a_time(fmodel, params)
+    compiled = lenet_logits_fn(fmodel.module, params, images) if fmodel.kernels else None
+    logits_of = compiled or _one_net_at_a_time(fmodel, params)
     loss_sum = torch.zeros(n, device=images.device)
     confusion = None
     for start in range(0, images.shape[0], chunk_size):

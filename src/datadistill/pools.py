@@ -141,8 +141,10 @@ def _accuracies(fmodel: FunctionalModel, params: Params, data: Dataset) -> list[
 def pretrain(dataset: str, models: int, out: str | Path, arch: str = "",
              schedule: Schedule | None = None, batch_size: int = 128, held_out: int | None = None,
              init_scheme: str = "xavier-normal", seed: int = 0, data_root: str | None = "data",
-             device: str = "auto", group: int = 10, progress: bool = True) -> Pool:
-    """Train ``models`` networks on ``dataset`` (``group`` at a time, batched) into a pool."""
+             device: str = "auto", group: int = 10, progress: bool = True,
+             backend: str = "auto") -> Pool:
+    """Train ``models`` networks on ``dataset`` (``group`` at a time, batched) into a pool,
+    their test pass run by ``backend``."""
     check_out_folder(Path(out))
     if models < 2:
         raise DistillError(f"--models must be at least 2 (distill + held-out), got {models}")
@@ -157,7 +159,7 @@ def pretrain(dataset: str, models: int, out: str | Path, arch: str = "",
     data = load_dataset(dataset, data_root).to(dev)
     arch = arch or data.default_model
     module = build_model(arch, data.image_shape, data.num_classes).to(dev)
-    fmodel = FunctionalModel(module)
+    fmodel = FunctionalModel(module, backend)
     _split_indices(models, held_out)  # refuse a bad --held-out before training, not after
     init_gen = generator(seed, "pool-init")
     world = current()  # under torchrun each rank trains its share of the groups
@@ -232,7 +234,7 @@ def load_pretrained(module: torch.nn.Module, path: str | Path) -> Params:
 
 def import_pool(folder: str | Path, dataset: str, out: str | Path, arch: str = "",
                 held_out: int | None = None, data_root: str | None = "data",
-                device: str = "auto") -> Pool:
+                device: str = "auto", backend: str = "auto") -> Pool:
     """Make a pool of a folder of state dicts (``*.safetensors``, or ``*.pt``/``*.pth`` read
     with ``weights_only=True``) of one architecture; their test accuracy is measured."""
     files = sorted(p for p in Path(folder).glob("*") if p.suffix in (".safetensors", ".pt", ".pth"))
@@ -253,6 +255,6 @@ def import_pool(folder: str | Path, dataset: str, out: str | Path, arch: str = "
                                f"{', '.join(wrong[:3])} missing or of another shape")
         states.append({n: state[n].float() for n in shapes})
     params = {n: torch.stack([s[n] for s in states]).to(dev) for n in shapes}
-    accuracies = _accuracies(FunctionalModel(module), params, data)
+    accuracies = _accuracies(FunctionalModel(module, backend), params, data)
     return _save_pool(out, params, data, arch, accuracies, held_out,
                       files=[p.name for p in files])

@@ -37,7 +37,8 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
         reference = load(like)
         config = DistillConfig.from_dict(reference.meta["config"])
         data, fmodel, init = context_for(reference, settings.get("data_root"),
-                                         settings.get("device", "auto"), pool=settings.get("pool"))
+                                         settings.get("device", "auto"), pool=settings.get("pool"),
+                                         backend=settings.get("backend", "auto"))
         learned = reference.lrs
         model_meta = reference.meta["model"]
     else:
@@ -46,7 +47,8 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
         config = DistillConfig(**settings)
         config.validate()
         data, fmodel, init = build_context(config.to_dict(), config.dataset, config.model, None,
-                                           None, config.device, None, None, None)
+                                           None, config.device, None, None, None,
+                                           config.backend)
         learned = None
         model_meta = {"name": config.model or data.default_model,
                       "class": type(fmodel.module).__name__}
@@ -89,7 +91,8 @@ def converge_baseline(method: str, out: str | Path, settings: dict[str, Any],
         raise DistillError("--method full trains on the whole training set as it is: drop "
                            "--downscale")
     data, fmodel, init = build_context(config.to_dict(), config.dataset, config.model, None,
-                                       None, config.device, None, None, None)
+                                       None, config.device, None, None, None,
+                                           config.backend)
     if method == "full":
         images, labels = data.train_images, data.train_labels
     else:
