@@ -122,8 +122,8 @@ def test_a_meta_iteration_with_a_non_finite_loss_is_skipped_and_the_run_goes_on(
 
     from datadistill.backends import MetaGradient
 
-    distill_module = sys.modules["datadistill.distill"]
-    choose = distill_module.choose_meta_gradient
+    unroll_module = sys.modules["datadistill.methods.unroll"]
+    choose = unroll_module.choose_meta_gradient
     calls = []
 
     def one_bad_iteration(*args, **kwargs):
@@ -136,7 +136,7 @@ def test_a_meta_iteration_with_a_non_finite_loss_is_skipped_and_the_run_goes_on(
 
         return MetaGradient(real.name, run)
 
-    monkeypatch.setattr(distill_module, "choose_meta_gradient", one_bad_iteration)
+    monkeypatch.setattr(unroll_module, "choose_meta_gradient", one_bad_iteration)
     result = datadistill.distill(data=tiny_data, **{**TINY, "epochs": 2})
     assert len(calls) >= 3 and result.meta["metrics"]["nonfinite_iterations_skipped"] == 1
     assert torch.isfinite(result.images).all()

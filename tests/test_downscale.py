@@ -12,7 +12,7 @@ import datadistill
 from datadistill.baselines.write import baseline_artifact
 from datadistill.cli import main
 from datadistill.converge import ConvergeSettings
-from datadistill.data import multi_formed, resize_images
+from datadistill.resize import multi_formed, resize_images
 from datadistill.errors import DistillError
 
 from .conftest import TinyConvNet

@@ -3,6 +3,7 @@ import copy
 import os
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -333,3 +334,35 @@ def test_train_nets_same_with_and_without_kernel(kernel, monkeypatch, momentum):
     plain = train_nets(fmodel, params, steps, momentum)
     for name in params:
         torch.testing.assert_close(fused[name], plain[name], atol=1e-5, rtol=1e-4)
+
+
+@needs_compiler
+@pytest.mark.parametrize("refused, flags", [("-fopenmp", ("-O3", "-march=native")),
+                                            ("-march=native", ("-O3",))])
+def test_a_compiler_without_openmp_or_native_code_builds_the_next_variant(
+        monkeypatch, tmp_path, refused, flags):
+    """A compiler that refuses an option (Apple clang and -fopenmp) gets the next build of
+    ``kernels.BUILDS``, cached under its own key, computing what PyTorch computes."""
+    real = shutil.which(os.environ.get("CC", "cc"))
+    fake = tmp_path / "cc"
+    fake.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = "{refused}" ] && '
+                    f'{{ echo "unsupported option {refused}" >&2; exit 1; }}; done\n'
+                    f'exec {real} "$@"\n')
+    fake.chmod(0o755)
+    fmodel, params = _nets((1, 28, 28), n=2)
+    images, labels = torch.randn(20, 1, 28, 28), torch.randint(0, 10, (20,))
+    plain = run_test_nets(FunctionalModel(fmodel.module, "pytorch"), params, images, labels)
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.setenv("DATADISTILL_CACHE", str(tmp_path / "cache"))
+    kernels._compiled.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback to PyTorch, no warning
+            assert kernels.load("lenet") is not None
+            compiled = run_test_nets(fmodel, params, images, labels)
+        source = Path(kernels.__file__).with_name("lenet.c")
+        expected = kernels.library_path("lenet", source, str(fake), flags)
+        assert [p.name for p in (tmp_path / "cache").glob("*.so")] == [expected.name]
+    finally:
+        kernels._compiled.cache_clear()
+    torch.testing.assert_close(compiled.losses, plain.losses, atol=1e-5, rtol=1e-5)

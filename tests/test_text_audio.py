@@ -230,7 +230,7 @@ def test_npz_shapes_and_given_test_split(tmp_path):
 
 
 def test_baselines_choose_audio_inputs(tmp_path):
-    from datadistill.baselines.images import baseline_images
+    from datadistill.selectors import baseline_images
 
     data = load_dataset(f"audio:{_tone_folder(tmp_path)}")
     for method in ("random", "kmeans", "herding"):

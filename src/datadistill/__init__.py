@@ -1,6 +1,6 @@
 """datadistill: dataset distillation (Wang, Zhu, Torralba, Efros, 2018) on PyTorch."""
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
 from .artifacts import Distilled, load  # noqa: E402
 from .config import DistillConfig  # noqa: E402

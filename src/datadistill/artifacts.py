@@ -16,7 +16,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from . import __version__
+from ._version import __version__
 from .data import Dataset
 from .distributed import current
 from .errors import DistillError

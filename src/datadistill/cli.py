@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "audio and text data a folder (default: RUN)")
     p.add_argument("--data-root", default=None, help="where the run's data is (audio, text)")
 
-    sub.add_parser("list", help="list datasets, models and initialization schemes")
+    sub.add_parser("list", help="list datasets, models, methods and initialization schemes")
     return parser
 
 
@@ -231,6 +231,8 @@ def _distill(args: argparse.Namespace) -> None:
         real = metrics["random_real"]
         print(f"random real ({n_images} images, same steps, best lr {real['lr']}): "
               f"{100 * real['accuracy_mean']:.2f}% ± {100 * real['accuracy_std']:.2f}")
+    if "final" not in metrics:  # a method without inner steps (dm)
+        print(f"evaluate the set with `datadistill evaluate {args.out} --protocol converge`")
     picture = f" and {metrics['picture']}" if "picture" in metrics else ""
     print(f"wrote {Path(args.out) / 'distilled.safetensors'}, meta.json{picture} "
           f"in {metrics['wall_time_s']:.0f} s")
@@ -444,6 +446,7 @@ def _show(args: argparse.Namespace) -> None:
 def _list(args: argparse.Namespace) -> None:
     from .data import DATASETS, PATH_FORMS
     from .init_distributions import list_init_schemes
+    from .methods import METHODS as DISTILL_METHODS
     from .models import list_models
 
     print("datasets:")
@@ -452,6 +455,9 @@ def _list(args: argparse.Namespace) -> None:
     for prefix, (_, description) in PATH_FORMS.items():
         print(f"  {prefix + 'PATH':14s} {description}")
     print("models:", ", ".join(list_models()))
+    print("methods (distill --method):")
+    for name in DISTILL_METHODS.names():
+        print(f"  {name:14s} {DISTILL_METHODS.get(name).summary}")
     print("initialization schemes:", ", ".join(list_init_schemes()))
 
 

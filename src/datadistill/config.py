@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .augment import dsa_for
-from .data import stored_count
 from .errors import DistillError
 
 
@@ -40,7 +38,9 @@ class DistillConfig:
     nets_per_iteration: int = _opt(
         0, "initial weights sampled per meta-iteration, averaged (0: one per process, and at "
            "least 4 for pretrained-random)")
-    # objective
+    # method and objective
+    method: str = _opt("unroll", "distillation method (`datadistill list`): unroll (the "
+                                 "paper's unrolled inner steps) or dm (distribution matching)")
     objective: str = _opt("task", "final loss: the task's labels, or an attack (class K -> T)",
                           ("task", "attack"))
     attack_class: int = _opt(-1, "attack: the class K whose images should be misclassified")
@@ -161,8 +161,6 @@ class DistillConfig:
         if self.dsa_ops and not self.dsa:
             raise DistillError("--dsa-ops chooses the operations of --dsa; add --dsa (or drop "
                                "them with --dsa-ops '')")
-        if self.dsa_ops:
-            dsa_for((), self.dsa_ops)  # its one-line error names an unknown operation
         if self.images_per_step < 0:
             raise DistillError(f"--images-per-step must be 0 (classes x --images-per-class) or "
                                f"more, got {self.images_per_step}")
@@ -204,11 +202,6 @@ class DistillConfig:
             return 1
         least = 4 if self.init == "pretrained-random" else 1
         return self.nets_per_iteration or max(least, processes)
-
-    @property
-    def stored_per_class(self) -> int:
-        """Images stored per class and step: --downscale F stores F x F smaller ones for each."""
-        return stored_count(self.images_per_class, self.downscale)
 
     @property
     def attack(self) -> tuple[int, int] | None:

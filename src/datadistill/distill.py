@@ -18,21 +18,21 @@ from tqdm import tqdm
 from .artifacts import (CHECKPOINT_FILE, Distilled, after_saving, check_out_folder,
                         load_tensors, run_meta, save_tensors)
 from .augment import dsa_for
-from .backends import choose_meta_gradient
-from .baselines.images import check_real_images_suffice, class_layout, images_for
 from .config import DistillConfig, check_known
-from .data import (Dataset, check_downscale, crop_flip, hold_out, load_dataset, relabel,
-                   resize_images, shrunk_size, stored_count)
+from .data import Dataset, check_downscale, hold_out, load_dataset, relabel
 from .distributed import current
 from .errors import DistillError
 from .evaluate import (EvalResult, Evaluation, best_of_grid, evaluate_steps, schedule,
                        schedule_evaluator)
 from .functional import FunctionalModel
 from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
+from .methods import METHODS
 from .models import build_model
 from .pools import check_pool_fits, load_pool, load_pretrained
+from .resize import resize_images, shrunk_size, stored_count
 from .runtime import generator, resolve_device
-from .state import DistilledSteps, new_steps, window_of
+from .selectors import check_real_images_suffice, class_layout, images_for
+from .state import DistilledSteps, new_steps
 from .tracking import Tracker, check_log_dir
 
 MAX_NONFINITE_IN_A_ROW = 5  # meta-iterations with a non-finite meta-loss before giving up
@@ -66,6 +66,10 @@ def distill(
             raise DistillError("resume needs the run folder: pass --out DIR")
         checkpoint, config = _read_checkpoint(Path(out), config, settings)
     config.validate()
+    method_class = METHODS.get(config.method)
+    method_class.check(config)
+    if config.dsa_ops:
+        dsa_for((), config.dsa_ops)  # its one-line error names an unknown operation
     if out is not None:
         check_out_folder(Path(out))
     check_log_dir(config.log_dir)
@@ -125,13 +129,9 @@ def distill(
         lr=config.lr, betas=(0.5, 0.999))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.decay_epochs, config.decay_factor)
 
-    keep_every = config.backgrad_keep_every or math.ceil(math.sqrt(steps.num_steps))
-    backend = choose_meta_gradient(  # the compiled LeNet or PyTorch, once, recorded in meta.json
-        fmodel, {k: v.to(device) for k, v in init_dist.sample(1, torch.Generator()).items()},
-        steps,
-        data.train_images[:config.batch_size], config.backward, keep_every, config.outer_chunk)
-    n_train = data.train_images.shape[0]
-    per_epoch = math.ceil(n_train / config.batch_size)
+    probe = {k: v.to(device) for k, v in init_dist.sample(1, torch.Generator()).items()}
+    method = method_class(config, fmodel, steps, data, probe)  # its backend: in meta.json
+    per_epoch = method.iterations_per_epoch(data)
     first_epoch, history, elapsed_before, clip_mean = 0, [], 0.0, 0.0
     # --ema: the running average of the learnable tensors, evaluated and saved in their place
     averages = _snapshot(steps) if config.ema else {}
@@ -152,21 +152,15 @@ def distill(
     bar = tqdm(total=config.epochs * per_epoch, initial=first_epoch * per_epoch,
                disable=not (config.progress and world.is_main), unit="it", dynamic_ncols=True)
     for epoch in range(first_epoch, config.epochs):
-        order = torch.randperm(n_train, generator=data_gen).to(device)
-        for it in range(per_epoch):
-            batch = order[it * config.batch_size:(it + 1) * config.batch_size]
+        for it, (real_images, real_labels) in enumerate(method.batches(data, data_gen)):
             params = {k: v[mine.start:mine.stop].to(device)
                       for k, v in init_dist.sample(n_nets, init_gen).items()}
             optimizer.zero_grad(set_to_none=True)
-            real_images = data.train_images[batch]
-            if data.augment:
-                real_images = crop_flip(real_images, data_gen)
-            steps.draw_minibatches(config.minibatch, data_gen)  # a flat set's minibatches
-            steps.draw_augmentation(data_gen)  # --dsa: each step's augmentation
-            window = range(*window_of(steps.num_steps, config.window, config.window_at_end,
-                                      data_gen))  # the steps that keep a graph
-            losses = backend.run(params, steps, real_images,
-                                 relabel(data.train_labels[batch], attack), window)
+            losses = method.loss(params, steps, real_images, relabel(real_labels, attack),
+                                 data_gen)
+            for tensor in steps.learnable().values():  # one the loss does not depend on
+                if tensor.grad is None:
+                    tensor.grad = torch.zeros_like(tensor)
             if world.size > 1:  # the mean over all ranks' nets, identical on every rank
                 for tensor in steps.learnable().values():
                     world.sum_(tensor.grad.mul_(len(mine) / n_nets))
@@ -237,7 +231,7 @@ def distill(
         images=made.full_images().cpu(), labels=made.all_targets().cpu(),
         lrs=made.lrs().detach().cpu(),
         init=fixed_params, meta=_meta(config, data, module, custom_module, metrics,
-                                      backend=backend.name))
+                                      backend=method.backend))
     writes = out is not None and world.is_main
 
     def save() -> None:
@@ -246,10 +240,11 @@ def distill(
             result.save(out)
 
     save()
-    after_saving(metrics, "final", lambda: pick.record.get("test") or (
-        latest or _evaluate(fmodel, eval_dist, made, data, config).after).summary())
-    after_saving(metrics, "random_real",
-                  lambda: _random_real(fmodel, eval_dist, made, data, config))
+    if method.inner_steps:  # the few-step protocol: the set's own steps and lrs
+        after_saving(metrics, "final", lambda: pick.record.get("test") or (
+            latest or _evaluate(fmodel, eval_dist, made, data, config).after).summary())
+        after_saving(metrics, "random_real",
+                     lambda: _random_real(fmodel, eval_dist, made, data, config))
     if writes:
         from .plots import save_picture
 
@@ -326,7 +321,8 @@ def _init_distributions(config: DistillConfig, module: nn.Module, data: Dataset,
 
 def _class_layout(config: DistillConfig, num_classes: int) -> torch.Tensor:
     """The class of every stored image (steps, n): --downscale F stores F x F times as many."""
-    return class_layout(config.steps, num_classes, config.stored_per_class,
+    return class_layout(config.steps, num_classes,
+                        stored_count(config.images_per_class, config.downscale),
                         stored_count(config.images_per_step, config.downscale))
 
 

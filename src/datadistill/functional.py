@@ -71,6 +71,25 @@ class FunctionalModel:
             return one_net(only_net(params), images.squeeze(0)).unsqueeze(0)
         return vmap(one_net, randomness="different")(params, images)
 
+    def features(self, params: Params, images: Tensor, train: bool) -> Tensor:
+        """Embeddings (N, B, F) of N nets on one shared batch: the input of the module's last
+        ``nn.Linear`` (what distribution matching compares)."""
+        head = last_linear(self.module)
+        self.module.train(train)
+
+        def one_net(p: Params, x: Tensor) -> Tensor:
+            seen: list[Tensor] = []
+            hook = head.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0]))
+            try:
+                functional_call(self.module, (p, self.buffers), (x,))
+            finally:
+                hook.remove()
+            return seen[-1].flatten(1)
+
+        if num_nets(params) == 1:
+            return one_net(only_net(params), images).unsqueeze(0)
+        return vmap(one_net, in_dims=(0, None), randomness="different")(params, images)
+
     def losses(self, params: Params, images: Tensor, targets: Tensor, train: bool) -> Tensor:
         """Mean cross-entropy of each of the N nets on the batch: shape (N,). ``targets`` are
         class indices (B,) or class probabilities (B, classes) (soft labels)."""
@@ -79,6 +98,15 @@ class FunctionalModel:
         per_net = targets.expand(n, *targets.shape).flatten(0, 1)
         per_example = F.cross_entropy(logits.flatten(0, 1), per_net, reduction="none")
         return per_example.view(n, b).mean(dim=1)
+
+
+def last_linear(module: nn.Module) -> nn.Linear:
+    """The module's last ``nn.Linear`` (its classifier), or a one-line error naming the fix."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise DistillError(f"{type(module).__name__} has no nn.Linear layer whose input could "
+                           "serve as its embedding; end the module in an nn.Linear classifier")
+    return linears[-1]
 
 
 def only_net(params: Params) -> Params:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .augment import DSA
-from .data import resize_images
+from .resize import resize_images
 
 
 def inverse_softplus(value: float) -> float:

@@ -15,7 +15,7 @@ from ..evaluate import GRID_EPOCHS, EvalResult, best_of_grid, schedule, schedule
 from ..functional import FunctionalModel
 from ..init_distributions import InitDistribution
 from ..runtime import generator
-from .images import baseline_images
+from ..selectors import baseline_images
 from .knn import knn_accuracy
 
 METHODS = ("random", "optimized", "kmeans", "average", "herding", "knn-random", "knn-kmeans")

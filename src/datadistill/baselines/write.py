@@ -14,7 +14,7 @@ from ..converge import ConvergeSettings
 from ..errors import DistillError
 from ..evaluate import build_context, context_for, converge_report, grid_epochs
 from ..runtime import generator
-from .images import baseline_images
+from ..selectors import baseline_images
 from .run import run_baseline
 
 

@@ -3,7 +3,8 @@
 LeNet for N nets on shared images (``lenet.c``, wrapped by ``lenet.py``), used by the
 meta-gradient and by evaluation; ConvNet's instance norm -> ReLU -> 2x2 average pool in one pass
 (``normpool.c``, wrapped by ``normpool.py``), used by the converge protocol's held-out nets.
-Where no compiler works, callers fall back to PyTorch.
+A compiler without OpenMP (Apple clang) builds them single-threaded, one without
+``-march=native`` for the generic CPU; where no compiler works, callers fall back to PyTorch.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+# the builds tried in order, each cached under its own key: the last needs only a C compiler
+BUILDS = (("-O3", "-march=native", "-fopenmp"), ("-O3", "-march=native"), ("-O3",))
+LINK = ("-shared", "-fPIC")
 
 
 # argument types of the kernels' C functions
@@ -65,8 +68,8 @@ def _machine_key() -> str:
 
 
 def load(name: str) -> ctypes.CDLL | None:
-    """The compiled library of ``kernels/<name>.c``, compiled once per source and CPU, or None
-    (with one warning) if no C compiler with OpenMP is available, or if the environment sets
+    """The compiled library of ``kernels/<name>.c``, compiled once per source, flags and CPU,
+    or None (with one warning) if no C compiler works, or if the environment sets
     ``DATADISTILL_NO_KERNELS`` to anything but empty or ``0`` (e.g. ``1``)."""
     off = os.environ.get("DATADISTILL_NO_KERNELS", "") not in ("", "0")
     return None if off else _compiled(name)
@@ -74,26 +77,46 @@ def load(name: str) -> ctypes.CDLL | None:
 
 @lru_cache(maxsize=None)
 def _compiled(name: str) -> ctypes.CDLL | None:
+    """The first of ``BUILDS`` already in the cache, else the first that compiles."""
     source = Path(__file__).with_name(f"{name}.c")
     compiler = os.environ.get("CC", "cc")
-    key = hashlib.sha256(f"{source.read_text()}{compiler}{FLAGS}{_machine_key()}".encode()).hexdigest()
-    library = cache_dir() / f"{name}-{key[:16]}.so"
-    if not library.exists():
+    libraries = [library_path(name, source, compiler, flags) for flags in BUILDS]
+    library = next((lib for lib in libraries if lib.exists()), None)
+    errors = []
+    for flags, candidate in zip(BUILDS, libraries):
+        if library is not None:
+            break
         try:
-            library.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-                built = Path(tmp) / library.name
-                subprocess.run([compiler, *FLAGS, str(source), "-o", str(built), "-lm"],
-                               check=True, capture_output=True, text=True, timeout=300)
-                os.replace(built, library)  # atomic: a concurrent reader sees all or nothing
+            _build(compiler, flags, source, candidate)
+            library = candidate
         except (OSError, subprocess.SubprocessError) as error:
-            _warn(f"could not compile the {name} kernel with {compiler} ({_reason(error)})")
-            return None
+            errors.append(_reason(error))
+    if library is None:
+        _warn(f"could not compile the {name} kernel with {compiler} ({errors[-1]})")
+        return None
     try:
         return ctypes.CDLL(str(library))
     except OSError as error:
         _warn(f"could not load the compiled {name} kernel {library} ({error})")
         return None
+
+
+def library_path(name: str, source: Path, compiler: str, flags: tuple[str, ...]) -> Path:
+    """Where a build is cached: keyed by the source, compiler, flags and CPU features."""
+    key = hashlib.sha256(
+        f"{source.read_text()}{compiler}{flags}{LINK}{_machine_key()}".encode()).hexdigest()
+    return cache_dir() / f"{name}-{key[:16]}.so"
+
+
+def _build(compiler: str, flags: tuple[str, ...], source: Path, library: Path) -> None:
+    """Compile ``source`` into ``library``, atomically (a concurrent reader sees all or
+    nothing)."""
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        built = Path(tmp) / library.name
+        subprocess.run([compiler, *flags, *LINK, str(source), "-o", str(built), "-lm"],
+                       check=True, capture_output=True, text=True, timeout=300)
+        os.replace(built, library)
 
 
 def _reason(error: Exception) -> str:

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import Dataset, check_downscale, multi_formed, stored_count
-from ..errors import DistillError
-from ..registry import Registry
+from .data import Dataset, check_downscale
+from .resize import multi_formed, stored_count
+from .errors import DistillError
+from .registry import Registry
 
 Selector = Callable[[Tensor, int, torch.Generator], Tensor]
 IMAGE_BASELINES: Registry[Selector] = Registry("baseline")
