@@ -72,15 +72,6 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def check_out_folder(out: Path, flag: str = "--out") -> None:
-    """Refuse an output path that cannot become a run folder, before any work is done."""
-    if out.exists() and not out.is_dir():
-        raise DistillError(f"{flag} {out} is a file, not a folder; choose another {flag}")
-    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise DistillError(f"cannot write into {parent}; choose another {flag}")
-
-
 def save_tensors(path: Path, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
     """Atomically write tensors (made contiguous, on CPU) with ``info`` as JSON metadata and
     a SHA-256 digest of both (safetensors itself has no checksum)."""

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .artifacts import (CHECKPOINT_FILE, Distilled, after_saving, check_out_folder,
-                        load_tensors, run_meta, save_tensors)
+from .artifacts import (CHECKPOINT_FILE, Distilled, after_saving, load_tensors, run_meta,
+                        save_tensors)
 from .augment import dsa_for
 from .backends import choose_meta_gradient
 from .baselines.images import check_real_images_suffice, class_layout, images_for
@@ -31,6 +31,7 @@ from .functional import FunctionalModel
 from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
 from .models import build_model
 from .pools import check_pool_fits, load_pool, load_pretrained
+from .runfolder import writes_run_folder
 from .runtime import generator, resolve_device
 from .state import DistilledSteps, new_steps, window_of
 from .tracking import Tracker, check_log_dir
@@ -42,6 +43,7 @@ RESUMABLE = {"epochs", "eval_every", "eval_nets", "stop_accuracy", "checkpoint_e
              "device", "log_dir"}
 
 
+@writes_run_folder
 def distill(
     config: DistillConfig | None = None,
     *,
@@ -56,7 +58,8 @@ def distill(
     Settings are ``DistillConfig`` fields (e.g. ``dataset="mnist", epochs=30``). ``module``
     may be any ``nn.Module`` (default: the registered ``model``), ``data`` a ``Dataset``
     already loaded (default: the registered ``dataset``). With ``out``, checkpoints and the
-    artifact are written there; ``resume=True`` continues the run saved in ``out``.
+    artifact are written there; ``resume=True`` continues the run saved in ``out``,
+    ``overwrite=True`` replaces the run there once this one is written (``runfolder``).
     """
     check_known(settings)
     config = replace(config or DistillConfig(), **settings)
@@ -66,8 +69,6 @@ def distill(
             raise DistillError("resume needs the run folder: pass --out DIR")
         checkpoint, config = _read_checkpoint(Path(out), config, settings)
     config.validate()
-    if out is not None:
-        check_out_folder(Path(out))
     check_log_dir(config.log_dir)
     # --init-from: another run's last iterate of the learned tensors, checked before any work
     start_from = _read_init_from(Path(config.init_from), config) \
