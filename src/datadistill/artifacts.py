@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -34,8 +35,6 @@ _INIT_PREFIX = "init."
 def run_meta(config: dict[str, Any], data: Dataset, model: dict[str, Any],
              metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The JSON record stored with every artifact: config, dataset, model, versions, metrics."""
-    import torch
-
     return {
         "format": "datadistill/1", **extra, "config": config,
         "dataset": {"name": data.name, "kind": data.kind, "mean": list(data.mean), "std": list(data.std),
@@ -113,6 +112,14 @@ def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return tensors, info
 
 
+def check_finite(tensors: dict[str, Tensor], source: str | Path, fix: str) -> None:
+    """Refuse NaN or infinite values in the floating-point tensors; ``fix`` ends the line."""
+    bad = [name for name, tensor in tensors.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise DistillError(f"{source}: {', '.join(bad)} hold NaN or infinite values; {fix}")
+
+
 def after_saving(metrics: dict[str, Any], name: str, make: Callable[[], Any]) -> None:
     """``metrics[name] = make()``; a failure is one warning line (the artifact is written)."""
     try:
@@ -170,5 +177,6 @@ def load(path: str | Path) -> Distilled:
     missing = {"images", "labels", "lrs"} - set(tensors)
     if missing:
         raise DistillError(f"{file} lacks {', '.join(sorted(missing))}; re-run the distillation")
+    check_finite(tensors, file, "re-run the command that wrote it")
     init = {k[len(_INIT_PREFIX):]: v for k, v in tensors.items() if k.startswith(_INIT_PREFIX)}
     return Distilled(tensors["images"], tensors["labels"], tensors["lrs"], init or None, meta)

@@ -107,6 +107,7 @@ def load_dataset(
     """
     spec = dataset_spec(name)
     raw = spec.load(Path(root) if root is not None else None, download)
+    check_classes(f"dataset {name}", raw.train_labels, spec.class_names)
     mean, std = spec.mean, spec.std
     if mean is None or std is None:
         mean = tuple(raw.train_images.mean(dim=(0, 2, 3)).tolist())
@@ -129,6 +130,15 @@ def load_dataset(
         encoder=spec.encoder,
         train_texts=raw.train_texts,
     )
+
+
+def check_classes(source: str, labels: Tensor, class_names: tuple[str, ...]) -> None:
+    """Refuse training labels of fewer than two classes: nothing to tell apart."""
+    present = torch.unique(labels)
+    if present.numel() < 2:
+        only = class_names[int(present[0])] if present.numel() else "none"
+        raise DistillError(f"{source} holds one class only ({only!r}); a classifier needs "
+                           "examples of two classes or more")
 
 
 def dataset_spec(name: str) -> DatasetSpec:
@@ -439,6 +449,7 @@ def _text_spec(documents: Callable[[], Documents], classes: tuple[str, ...], lev
 
     def load(root: Path | None, download: bool) -> RawSplits:
         texts, labels, _ = documents()
+        check_classes(description, torch.tensor(labels), classes)  # before the long embedding
         if level == "sentences":
             features = text.sentence_embeddings(texts, encoder).view(len(texts), -1, 1, 1)
         else:

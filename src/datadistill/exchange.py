@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from .artifacts import Distilled, atomic_write, load, run_meta
+from .artifacts import Distilled, atomic_write, check_finite, load, run_meta
 from .config import DistillConfig
 from .data import Dataset, load_dataset
 from .errors import DistillError
@@ -73,6 +73,7 @@ def read_set(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         raise DistillError(f"{path} cannot be read as a set ({' '.join(str(exc).split())[:200]}); "
                            "pass plain tensors (docs/exchange.md)") from None
     _check_layout(tensors, path)
+    check_finite(tensors, path, "replace them (e.g. torch.nan_to_num) or make the set again")
     return tensors, metadata
 
 
