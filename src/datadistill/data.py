@@ -495,7 +495,8 @@ def _audio_spec(path: Path) -> DatasetSpec:
 
 
 def _npz_spec(path: Path) -> DatasetSpec:
-    """``X``/``y`` arrays (with ``X_test``/``y_test``, or split 80/20 with seed 0)."""
+    """``X``/``y`` (or ``X_train``/``y_train``) arrays, with ``X_test``/``y_test`` or split
+    80/20 with seed 0."""
     from .audio import npz_features
 
     arrays = npz_features(path)
@@ -521,7 +522,7 @@ PATH_FORMS: dict[str, tuple[Callable[[Path], DatasetSpec], str]] = {
     "audio:": (_audio_spec, "DIR/<class>/*.wav (or DIR/train/, DIR/test/): 13 MFCCs x 16 "
                "frames, seqcnn"),
     "npz:": (_npz_spec, "X (N, features), (N, features, frames) or (N, C, H, W), y "
-             "(and X_test, y_test)"),
+             "(or X_train, y_train; and X_test, y_test)"),
 }
 
 
