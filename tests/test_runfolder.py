@@ -26,6 +26,10 @@ def _files(folder) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
+def _visible(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def test_result_files_are_the_files_the_writers_write():
     assert set(RESULT_FILES) == {META_FILE, ARTIFACT_FILE, CHECKPOINT_FILE, MANIFEST_FILE,
                                  POOL_FILE}
@@ -105,3 +109,50 @@ def test_concurrent_runs_into_one_folder(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_FILE]  # the lock released
     _, info = load_tensors(out / CHECKPOINT_FILE)
     assert info["config"]["seed"] == 0 and info["config"]["epochs"] == 100000
+
+
+# run the CLI, killed with SIGKILL at the Nth fsync of a file named argv[1] (argv[2] = N):
+# its data is then in the temporary file, not yet moved over the real one
+KILLER = """
+import os, signal, sys
+name, count = sys.argv[1], [int(sys.argv[2])]
+real_fsync = os.fsync
+def fsync(fd):
+    real_fsync(fd)
+    if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith("." + name):
+        count[0] -= 1
+        if count[0] == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+os.fsync = fsync
+from datadistill.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _killed_at(name: str, nth: int, *argv: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", KILLER, name, str(nth), *argv], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+
+def test_kill_9_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    argv = ["distill", "--out", str(out), *CLI_QUICK, "--epochs", "3"]
+    _killed_at(CHECKPOINT_FILE, 2, *argv)  # while writing epoch 2's
+    _, info = load_tensors(out / CHECKPOINT_FILE)
+    assert info["epoch"] == 1 and _visible(out) == [CHECKPOINT_FILE]
+    datadistill.distill(out=out, resume=True, progress=False)  # the stale lock is taken over
+    assert datadistill.load(out).meta["metrics"]["epochs_run"] == 3
+    assert not any(p.name.startswith(".") for p in out.iterdir())  # lock, temporary file gone
+
+
+def test_kill_9_during_an_overwrites_artifact_write_leaves_the_old_run(tmp_path):
+    out = tmp_path / "run"
+    datadistill.distill(out=out, **QUICK)
+    before = _files(out)
+    _killed_at(ARTIFACT_FILE, 1, "distill", "--out", str(out), "--overwrite", *CLI_QUICK,
+               "--epochs", "1", "--seed", "5")
+    assert {k: v for k, v in _files(out).items() if not k.startswith(".")} == before
+    datadistill.distill(out=out, overwrite=True, seed=5, **QUICK)
+    assert datadistill.load(out).meta["config"]["seed"] == 5

@@ -108,6 +108,8 @@ def _check_result(out: Path, resume: bool, overwrite: bool, resumable: bool) -> 
     """Refuse a folder holding a result unless resumed or overwritten; whether to stage."""
     for leftover in (STAGING, REPLACED):  # a killed run's (this process holds the lock)
         shutil.rmtree(out / leftover, ignore_errors=True)
+    for unfinished in out.glob(".*.tmp"):  # atomic writes a killed run left half-done
+        unfinished.unlink()
     result = next((name for name in RESULT_FILES if (out / name).exists()), None)
     if result is None or resume:
         return False
