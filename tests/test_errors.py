@@ -1,21 +1,26 @@
 """Bad input through the real command line: exit 2, one line naming problem and fix, no
-traceback, no partial output folder; and no finished optimisation lost to a later failure."""
+traceback, no partial output folder, earlier runs' files byte-identical; and no finished
+optimisation lost to a later failure."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import datadistill
-from datadistill.artifacts import ARTIFACT_FILE
+from datadistill.artifacts import ARTIFACT_FILE, Distilled
 from datadistill.cli import main
 from datadistill.errors import DistillError
 from datadistill.exchange import export_set
 from datadistill.pools import Schedule, pretrain
+from datadistill.runfolder import claim
 
 from .conftest import make_dataset
 
@@ -31,7 +36,8 @@ def _mlp() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Artifacts the bad inputs point at: a k-NN baseline, a custom-module run, a damaged run."""
+    """Artifacts the bad inputs point at: a k-NN baseline, a custom-module run, a damaged run,
+    a run folder being written (this process holds its lock), and bad data files."""
     root = tmp_path_factory.mktemp("runs")
     assert main(["baseline", "--method", "knn-random", "--dataset", "digits", "--sets", "1",
                  "--out", str(root / "knn")]) == 0
@@ -50,7 +56,25 @@ def runs(tmp_path_factory):
     pretrain("digits", models=3, out=root / "damaged-pool", held_out=1, group=3,
              schedule=Schedule(epochs=1, lr=1e-3, decay_epochs=1), progress=False)
     _flip(root / "damaged-pool" / "pool.safetensors", -7)
-    return root
+    _bad_data_files(root)
+    with claim(root / "running"):
+        yield root
+
+
+def _bad_data_files(root) -> None:
+    """A pickled (object) array, keys of neither .npz layout, a set and an artifact holding
+    NaN, and a text CSV of one class."""
+    np.savez(root / "object.npz", X=np.array([[1.0, 2.0]] * 20, dtype=object),
+             y=np.arange(20) % 2)
+    np.savez(root / "other-keys.npz", data=np.zeros((20, 4)), target=np.arange(20) % 2)
+    tensors = load_file(root / "set.safetensors")
+    tensors["images"][0, 0, 0, 0] = float("nan")
+    save_file(tensors, root / "nan.safetensors")
+    knn = datadistill.load(root / "knn")
+    Distilled(knn.images, knn.labels, torch.tensor([float("inf")]), None, knn.meta).save(
+        root / "nan-run")
+    rows = "".join(f"document number {i},only\n" for i in range(40))
+    (root / "one-class.csv").write_text("text,label\n" + rows)
 
 
 def _flip(path, offset: int) -> None:
@@ -185,6 +209,24 @@ BAD_INPUTS = [
       "resnet"], "unknown model 'resnet'"),
     (["import", "RUNS/set.safetensors", "--dataset", "digits28", "--out", "OUT"],
      "pass the --dataset the set was made for"),
+    # run folders: a finished run and a running one are refused; bad data (also under
+    # --overwrite of a finished run, which stays as it was)
+    (["distill", "--out", "RUNS/knn", *QUICK, "--seed", "5"],
+     "already holds a run (meta.json); pass --overwrite to replace it, or --resume to continue"),
+    (["baseline", "--method", "random", "--dataset", "digits", "--out", "RUNS/knn"],
+     "pass --overwrite to replace it, or choose another --out"),
+    (["distill", "--out", "RUNS/running", *QUICK], f"is being written by pid {os.getpid()} on"),
+    (["distill", "--out", "RUNS/knn", "--resume", "--overwrite"], "pass one of them"),
+    (["distill", "--out", "RUNS/knn", "--overwrite", *QUICK[2:], "--dataset",
+      "npz:RUNS/object.npz"], "array 'X' holds Python objects (pickled), which are never loaded"),
+    (["import", "RUNS/nan.safetensors", "--dataset", "digits", "--out", "RUNS/knn",
+      "--overwrite"], "images hold NaN or infinite values; replace them"),
+    (["evaluate", "RUNS/nan-run"], "lrs hold NaN or infinite values; re-run the command"),
+    (["distill", "--out", "RUNS/knn", "--overwrite", *QUICK[2:], "--dataset",
+      "text:RUNS/one-class.csv"], "holds one class only ('only')"),
+    (["distill", "--out", "OUT", *QUICK[2:], "--dataset", "npz:RUNS/other-keys.npz"],
+     "holds data, target; an .npz dataset holds X (N, ...) features and y (N,) integer labels "
+     "(or X_train, y_train)"),
 ]
 
 
@@ -194,6 +236,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(argv, expected, runs, t
     out = tmp_path / "out"
     args = [a.replace("RUNS", str(runs)).replace("OUT", str(out)) for a in argv]
     before = sorted(p.name for p in runs.iterdir())
+    files = _digests(runs)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "datadistill", *args], capture_output=True,
                           text=True, env=env, timeout=300, cwd=tmp_path)
@@ -204,6 +247,12 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(argv, expected, runs, t
     assert expected in lines[0]
     assert not out.exists()  # no partial output folder
     assert sorted(p.name for p in runs.iterdir()) == before
+    assert _digests(runs) == files  # every earlier run byte-identical
+
+
+def _digests(root) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_misspelt_api_setting_names_the_closest():

@@ -10,7 +10,7 @@ import datadistill
 
 LAYERS = [  # bottom to top
     "errors _version distributed recompute linear_regression resize kernels baselines.knn",
-    "registry runtime packaged functional config",
+    "registry runtime packaged functional config runfolder progress",
     "text audio init_distributions convnets",
     "data models",
     "augment selectors artifacts kernels.normpool",

@@ -225,8 +225,23 @@ def test_npz_shapes_and_given_test_split(tmp_path):
     assert sequences.image_shape == (4, 1, 9) and sequences.default_model == "seqcnn"
     assert len(sequences.train_labels) == 20 and len(sequences.test_labels) == 6
     np.savez(tmp_path / "nolabels.npz", X=rng.normal(size=(20, 6)))
-    with pytest.raises(DistillError, match="no array 'y'"):
+    with pytest.raises(DistillError, match="holds X; an .npz dataset holds X"):
         load_dataset(f"npz:{tmp_path / 'nolabels.npz'}")
+
+
+def test_npz_reads_the_x_train_layout_and_refuses_text_labels(tmp_path):
+    """scikit-learn's and aeon's X_train, y_train, X_test, y_test; labels must be integers."""
+    rng = np.random.default_rng(0)
+    arrays = dict(X_train=rng.normal(size=(20, 4, 9)), y_train=np.arange(20) % 2,
+                  X_test=rng.normal(size=(6, 4, 9)), y_test=np.arange(6) % 2)
+    np.savez(tmp_path / "split.npz", **arrays)
+    data = load_dataset(f"npz:{tmp_path / 'split.npz'}")
+    assert data.image_shape == (4, 1, 9) and data.num_classes == 2
+    assert torch.equal(data.train_labels, torch.arange(20) % 2)
+    assert len(data.test_labels) == 6
+    np.savez(tmp_path / "text.npz", **{**arrays, "y_train": np.array(["a", "b"] * 10)})
+    with pytest.raises(DistillError, match="y holds labels of type <U1 .*np.unique"):
+        load_dataset(f"npz:{tmp_path / 'text.npz'}")
 
 
 def test_baselines_choose_audio_inputs(tmp_path):

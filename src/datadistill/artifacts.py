@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -34,8 +35,6 @@ _INIT_PREFIX = "init."
 def run_meta(config: dict[str, Any], data: Dataset, model: dict[str, Any],
              metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The JSON record stored with every artifact: config, dataset, model, versions, metrics."""
-    import torch
-
     return {
         "format": "datadistill/1", **extra, "config": config,
         "dataset": {"name": data.name, "kind": data.kind, "mean": list(data.mean), "std": list(data.std),
@@ -70,15 +69,6 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def check_out_folder(out: Path, flag: str = "--out") -> None:
-    """Refuse an output path that cannot become a run folder, before any work is done."""
-    if out.exists() and not out.is_dir():
-        raise DistillError(f"{flag} {out} is a file, not a folder; choose another {flag}")
-    parent = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise DistillError(f"cannot write into {parent}; choose another {flag}")
 
 
 def save_tensors(path: Path, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
@@ -120,6 +110,14 @@ def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         raise DistillError(f"{damaged}: its contents do not match the stored SHA-256 digest; "
                            "re-run the command that wrote it")
     return tensors, info
+
+
+def check_finite(tensors: dict[str, Tensor], source: str | Path, fix: str) -> None:
+    """Refuse NaN or infinite values in the floating-point tensors; ``fix`` ends the line."""
+    bad = [name for name, tensor in tensors.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise DistillError(f"{source}: {', '.join(bad)} hold NaN or infinite values; {fix}")
 
 
 def after_saving(metrics: dict[str, Any], name: str, make: Callable[[], Any]) -> None:
@@ -179,5 +177,6 @@ def load(path: str | Path) -> Distilled:
     missing = {"images", "labels", "lrs"} - set(tensors)
     if missing:
         raise DistillError(f"{file} lacks {', '.join(sorted(missing))}; re-run the distillation")
+    check_finite(tensors, file, "re-run the command that wrote it")
     init = {k[len(_INIT_PREFIX):]: v for k, v in tensors.items() if k.startswith(_INIT_PREFIX)}
     return Distilled(tensors["images"], tensors["labels"], tensors["lrs"], init or None, meta)

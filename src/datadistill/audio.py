@@ -66,20 +66,28 @@ def audio_folder(folder: Path, class_names: tuple[str, ...],
     return torch.stack(maps).unsqueeze(2), torch.tensor(labels, dtype=torch.int64)
 
 
+# the arrays of an .npz dataset: X, y (and X_test, y_test), or scikit-learn's and aeon's
+# X_train, y_train (and X_test, y_test); read under the first layout's names
+NPZ_LAYOUTS = (("X", "y", "X_test", "y_test"), ("X_train", "y_train", "X_test", "y_test"))
+
+
 def npz_features(path: Path) -> dict[str, Tensor]:
-    """Arrays ``X`` and ``y`` (N,) of an ``.npz``, with ``X_test``/``y_test`` when present, as
-    float inputs (N, C, H, W) and int64 labels: X (N, F) becomes (N, F, 1, 1), a sequence
-    (N, F, L) of L frames of F features (N, F, 1, L), and (N, C, H, W) stays."""
+    """Arrays ``X`` and ``y`` (N,) of an ``.npz`` (or ``X_train``, ``y_train``), with
+    ``X_test``/``y_test`` when present, as float inputs (N, C, H, W) and int64 labels: X (N, F)
+    becomes (N, F, 1, 1), a sequence (N, F, L) of L frames of F features (N, F, 1, L), and
+    (N, C, H, W) stays."""
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise DistillError(f"cannot read {path} as .npz ({exc})") from None
     with npz:
-        missing = {"X", "y"} - set(npz.files)
-        if missing:
-            raise DistillError(f"{path} has no array {sorted(missing)[0]!r}; an .npz dataset "
-                               "holds X (N, ...) features and y (N,) integer labels")
-        arrays = {k: npz[k] for k in ("X", "y", "X_test", "y_test") if k in npz.files}
+        layout = next((keys for keys in NPZ_LAYOUTS if set(keys[:2]) <= set(npz.files)), None)
+        if layout is None:
+            raise DistillError(f"{path} holds {', '.join(sorted(npz.files)) or 'no arrays'}; an "
+                               ".npz dataset holds X (N, ...) features and y (N,) integer labels "
+                               "(or X_train, y_train), with X_test, y_test optional")
+        arrays = {name: _numeric(npz, key, path) for name, key in zip(NPZ_LAYOUTS[0], layout)
+                  if key in npz.files}
     out = {}
     for key, array in arrays.items():
         if key.startswith("X"):
@@ -87,9 +95,30 @@ def npz_features(path: Path) -> dict[str, Tensor]:
             out[key] = x.view(len(x), -1, 1, 1) if x.dim() == 2 else (
                 x.unsqueeze(2) if x.dim() == 3 else x)
         else:
-            out[key] = torch.as_tensor(array).long()
+            out[key] = _labels(array, key, path)
     if len(out["X"]) != len(out["y"]) or out["X"].dim() != 4:
         raise DistillError(f"{path}: X must be (N, F), (N, F, L) or (N, C, H, W) with one "
                            f"label per row in y; got X {tuple(arrays['X'].shape)}, y "
                            f"{tuple(arrays['y'].shape)}")
     return out
+
+
+def _labels(array: np.ndarray, key: str, path: Path) -> Tensor:
+    """Integer class labels (integral floats too); text labels are refused in one line."""
+    integral = array.dtype.kind in "iu" or (
+        array.dtype.kind == "f" and bool(np.all(np.mod(array, 1) == 0)))
+    if not integral:
+        raise DistillError(f"{path}: {key} holds labels of type {array.dtype} (e.g. "
+                           f"{array.flat[0]!r}); save them as integers 0..K-1, e.g. "
+                           f"np.unique({key}, return_inverse=True)[1]")
+    return torch.as_tensor(array).long()
+
+
+def _numeric(npz: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """One array of an .npz; an array of Python objects (pickled) is refused, never loaded."""
+    try:
+        return npz[key]
+    except ValueError:
+        raise DistillError(f"{path}: array {key!r} holds Python objects (pickled), which are "
+                           f"never loaded; save it as numbers, e.g. np.asarray({key}, "
+                           "dtype='float32')") from None

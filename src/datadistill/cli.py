@@ -39,6 +39,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 PROTOCOLS = ("few-step", "converge")
+OVERWRITE_HELP = "replace the run in --out (its files go only once the new ones are written)"
 
 
 def _add_backend_flag(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +47,8 @@ def _add_backend_flag(parser: argparse.ArgumentParser) -> None:
     field = DistillConfig.__dataclass_fields__["backend"]
     parser.add_argument("--backend", default=field.default, choices=field.metadata["choices"],
                         help=f"{field.metadata['help']} (default: {field.default})")
+
+
 CONVERGE_INIT = "default"  # the fresh nets of the published recipe start from PyTorch's init
 
 
@@ -99,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distill a dataset (the paper's defaults)")
     p.add_argument("--out", default="runs/distilled", help="run folder (default: runs/distilled)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--config", default=None, metavar="FILE",
                    help="settings from a run's meta.json (or its folder), a .toml or a .yaml "
                         "file of DistillConfig fields; flags given here override them")
@@ -136,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--like", default=None,
                    help="a distill run folder: take its dataset, model, init, steps and learned lrs")
     p.add_argument("--out", required=True, help="folder for the baseline's artifact")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--protocol", default="few-step", choices=PROTOCOLS,
                    help="few-step: the paper's lr x epochs grid (default); converge: fresh nets "
                         "trained to convergence on the steps x images-per-class images per class "
@@ -162,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="", help="architecture (default: the dataset's)")
     p.add_argument("--models", type=int, required=True, help="models in the pool")
     p.add_argument("--out", required=True, help="pool folder")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--held-out", type=int, default=None,
                    help="models kept for evaluation only (default: 1 in 11, as the paper's 2000+200)")
     p.add_argument("--epochs", type=int, default=None, help="default: the dataset's recommended schedule")
@@ -180,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="dataset the models classify")
     p.add_argument("--arch", default="", help="architecture (default: the dataset's)")
     p.add_argument("--out", required=True, help="pool folder")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--held-out", type=int, default=None, help="models kept for evaluation only")
     p.add_argument("--data-root", default="data")
     p.add_argument("--device", default="auto")
@@ -195,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help=".safetensors or .pt file of images and labels")
     p.add_argument("--dataset", required=True, help="registered dataset the set was made for")
     p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--model", default="", help="architecture it was made with (default: the "
                                                "dataset's)")
     p.add_argument("--data-root", default="data")
@@ -219,7 +227,7 @@ def _distill(args: argparse.Namespace) -> None:
     settings = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if hasattr(args, f.name)}
     if args.config:  # the file's settings, overridden by the flags given
         settings = {**read_config_file(args.config), **settings}
-    result = distill(out=args.out, resume=args.resume, **settings)
+    result = distill(out=args.out, resume=args.resume, overwrite=args.overwrite, **settings)
     metrics = result.meta["metrics"]
     n_images = result.images.shape[0] * result.images.shape[1]
     if "final" in metrics:
@@ -344,7 +352,7 @@ def _baseline(args: argparse.Namespace) -> None:
             check_png_path(args.curve)
         result = converge_baseline(args.method, args.out, settings, _converge_settings(args),
                                    nets=5 if args.nets is None else args.nets, dsa=args.dsa,
-                                   dsa_ops=args.dsa_ops)
+                                   dsa_ops=args.dsa_ops, overwrite=args.overwrite)
         _report_converge(result, args)
         if not args.json:
             print(f"wrote {args.out}")
@@ -358,7 +366,7 @@ def _baseline(args: argparse.Namespace) -> None:
     nets = 200 if args.nets is None else args.nets
     report = baseline_artifact(args.method, args.out, like=args.like, nets=nets,
                                search_nets=args.search_nets, sets=args.sets,
-                               settings=settings)
+                               settings=settings, overwrite=args.overwrite)
     final, best = report["final"], report["best"]
     print(f"{args.method}: {100 * final['accuracy_mean']:.2f}% ± {100 * final['accuracy_std']:.2f} "
           f"(best {', '.join(f'{k} {v}' for k, v in best.items())}); wrote {args.out}")
@@ -373,7 +381,8 @@ def _pretrain(args: argparse.Namespace) -> None:
     pool = pretrain(args.dataset, args.models, args.out, arch=args.arch, schedule=schedule,
                     batch_size=args.batch_size, held_out=args.held_out,
                     init_scheme=args.init_scheme, seed=args.seed, data_root=args.data_root,
-                    device=args.device, group=args.group, backend=args.backend)
+                    device=args.device, group=args.group, backend=args.backend,
+                    overwrite=args.overwrite)
     _print_pool(pool, args.out)
 
 
@@ -382,7 +391,7 @@ def _pool_import(args: argparse.Namespace) -> None:
 
     pool = import_pool(args.folder, args.dataset, args.out, arch=args.arch,
                        held_out=args.held_out, data_root=args.data_root, device=args.device,
-                       backend=args.backend)
+                       backend=args.backend, overwrite=args.overwrite)
     _print_pool(pool, args.out)
 
 
@@ -408,7 +417,7 @@ def _import_set(args: argparse.Namespace) -> None:
     from .exchange import import_set
 
     distilled = import_set(args.file, args.dataset, args.out, model=args.model,
-                           data_root=args.data_root)
+                           data_root=args.data_root, overwrite=args.overwrite)
     labels = "soft labels" if distilled.labels.is_floating_point() else "labels"
     print(f"wrote {args.out}: {distilled.images.shape[0] * distilled.images.shape[1]} images "
           f"and {labels} for {args.dataset}; evaluate it with `datadistill evaluate {args.out} "

@@ -25,6 +25,7 @@ from .init_distributions import InitDistribution, PooledInit
 from .kernels import float32_on_cpu
 from .kernels.normpool import fused_convnet
 from .nets import TEST_CHUNK, EvalResult, test_nets
+from .progress import phase_bar
 
 # images per forward/backward and per test chunk on the fused ConvNet path: a 32-channel
 # 32 x 32 activation of 64 images (8 MiB) stays in the cache (benchmarks/bench_converge.py)
@@ -85,13 +86,13 @@ def train_to_convergence(
     fmodel: FunctionalModel, params: Params, images: Tensor, targets: Tensor,
     settings: ConvergeSettings, augment: DSA | None, generator: torch.Generator,
     test: tuple[Tensor, Tensor] | None = None, curve: Curve | None = None, microbatch: int = 0,
-    test_chunk: int = TEST_CHUNK,
+    test_chunk: int = TEST_CHUNK, tick: Callable[[], Any] = lambda: None,
 ) -> Params:
     """Train N stacked nets on the flat set ``images`` (M, C, H, W) with ``targets`` (class
     indices (M,) or probabilities (M, K)); every net draws its own minibatches and
     augmentations from ``generator``. A minibatch's gradient is summed over forward/backward
     passes of ``microbatch`` images (0: one pass), the same gradient for a module without batch
-    statistics. Returns the trained parameters (no graph)."""
+    statistics. ``tick()`` follows every epoch. Returns the trained parameters (no graph)."""
     n, m = num_nets(params), images.shape[0]
     nets = _training(fmodel, params)
     fused = nets.leaves[0].device.type in ("cpu", "cuda")  # one kernel for all tensors' updates
@@ -116,6 +117,7 @@ def train_to_convergence(
                                            settings.bfloat16)
             optimiser.step()
             epoch_loss += float(losses.mean()) * pick.shape[1] / m
+        tick()
         if curve is not None:
             curve.train_loss.append(epoch_loss)
             done = epoch + 1
@@ -240,6 +242,8 @@ def evaluate_converged(
     stacks = images.device.type == "cuda" and not settings.bfloat16
     per_batch = settings.nets_per_batch or (10 if stacks else 1)
     runner = runner_for(fmodel, images, per_batch)
+    bar = phase_bar(nets * settings.epochs, f"converge: {nets} nets x {settings.epochs} epochs "
+                    f"on {images.shape[0]} images", "net-epoch")
     for start in range(0, nets, per_batch):
         n = min(per_batch, nets - start)
         drawn = init.take(start, n) if isinstance(init, PooledInit) else init.sample(n, generator)
@@ -247,13 +251,15 @@ def evaluate_converged(
         curve = Curve()
         trained = train_to_convergence(runner.fmodel, params, images, targets, settings, augment,
                                        generator, (test_images, test_labels), curve,
-                                       runner.microbatch, runner.test_chunk)
+                                       runner.microbatch, runner.test_chunk,
+                                       lambda: bar.update(n))
         with precision(settings.bfloat16, images.device):
             parts.append(test_nets(runner.fmodel, trained, test_images, test_labels,
                                    runner.test_chunk))
         curve.test_epochs.append(settings.epochs)
         curve.test_accuracy.append(parts[-1].mean)
         curves.append((n, curve))
+    bar.close()
     return Converged(EvalResult.cat(parts), _weighted(curves), runner.name)
 
 

@@ -108,6 +108,7 @@ def load_dataset(
     """
     spec = dataset_spec(name)
     raw = spec.load(Path(root) if root is not None else None, download)
+    check_classes(f"dataset {name}", raw.train_labels, spec.class_names)
     mean, std = spec.mean, spec.std
     if mean is None or std is None:
         mean = tuple(raw.train_images.mean(dim=(0, 2, 3)).tolist())
@@ -130,6 +131,15 @@ def load_dataset(
         encoder=spec.encoder,
         train_texts=raw.train_texts,
     )
+
+
+def check_classes(source: str, labels: Tensor, class_names: tuple[str, ...]) -> None:
+    """Refuse training labels of fewer than two classes: nothing to tell apart."""
+    present = torch.unique(labels)
+    if present.numel() < 2:
+        only = class_names[int(present[0])] if present.numel() else "none"
+        raise DistillError(f"{source} holds one class only ({only!r}); a classifier needs "
+                           "examples of two classes or more")
 
 
 def dataset_spec(name: str) -> DatasetSpec:
@@ -410,6 +420,7 @@ def _text_spec(documents: Callable[[], Documents], classes: tuple[str, ...], lev
 
     def load(root: Path | None, download: bool) -> RawSplits:
         texts, labels, _ = documents()
+        check_classes(description, torch.tensor(labels), classes)  # before the long embedding
         if level == "sentences":
             features = text.sentence_embeddings(texts, encoder).view(len(texts), -1, 1, 1)
         else:
@@ -455,7 +466,8 @@ def _audio_spec(path: Path) -> DatasetSpec:
 
 
 def _npz_spec(path: Path) -> DatasetSpec:
-    """``X``/``y`` arrays (with ``X_test``/``y_test``, or split 80/20 with seed 0)."""
+    """``X``/``y`` (or ``X_train``/``y_train``) arrays, with ``X_test``/``y_test`` or split
+    80/20 with seed 0."""
     from .audio import npz_features
 
     arrays = npz_features(path)
@@ -481,7 +493,7 @@ PATH_FORMS: dict[str, tuple[Callable[[Path], DatasetSpec], str]] = {
     "audio:": (_audio_spec, "DIR/<class>/*.wav (or DIR/train/, DIR/test/): 13 MFCCs x 16 "
                "frames, seqcnn"),
     "npz:": (_npz_spec, "X (N, features), (N, features, frames) or (N, C, H, W), y "
-             "(and X_test, y_test)"),
+             "(or X_train, y_train; and X_test, y_test)"),
 }
 
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .artifacts import (CHECKPOINT_FILE, Distilled, after_saving, check_out_folder,
-                        load_tensors, run_meta, save_tensors)
+from .artifacts import (CHECKPOINT_FILE, Distilled, after_saving, load_tensors, run_meta,
+                        save_tensors)
 from .augment import dsa_for
 from .config import DistillConfig, check_known
 from .data import Dataset, check_downscale, hold_out, load_dataset, relabel
@@ -30,6 +30,7 @@ from .methods import METHODS
 from .models import build_model
 from .pools import check_pool_fits, load_pool, load_pretrained
 from .resize import resize_images, shrunk_size, stored_count
+from .runfolder import writes_run_folder
 from .runtime import generator, resolve_device
 from .selectors import check_real_images_suffice, class_layout, images_for
 from .state import DistilledSteps, new_steps
@@ -42,6 +43,7 @@ RESUMABLE = {"epochs", "eval_every", "eval_nets", "stop_accuracy", "checkpoint_e
              "device", "log_dir"}
 
 
+@writes_run_folder
 def distill(
     config: DistillConfig | None = None,
     *,
@@ -56,7 +58,8 @@ def distill(
     Settings are ``DistillConfig`` fields (e.g. ``dataset="mnist", epochs=30``). ``module``
     may be any ``nn.Module`` (default: the registered ``model``), ``data`` a ``Dataset``
     already loaded (default: the registered ``dataset``). With ``out``, checkpoints and the
-    artifact are written there; ``resume=True`` continues the run saved in ``out``.
+    artifact are written there; ``resume=True`` continues the run saved in ``out``,
+    ``overwrite=True`` replaces the run there once this one is written (``runfolder``).
     """
     check_known(settings)
     config = replace(config or DistillConfig(), **settings)
@@ -70,8 +73,6 @@ def distill(
     method_class.check(config)
     if config.dsa_ops:
         dsa_for((), config.dsa_ops)  # its one-line error names an unknown operation
-    if out is not None:
-        check_out_folder(Path(out))
     check_log_dir(config.log_dir)
     # --init-from: another run's last iterate of the learned tensors, checked before any work
     start_from = _read_init_from(Path(config.init_from), config) \

@@ -26,6 +26,7 @@ from .init_distributions import FixedInit, InitDistribution, PooledInit, RandomI
 from .models import build_model
 from .nets import EvalResult, Step, schedule, test_nets, train_nets
 from .pools import check_pool_fits, load_pool
+from .progress import phase_bar
 from .runtime import generator, resolve_device
 
 GRID_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # the paper's constant lrs for baselines
@@ -157,10 +158,12 @@ def best_of_grid(
     options: list[tuple[str, Tensor | float]] = [("learned", learned_lrs)] if learned_lrs is not None else []
     options += [(str(lr), lr) for lr in lrs]
     rows = []
-    for name, lr in options:
-        for n_epochs in epochs:
-            result = evaluate_schedule(lr, n_epochs)
-            rows.append({"lr": name, "epochs": n_epochs, **result.summary()})
+    with phase_bar(len(options) * len(epochs), "grid search (lr x epochs)", "cell") as bar:
+        for name, lr in options:
+            for n_epochs in epochs:
+                result = evaluate_schedule(lr, n_epochs)
+                rows.append({"lr": name, "epochs": n_epochs, **result.summary()})
+                bar.update()
     best = max(rows, key=lambda row: row.get("modified_accuracy_mean", row["accuracy_mean"]))
     return best, rows
 

