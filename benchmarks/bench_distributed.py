@@ -43,8 +43,7 @@ def timed_iterations(nets: int, iterations: int) -> dict:
         params = {k: v[mine.start:mine.stop] for k, v in RandomInit(module).sample(nets, gen).items()}
         steps.images.grad = steps.raw_lrs.grad = None
         start = time.perf_counter()
-        choose_meta_gradient("auto", fmodel, params, steps, real_x).run(params, steps, real_x,
-                                                                        real_y)
+        choose_meta_gradient(fmodel, params, steps, real_x).run(params, steps, real_x, real_y)
         before_reduce = time.perf_counter()
         for grad in (steps.images.grad, steps.raw_lrs.grad):
             world.sum_(grad.mul_(len(mine) / nets))

@@ -5,7 +5,7 @@
 Setting: the windowed case of ``bench_window.py`` with ``--downscale 2``: 40 images of
 14 × 14 per class (400, learned labels), each enlarged to 28 × 28 in every inner step,
 T = 200 steps on the whole set, a window of W = 60, 1,024 real images, one net. ``pytorch``
-is ``choose_meta_gradient("pytorch")`` (where such sets ran before the kernel took them),
+is the meta-gradient under ``--backend pytorch`` (where such sets ran before the kernel took them),
 ``compiled`` is ``"auto"`` (the kernel on the enlarged images, the gradient carried back
 through the resize). Rounds interleave the two on the same window; medians are reported.
 """

@@ -42,7 +42,7 @@ def measure(setting: str, total_steps: int, mode: str) -> dict:
     keep = math.ceil(math.sqrt(total_steps)) if mode == "backgrad" else 1
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    choose_meta_gradient("auto", FunctionalModel(module), params, steps, real_x, mode, keep,
+    choose_meta_gradient(FunctionalModel(module, "auto"), params, steps, real_x, mode, keep,
                          512).run(params, steps, real_x, real_y)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before

@@ -66,7 +66,7 @@ def time_ours(case, nets: int, mode: str, chunk: int, kernels: bool = True) -> f
     module, images, labels, raw, real_x, real_y, gen = case
     params = RandomInit(module).sample(nets, gen)
     steps = DistilledSteps(images.clone().requires_grad_(), labels, raw.clone().requires_grad_())
-    backend = choose_meta_gradient("auto" if kernels else "pytorch", FunctionalModel(module),
+    backend = choose_meta_gradient(FunctionalModel(module, "auto" if kernels else "pytorch"),
                                    params, steps, real_x, mode, 1, chunk)
     start = time.perf_counter()
     backend.run(params, steps, real_x, real_y)

@@ -7,7 +7,7 @@ inner steps on the whole set, a window of W = 60 steps that keeps a graph, 1,024
 images, one net. ``straightforward`` is what one writes with plain PyTorch (the way RaT-BPTT's
 public code works): ``torch.func.functional_call`` on the module, the steps before the window
 under ``torch.no_grad``-free detached gradients, ``create_graph=True`` through the window,
-one backward. ``datadistill`` is ``backends.choose_meta_gradient("auto")`` (the compiled LeNet
+one backward. ``datadistill`` is ``backends.choose_meta_gradient`` under ``--backend auto`` (the compiled LeNet
 on a CPU). Both run the same window each round; rounds interleave the two; medians are
 reported. Memory: each T in {60, 600} with W = 60 in a fresh process, how far the resident
 set peaks above its size before one meta-iteration (Linux).
@@ -90,7 +90,7 @@ def straightforward(module, steps: DistilledSteps, params, real_x, real_y,
 
 def ours(module, steps: DistilledSteps, params, real_x, real_y, window: range,
          choice: str = "auto") -> float:
-    backend = choose_meta_gradient(choice, FunctionalModel(module), params, steps, real_x)
+    backend = choose_meta_gradient(FunctionalModel(module, choice), params, steps, real_x)
     return float(backend.run(params, steps, real_x, real_y, window).mean())
 
 

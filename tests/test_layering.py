@@ -19,7 +19,7 @@ LAYERS = [  # bottom to top
     "nets backends tracking",
     "converge pools",
     "evaluate plots exchange methods.base",
-    "baselines.run methods.unroll methods.dm",
+    "baselines.run methods.unroll methods.dm methods.dc",
     "methods",
     "distill baselines.write",
     "baselines",

@@ -109,7 +109,7 @@ def test_dm_distills_a_set_that_moves_toward_the_real_class_means(tmp_path):
 
 
 @pytest.mark.parametrize("flags, problem", [
-    (["--method", "nope"], "unknown method 'nope'; choose one of: dm, unroll"),
+    (["--method", "nope"], "unknown method 'nope'; choose one of: dc, dm, dsa, unroll"),
     (["--method", "dm", "--window", "2"], "--method dm has no inner steps, so --window 2"),
     (["--method", "dm", "--labels", "learned"], "so --labels learned would be ignored"),
     (["--method", "dm", "--eval-every", "1"], "--protocol converge"),
@@ -126,3 +126,111 @@ def test_features_need_a_linear_layer():
     params = {k: v.unsqueeze(0) for k, v in fmodel.module.named_parameters()}
     with pytest.raises(DistillError, match="no nn.Linear layer"):
         fmodel.features(params, torch.randn(2, 1, 4, 4), train=False)
+
+
+def _dc_problem(images_per_class=2, **settings):
+    from datadistill.methods.dc import GradientMatching
+
+    data = make_dataset(classes=3, size=4)
+    module = TinyConvNet().double()
+    fmodel = FunctionalModel(module, "pytorch")
+    params = RandomInit(module).sample(2, torch.Generator().manual_seed(0))
+    images = torch.randn(1, 3 * images_per_class, 1, 4, 4, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(1))
+    steps = new_steps(images, torch.arange(3 * images_per_class).view(1, -1) % 3, 1, 0.02, 3)
+    config = DistillConfig(method="dc", batch_size=30, images_per_class=images_per_class,
+                           match_outer_loop=2, match_inner_loop=1, **settings)
+    method = GradientMatching(config, fmodel, steps, data, params)
+    return method, params, steps, (data.train_images[:30].double(), data.train_labels[:30])
+
+
+def test_dc_distance_is_one_minus_cosine_per_output_unit_without_biases():
+    from datadistill.methods.dc import layerwise_distance
+
+    a, b = torch.randn(2, 3, 4, 2, 2), torch.randn(2, 3, 4, 2, 2)
+    bias = torch.randn(2, 3)
+    expected = torch.stack([sum(1 - torch.nn.functional.cosine_similarity(
+        a[i, o].flatten(), b[i, o].flatten(), dim=0, eps=0) for o in range(3)) for i in range(2)])
+    torch.testing.assert_close(layerwise_distance([a, bias], [b, -bias]), expected,
+                               rtol=1e-5, atol=1e-5)
+    assert layerwise_distance([a], [a]).abs().max() < 1e-5
+
+
+def test_dc_loss_gradient_matches_float64_finite_differences():
+    """Through the second-order path: the synthetic gradient's own gradient to the pixels."""
+    method, params, steps, (real_x, real_y) = _dc_problem()
+    losses = method.loss(params, steps, real_x, real_y, torch.Generator().manual_seed(2))
+    assert losses.shape == (2,) and (losses > 0).all()
+    analytic = steps.images.grad.clone()
+    eps = 1e-6
+    for index in torch.randperm(steps.images.numel(),
+                                generator=torch.Generator().manual_seed(3))[:12].tolist():
+        values = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                steps.images.view(-1)[index] += sign * eps
+            method.matches = 0  # the same fresh net each time
+            values.append(float(method.loss(params, steps, real_x, real_y,
+                                            torch.Generator().manual_seed(2)).sum()))
+            with torch.no_grad():
+                steps.images.view(-1)[index] -= sign * eps
+        numeric = (values[0] - values[1]) / (2 * eps)
+        assert analytic.view(-1)[index].item() == pytest.approx(numeric, rel=1e-4, abs=1e-7)
+
+
+def test_dc_trains_its_net_between_matches_and_draws_a_fresh_one_after_the_outer_loop():
+    method, params, steps, (real_x, real_y) = _dc_problem()  # 2 matches per net
+    generator = torch.Generator().manual_seed(0)
+    other = {k: v + 1 for k, v in params.items()}
+    method.loss(params, steps, real_x, real_y, generator)
+    assert all(torch.equal(method.net[k], params[k]) for k in params)
+    method.loss(other, steps, real_x, real_y, generator)  # trained on the synthetic set
+    assert not any(torch.equal(method.net[k], params[k]) for k in params if k.endswith("weight"))
+    assert not any(torch.equal(method.net[k], other[k]) for k in params)
+    method.loss(other, steps, real_x, real_y, generator)  # the outer loop is over
+    assert all(torch.equal(method.net[k], other[k]) for k in params)
+
+
+def test_dc_lowers_its_matching_loss_and_dsa_is_dc_with_dsa(tmp_path):
+    data = make_dataset(n_train=96, classes=3, size=4)
+    settings = dict(data=data, module=TinyConvNet(), steps=1, images_per_class=1, epochs=6,
+                    batch_size=48, init="fixed", optimizer="sgd", lr=0.1, progress=False)
+    start = datadistill.distill(method="dc", **{**settings, "epochs": 1, "lr": 1e-12})
+    made = datadistill.distill(method="dc", **settings)
+    method, _, steps, _ = _dc_problem(images_per_class=1)
+    fixed = {k: v.unsqueeze(0).double() for k, v in made.init.items()}
+    method.fmodel = FunctionalModel(TinyConvNet().double(), "pytorch")
+
+    def matching_loss(result):
+        steps.images = result.images.double().requires_grad_()
+        method.matches = 0
+        return float(method.loss(fixed, steps, data.train_images.double(), data.train_labels,
+                                 torch.Generator().manual_seed(0)))
+
+    assert matching_loss(made) < 0.9 * matching_loss(start)
+    datadistill.distill(method="dsa", out=tmp_path, **{**settings, "epochs": 1})
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["config"]["method"] == "dsa" and meta["config"]["dsa"] is True
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--method", "dc", "--images-per-class", "3"], "set --match-outer-loop and "
+                                                    "--match-inner-loop"),
+    (["--method", "dc", "--match-net-lr", "0"], "--match-net-lr must be positive"),
+    (["--method", "dsa", "--momentum", "0.5"], "so --momentum 0.5 would be ignored"),
+    (["--method", "dc", "--match-inner-loop", "-1"], "--match-inner-loop must be 0"),
+    (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+])
+def test_gradient_matching_refusals_are_one_line(tmp_path, capsys, flags, problem):
+    assert _exit_code(["distill", "--out", str(tmp_path / "run"), *QUICK, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert problem in err.splitlines()[-1]
+    assert not (tmp_path / "run").exists()
+
+
+def _exit_code(command: list[str]) -> int:
+    """The command's exit code, argparse's own refusals (SystemExit) included."""
+    try:
+        return main(command)
+    except SystemExit as exit:
+        return exit.code

@@ -40,7 +40,14 @@ class DistillConfig:
            "least 4 for pretrained-random)")
     # method and objective
     method: str = _opt("unroll", "distillation method (`datadistill list`): unroll (the "
-                                 "paper's unrolled inner steps) or dm (distribution matching)")
+                                 "paper's unrolled inner steps), dm (distribution matching), "
+                                 "dc or dsa (gradient matching)")
+    match_outer_loop: int = _opt(0, "dc/dsa: matches per net drawn, the net trained on the "
+                                    "synthetic set between them (0: DC's for --images-per-class"
+                                    " 1, 10, 20, 30, 40, 50: 1, 10, 20, 30, 40, 50)")
+    match_inner_loop: int = _opt(0, "dc/dsa: epochs of SGD on the synthetic set between two "
+                                    "matches (0: DC's: 1, 50, 25, 20, 15, 10)")
+    match_net_lr: float = _opt(0.01, "dc/dsa: SGD lr of the net trained between matches")
     objective: str = _opt("task", "final loss: the task's labels, or an attack (class K -> T)",
                           ("task", "attack"))
     attack_class: int = _opt(-1, "attack: the class K whose images should be misclassified")
@@ -75,7 +82,10 @@ class DistillConfig:
     # outer optimization
     epochs: int = _opt(400, "passes over the real training set")
     batch_size: int = _opt(1024, "real images per meta-iteration")
-    lr: float = _opt(0.01, "Adam learning rate for the images and learning rates")
+    lr: float = _opt(0.01, "learning rate of the outer optimiser (images, learning rates)")
+    optimizer: str = _opt("adam", "outer optimiser: adam (betas 0.5, 0.999) or sgd "
+                                  "(momentum 0.5, as DC, DSA and DM optimise their images)",
+                          ("adam", "sgd"))
     label_lr: float = _opt(0.0, "Adam learning rate for learned or direct labels (0: --lr)")
     label_confidence: float = _opt(0.9, "learned labels start with this probability on their "
                                         "class, the rest spread evenly")
@@ -141,9 +151,10 @@ class DistillConfig:
             if getattr(self, name) < 1:
                 raise DistillError(f"--{name.replace('_', '-')} must be at least 1, "
                                    f"got {getattr(self, name)}")
-        for name in ("minibatch", "window"):
+        for name in ("minibatch", "window", "match_outer_loop", "match_inner_loop"):
             if getattr(self, name) < 0:
-                raise DistillError(f"--{name} must be 0 (off) or more, got {getattr(self, name)}")
+                raise DistillError(f"--{name.replace('_', '-')} must be 0 (off or the "
+                                   f"default) or more, got {getattr(self, name)}")
         if not 0 <= self.momentum < 1:
             raise DistillError(f"--momentum must lie in [0, 1), got {self.momentum}")
         if self.clip < 0:

@@ -70,6 +70,7 @@ def distill(
         checkpoint, config = _read_checkpoint(Path(out), config, settings)
     config.validate()
     method_class = METHODS.get(config.method)
+    config = method_class.settle(config)  # e.g. --method dsa turns --dsa on
     method_class.check(config)
     if config.dsa_ops:
         dsa_for((), config.dsa_ops)  # its one-line error names an unknown operation
@@ -124,10 +125,7 @@ def distill(
     if start_from is not None:
         steps = steps.with_tensors({name: start_from[name].to(tensor).requires_grad_()
                                     for name, tensor in steps.learnable().items()})
-    optimizer = torch.optim.Adam(
-        [{"params": [tensor], "lr": config.label_lr or config.lr} if name.startswith("label_")
-         else {"params": [tensor]} for name, tensor in steps.learnable().items()],
-        lr=config.lr, betas=(0.5, 0.999))
+    optimizer = _outer_optimizer(config, steps)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.decay_epochs, config.decay_factor)
 
     probe = {k: v.to(device) for k, v in init_dist.sample(1, torch.Generator()).items()}
@@ -252,6 +250,16 @@ def distill(
         after_saving(metrics, "picture", lambda: save_picture(result, data, out).name)
     save()
     return result
+
+
+def _outer_optimizer(config: DistillConfig, steps: DistilledSteps) -> torch.optim.Optimizer:
+    """--optimizer over the learnable tensors (learned labels at --label-lr, if set)."""
+    groups = [{"params": [tensor], "lr": config.label_lr or config.lr}
+              if name.startswith("label_") else {"params": [tensor]}
+              for name, tensor in steps.learnable().items()]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.5)
+    return torch.optim.Adam(groups, lr=config.lr, betas=(0.5, 0.999))
 
 
 def _snapshot(steps: DistilledSteps) -> dict[str, torch.Tensor]:

@@ -17,8 +17,25 @@ import torch
 from torch import Tensor
 
 from ..data import Dataset, crop_flip
+from ..errors import DistillError
 from ..functional import FunctionalModel, Params
 from ..state import DistilledSteps
+
+# settings of the paper's unrolled inner steps, which the matching methods have no use for
+# (they refuse them): flag -> its neutral value
+UNROLL_ONLY = {"window": 0, "minibatch": 0, "momentum": 0.0, "backward": "full",
+               "labels": "fixed", "objective": "task", "eval_every": 0, "validation": 0}
+
+
+def refuse_unrolled_settings(config: Any, method: str, reason: str) -> None:
+    """One line for a setting of the unrolled inner steps given to a method without them."""
+    for name, neutral in UNROLL_ONLY.items():
+        value = getattr(config, name)
+        if value != neutral:
+            flag = "--" + name.replace("_", "-")
+            raise DistillError(f"--method {method} {reason}, so {flag} {value} would be "
+                               f"ignored; drop {flag} (evaluate its sets with `datadistill "
+                               "evaluate RUN --protocol converge`)")
 
 
 class Method(ABC):
@@ -36,6 +53,11 @@ class Method(ABC):
         method that picks its backend from their shapes."""
         self.config = config
         self.fmodel = fmodel
+
+    @classmethod
+    def settle(cls, config: Any) -> Any:
+        """The run's config as this method runs it (e.g. ``dsa`` turns DSA on); stored."""
+        return config
 
     @classmethod
     def check(cls, config: Any) -> None:
@@ -68,3 +90,40 @@ class Method(ABC):
              real_labels: Tensor, generator: torch.Generator) -> Tensor:
         """The loss of each of the N nets ``params`` (shape (N,)), its gradient accumulated
         into the learnable tensors' ``.grad``; per-iteration draws come from ``generator``."""
+
+
+class ClassBalanced(Method):
+    """A method whose real batches hold ``--batch-size`` / classes images of every class
+    (the matching methods compare real and synthetic images class by class)."""
+
+    def iterations_per_epoch(self, data: Dataset) -> int:
+        return math.ceil(data.train_images.shape[0] / self._per_class(data) / data.num_classes)
+
+    def _per_class(self, data: Dataset) -> int:
+        return max(1, self.config.batch_size // data.num_classes)
+
+    def batches(self, data: Dataset, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every class's images in a random order; iteration i takes the i-th run of
+        ``--batch-size`` / classes of each (going round a class that runs out)."""
+        labels = data.train_labels.cpu()
+        members = [torch.nonzero(labels == c).flatten() for c in range(data.num_classes)]
+        orders = [m[torch.randperm(len(m), generator=generator)] for m in members]
+        per_class = self._per_class(data)
+        for it in range(self.iterations_per_epoch(data)):
+            picks = torch.cat([order[torch.arange(it * per_class, (it + 1) * per_class)
+                                     % len(order)] for order in orders if len(order)])
+            picks = picks.to(data.train_images.device)
+            yield data.train_images[picks], data.train_labels[picks]
+
+
+def augmented(images: Tensor, steps: DistilledSteps, seed: int) -> Tensor:
+    """``images`` (B, C, H, W) through the steps' DSA drawn from ``seed`` (the same draw
+    for real and synthetic images: siamese augmentation); as they are without DSA."""
+    if steps.augment is None:
+        return images
+    return steps.augment(images.unsqueeze(0), torch.Generator().manual_seed(seed))[0]
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """A seed for one siamese augmentation."""
+    return int(torch.randint(2**62, (1,), generator=generator))
