@@ -428,7 +428,7 @@ def test_dsa_in_distillation_changes_the_result_and_resumes_exactly(tmp_path, ti
 
 
 def test_clipping_holds_the_norm_to_a_multiple_of_its_running_mean():
-    from datadistill.distill import clip_gradient
+    from datadistill.runstate import clip_gradient
     from datadistill.state import DistilledSteps
 
     steps = DistilledSteps(torch.zeros(1, 2, 1, 2, 2, requires_grad=True),
@@ -440,3 +440,29 @@ def test_clipping_holds_the_norm_to_a_multiple_of_its_running_mean():
     mean = clip_gradient(steps, 2.0, mean)
     assert float(steps.images.grad.norm()) == pytest.approx(2 * 8 ** 0.5)
     assert mean == pytest.approx(0.9 * 8 ** 0.5 + 0.1 * 2 * 8 ** 0.5)
+
+
+def test_iterations_run_exactly_that_many_meta_iterations(tiny_data, monkeypatch):
+    """--iterations counts meta-iterations whatever the data's size (here 3 an epoch)."""
+    from datadistill.methods.unroll import Unroll
+
+    calls = []
+    real_loss = Unroll.loss
+    monkeypatch.setattr(Unroll, "loss", lambda self, *a: calls.append(1) or real_loss(self, *a))
+    result = datadistill.distill(data=tiny_data, iterations=5, **{**TINY, "epochs": 1})
+    assert len(calls) == 5 and result.meta["metrics"]["epochs_run"] == 2
+    assert result.meta["config"]["iterations"] == 5
+
+
+def test_a_run_says_what_it_will_run_how_long_and_what_its_final_checks_are(tiny_data, capsys):
+    datadistill.distill(data=tiny_data, **{**TINY, "progress": True})
+    said = capsys.readouterr().out
+    assert "unroll on synthetic: 12 meta-iterations to run (3 an epoch" in said
+    assert "s a meta-iteration: about" in said and "for the 9 left" in said
+    assert "final checks: 4 fresh nets on the set's steps and lrs" in said
+
+
+def test_no_final_checks_skips_the_few_step_figures(tiny_data, capsys):
+    result = datadistill.distill(data=tiny_data, final_checks=False, **{**TINY, "progress": True})
+    assert "final" not in result.meta["metrics"] and "random_real" not in result.meta["metrics"]
+    assert "final checks" not in capsys.readouterr().out

@@ -19,7 +19,7 @@ LAYERS = [  # bottom to top
     "nets backends tracking",
     "converge pools",
     "evaluate plots exchange methods.base",
-    "baselines.run methods.unroll methods.dm methods.dc",
+    "baselines.run methods.unroll methods.dm methods.dc runstate",
     "methods",
     "distill baselines.write",
     "baselines",

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from .baselines.run import METHODS
+from .baselines.run import METHODS as BASELINE_METHODS
 from .config import DistillConfig, read_config_file
 from .converge import ConvergeSettings
 from .distributed import init_from_env, leave_process_group
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_converge_flags(p)
 
     p = sub.add_parser("baseline", help="real-image baselines with the paper's lr x epochs grid")
-    p.add_argument("--method", required=True, choices=(*METHODS, "full"),
+    p.add_argument("--method", required=True, choices=(*BASELINE_METHODS, "full"),
                    help="full: the whole training set (--protocol converge)")
     p.add_argument("--like", default=None,
                    help="a distill run folder: take its dataset, model, init, steps and learned lrs")
@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _distill(args: argparse.Namespace) -> None:
     from .distill import distill
+    from .methods import METHODS
 
     settings = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if hasattr(args, f.name)}
     if args.config:  # the file's settings, overridden by the flags given
@@ -239,8 +240,10 @@ def _distill(args: argparse.Namespace) -> None:
         real = metrics["random_real"]
         print(f"random real ({n_images} images, same steps, best lr {real['lr']}): "
               f"{100 * real['accuracy_mean']:.2f}% ± {100 * real['accuracy_std']:.2f}")
-    if "final" not in metrics:  # a method without inner steps (dm)
-        print(f"evaluate the set with `datadistill evaluate {args.out} --protocol converge`")
+    if "final" not in metrics:  # --no-final-checks, or a method without inner steps (dm)
+        few_step = METHODS.get(result.meta["config"]["method"]).inner_steps
+        protocol = "" if few_step else " --protocol converge"
+        print(f"evaluate the set with `datadistill evaluate {args.out}{protocol}`")
     picture = f" and {metrics['picture']}" if "picture" in metrics else ""
     print(f"wrote {Path(args.out) / 'distilled.safetensors'}, meta.json{picture} "
           f"in {metrics['wall_time_s']:.0f} s")
@@ -455,7 +458,7 @@ def _show(args: argparse.Namespace) -> None:
 def _list(args: argparse.Namespace) -> None:
     from .data import DATASETS, PATH_FORMS
     from .init_distributions import list_init_schemes
-    from .methods import METHODS as DISTILL_METHODS
+    from .methods import METHODS
     from .models import list_models
 
     print("datasets:")
@@ -465,8 +468,8 @@ def _list(args: argparse.Namespace) -> None:
         print(f"  {prefix + 'PATH':14s} {description}")
     print("models:", ", ".join(list_models()))
     print("methods (distill --method):")
-    for name in DISTILL_METHODS.names():
-        print(f"  {name:14s} {DISTILL_METHODS.get(name).summary}")
+    for name in METHODS.names():
+        print(f"  {name:14s} {METHODS.get(name).summary}")
     print("initialization schemes:", ", ".join(list_init_schemes()))
 
 

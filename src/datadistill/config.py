@@ -81,6 +81,8 @@ class DistillConfig:
                               "--window; the layout must match theirs")
     # outer optimization
     epochs: int = _opt(400, "passes over the real training set")
+    iterations: int = _opt(0, "meta-iterations to run in all, whatever the data's size, in "
+                              "place of --epochs (0: --epochs passes)")
     batch_size: int = _opt(1024, "real images per meta-iteration")
     lr: float = _opt(0.01, "learning rate of the outer optimiser (images, learning rates)")
     optimizer: str = _opt("adam", "outer optimiser: adam (betas 0.5, 0.999) or sgd "
@@ -133,7 +135,12 @@ class DistillConfig:
                                      "accuracy (with --validation: on the held-out images) "
                                      "reaches this fraction (0: run every epoch)")
     checkpoint_every: int = _opt(1, "write a checkpoint every this many epochs")
-    progress: bool = _opt(True, "show a progress bar")
+    progress: bool = _opt(True, "show a progress bar, the meta-iterations to run and an "
+                                "estimate of their time")
+    final_checks: bool = _opt(True, "after the run, the few-step figures: --eval-nets fresh "
+                                    "nets on the set's steps and lrs, and as many random real "
+                                    "images on the lr grid (--no-final-checks: none; "
+                                    "`datadistill evaluate` later)")
     log_dir: str = _opt("", "write TensorBoard scalars and image grids to this folder "
                             "(meta-loss, lrs, meta-gradient norm, evaluations; off when empty)")
 
@@ -151,7 +158,8 @@ class DistillConfig:
             if getattr(self, name) < 1:
                 raise DistillError(f"--{name.replace('_', '-')} must be at least 1, "
                                    f"got {getattr(self, name)}")
-        for name in ("minibatch", "window", "match_outer_loop", "match_inner_loop"):
+        for name in ("minibatch", "window", "match_outer_loop", "match_inner_loop",
+                     "iterations"):
             if getattr(self, name) < 0:
                 raise DistillError(f"--{name.replace('_', '-')} must be 0 (off or the "
                                    f"default) or more, got {getattr(self, name)}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +15,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .artifacts import (CHECKPOINT_FILE, Distilled, after_saving, load_tensors, run_meta,
-                        save_tensors)
+from .artifacts import CHECKPOINT_FILE, Distilled, after_saving, load_tensors, run_meta
 from .augment import dsa_for
 from .config import DistillConfig, check_known
 from .data import Dataset, check_downscale, hold_out, load_dataset, relabel
-from .distributed import current
+from .distributed import World, current
 from .errors import DistillError
-from .evaluate import (EvalResult, Evaluation, best_of_grid, evaluate_steps, schedule,
+from .evaluate import (Evaluation, best_of_grid, evaluate_steps, schedule,
                        schedule_evaluator)
 from .functional import FunctionalModel
 from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
@@ -31,6 +30,7 @@ from .models import build_model
 from .pools import check_pool_fits, load_pool, load_pretrained
 from .resize import resize_images, shrunk_size, stored_count
 from .runfolder import writes_run_folder
+from .runstate import RunState
 from .runtime import generator, resolve_device
 from .selectors import check_real_images_suffice, class_layout, images_for
 from .state import DistilledSteps, new_steps
@@ -39,8 +39,8 @@ from .tracking import Tracker, check_log_dir
 MAX_NONFINITE_IN_A_ROW = 5  # meta-iterations with a non-finite meta-loss before giving up
 INIT_BASELINE = {"real": "random"}  # --image-init names that differ from the baseline's
 # settings that may change when a run is resumed; the others must match the checkpoint
-RESUMABLE = {"epochs", "eval_every", "eval_nets", "stop_accuracy", "checkpoint_every", "progress",
-             "device", "log_dir"}
+RESUMABLE = {"epochs", "iterations", "eval_every", "eval_nets", "stop_accuracy",
+             "checkpoint_every", "progress", "device", "log_dir", "final_checks"}
 
 
 @writes_run_folder
@@ -53,7 +53,8 @@ def distill(
     data: Dataset | None = None,
     **settings: Any,
 ) -> Distilled:
-    """Distill a dataset into a few GD steps of synthetic images with learned lrs.
+    """Distill a dataset into a small synthetic set by ``method`` (the paper's: a few GD
+    steps of synthetic images with learned lrs).
 
     Settings are ``DistillConfig`` fields (e.g. ``dataset="mnist", epochs=30``). ``module``
     may be any ``nn.Module`` (default: the registered ``model``), ``data`` a ``Dataset``
@@ -96,77 +97,50 @@ def distill(
     fmodel = FunctionalModel(module, config.backend)  # the backend of every net this run trains
     data_gen = generator(config.seed, "data")
     init_gen = generator(config.seed, "init")
-    steps_gen = generator(config.seed, "distilled")
     init_dist, eval_dist, fixed_params = _init_distributions(config, module, data, init_gen)
     world = current()  # under torchrun: this rank trains its share of the nets per iteration
     n_nets = config.nets_per_draw(world.size)
     config = replace(config, nets_per_iteration=n_nets)  # stored resolved: resumes draw alike
     mine = world.share(n_nets)
-    if n_nets < world.size:  # every rank refuses alike (none waits in an all-reduce)
-        raise DistillError(f"{n_nets} net(s) per meta-iteration cannot be shared by {world.size} "
-                           "processes: raise --nets-per-iteration, or run --init fixed / "
-                           "pretrained-fixed (one net) in one process")
-    attack = config.attack
-    if attack is not None and max(attack) >= data.num_classes:
-        raise DistillError(f"--attack-class/--target-class must be below {data.num_classes} "
-                           f"(the classes of {data.name}), got {attack}")
-    check_downscale(data, config.downscale)
-    layout = _class_layout(config, data.num_classes)  # the class each distilled image starts as
-    check_real_images_suffice(data, int(torch.bincount(layout.flatten()).max()))
+    _check_fits(config, data, n_nets, world.size)
 
-    # ---- distilled steps: starting images, labels (fixed, learned or direct), lrs through softplus
-    images = _starting_images(config, data, layout, steps_gen)  # --downscale: stored smaller
-    full_size = tuple(data.image_shape[-2:]) if config.downscale > 1 else None
-    steps = new_steps(images.to(device), layout.to(device), config.steps * config.distill_epochs,
-                      config.distill_lr, data.num_classes, config.labels,
-                      config.label_confidence, config.momentum,
-                      dsa_for(data.class_names, config.dsa_ops) if config.dsa else None,
-                      config.lr_per_step, full_size)
-    if start_from is not None:
-        steps = steps.with_tensors({name: start_from[name].to(tensor).requires_grad_()
-                                    for name, tensor in steps.learnable().items()})
-    optimizer = _outer_optimizer(config, steps)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.decay_epochs, config.decay_factor)
-
+    # ---- distilled steps (images, labels, lrs), the run's state, the method
+    steps = _distilled_steps(config, data, start_from, device)
+    run = RunState(config, steps, data_gen, init_gen)
+    if checkpoint is not None:
+        run.load(checkpoint)
     probe = {k: v.to(device) for k, v in init_dist.sample(1, torch.Generator()).items()}
     method = method_class(config, fmodel, steps, data, probe)  # its backend: in meta.json
     per_epoch = method.iterations_per_epoch(data)
-    first_epoch, history, elapsed_before, clip_mean = 0, [], 0.0, 0.0
-    # --ema: the running average of the learnable tensors, evaluated and saved in their place
-    averages = _snapshot(steps) if config.ema else {}
+    total = config.iterations or config.epochs * per_epoch  # meta-iterations in all
+    epochs = math.ceil(total / per_epoch)
+    tracker = Tracker(config.log_dir, data, steps, run.epoch * per_epoch)  # --log-dir
+    talk = config.progress and world.is_main
+    bar = tqdm(total=total, initial=min(total, run.epoch * per_epoch), disable=not talk,
+               unit="it", dynamic_ncols=True)
+    if talk:
+        bar.write(f"{method.name} on {data.name}: {total - bar.n} meta-iterations to run "
+                  f"({per_epoch} an epoch over the real data), a checkpoint every "
+                  f"{config.checkpoint_every} epoch(s)")
+    timing = _Estimate(bar, total - bar.n, talk)
 
-    pick = Pick()  # --validation: the best-scoring evaluated iterate
-
-    def kept() -> DistilledSteps:
-        return steps.with_tensors(averages) if averages else steps
-
-    if checkpoint is not None:
-        first_epoch, history, elapsed_before, clip_mean = _restore(
-            checkpoint, steps, averages, pick, optimizer, scheduler, data_gen, init_gen)
-    tracker = Tracker(config.log_dir, data, steps, first_epoch * per_epoch)  # --log-dir
-
-    # ---- the outer loop (until --epochs, or the first evaluation at --stop-accuracy)
-    done, latest = first_epoch, None  # latest: the evaluation of the last epoch run, if any
+    # ---- the outer loop (until --epochs / --iterations, or --stop-accuracy)
+    latest = None  # the evaluation of the last epoch run, if any
     skipped, nonfinite_in_a_row = 0, 0  # meta-iterations skipped for a non-finite meta-loss
-    bar = tqdm(total=config.epochs * per_epoch, initial=first_epoch * per_epoch,
-               disable=not (config.progress and world.is_main), unit="it", dynamic_ncols=True)
-    for epoch in range(first_epoch, config.epochs):
+    for epoch in range(run.epoch, epochs):
         for it, (real_images, real_labels) in enumerate(method.batches(data, data_gen)):
+            if epoch * per_epoch + it == total:  # --iterations ends inside this epoch
+                break
             params = {k: v[mine.start:mine.stop].to(device)
                       for k, v in init_dist.sample(n_nets, init_gen).items()}
-            optimizer.zero_grad(set_to_none=True)
-            losses = method.loss(params, steps, real_images, relabel(real_labels, attack),
+            run.optimizer.zero_grad(set_to_none=True)
+            losses = method.loss(params, steps, real_images, relabel(real_labels, config.attack),
                                  data_gen)
-            for tensor in steps.learnable().values():  # one the loss does not depend on
-                if tensor.grad is None:
-                    tensor.grad = torch.zeros_like(tensor)
-            if world.size > 1:  # the mean over all ranks' nets, identical on every rank
-                for tensor in steps.learnable().values():
-                    world.sum_(tensor.grad.mul_(len(mine) / n_nets))
-            meta_loss = float(world.sum_(losses.sum()) / n_nets)
+            meta_loss = _reduce(steps, losses, world, len(mine), n_nets)
+            bar.update()
+            timing.tick()
             if not math.isfinite(meta_loss):  # some net's inner training blew up: skip it
-                nonfinite_in_a_row += 1
-                skipped += 1
+                nonfinite_in_a_row, skipped = nonfinite_in_a_row + 1, skipped + 1
                 whole_epoch = it == per_epoch - 1 and nonfinite_in_a_row > it
                 if nonfinite_in_a_row == MAX_NONFINITE_IN_A_ROW or whole_epoch:
                     raise DistillError(
@@ -174,42 +148,36 @@ def distill(
                         f"{nonfinite_in_a_row} meta-iteration(s) in a row (epoch {epoch + 1}, "
                         f"iteration {it + 1}); lower --lr (now {config.lr}) or --distill-lr "
                         f"(now {config.distill_lr}), or add --clip")
-                bar.update()
                 continue
             nonfinite_in_a_row = 0
-            if config.clip:
-                clip_mean = clip_gradient(steps, config.clip, clip_mean)
-            optimizer.step()
-            if averages:
-                _update_averages(averages, steps, config.ema)
-            bar.update()
+            run.update()
             bar.set_postfix(epoch=epoch + 1, meta_loss=f"{meta_loss:.4f}")
             tracker.iteration(epoch * per_epoch + it + 1, meta_loss, steps)
-        scheduler.step()
+        run.scheduler.step()
+        run.epoch = done = epoch + 1
 
-        done, latest, score = epoch + 1, None, None  # score: the held-out accuracy
+        latest, score = None, None  # score: the held-out accuracy
         if config.eval_every and done % config.eval_every == 0:
             eval_start = time.perf_counter()
-            evaluation = _evaluate(fmodel, eval_dist, kept(), data, config, held_out)
+            evaluation = _evaluate(fmodel, eval_dist, run.kept(), data, config, held_out)
             latest = evaluation.after
-            record = {"epoch": done, "iterations": done * per_epoch,
-                      "elapsed_s": elapsed_before + eval_start - start_time, **latest.summary()}
+            record = {"epoch": done, "iterations": min(total, done * per_epoch),
+                      "elapsed_s": run.elapsed_before + eval_start - start_time,
+                      **latest.summary()}
             if evaluation.also is not None:  # the same nets scored on the held-out images
                 score = record["validation_accuracy"] = evaluation.also.mean
-                pick.offer(kept(), done, score, latest)
-            history.append({**record, "evaluation_s": time.perf_counter() - eval_start})
+                run.pick.offer(run.kept(), done, score, latest)
+            run.history.append({**record, "evaluation_s": time.perf_counter() - eval_start})
             if world.is_main:
                 scored = "" if score is None else f"; validation {100 * score:.2f}%"
                 bar.write(f"epoch {done}: {latest}{scored}")
-        tracker.epoch(done * per_epoch, kept(), latest, score)  # the grid of what is evaluated
+        tracker.epoch(done * per_epoch, run.kept(), latest, score)  # the grid of the evaluated
         reached = (latest is not None and config.stop_accuracy > 0  # --validation: held out
                    and (latest.mean if score is None else score) >= config.stop_accuracy)
-        checkpoint_due = (done % config.checkpoint_every == 0 or done == config.epochs
-                          or reached)
-        if out is not None and world.is_main and checkpoint_due:
-            _write_checkpoint(Path(out), config, done, history,
-                              elapsed_before + time.perf_counter() - start_time, clip_mean,
-                              steps, averages, pick, optimizer, scheduler, data_gen, init_gen)
+        if out is not None and world.is_main and (
+                done % config.checkpoint_every == 0 or done == epochs or reached):
+            run.save(Path(out) / CHECKPOINT_FILE,
+                     run.elapsed_before + time.perf_counter() - start_time)
         if reached:
             if world.is_main:
                 bar.write(f"stopping after epoch {done}: reached --stop-accuracy "
@@ -218,14 +186,13 @@ def distill(
     bar.close()
     tracker.close()
 
-    # ---- the artifact first; then the final evaluation, the comparison and the picture
-    metrics: dict[str, Any] = {"history": history, "epochs_run": done}
+    # ---- the artifact first; then the final checks and the picture
+    metrics: dict[str, Any] = {"history": run.history, "epochs_run": run.epoch}
     if skipped:  # counted since this process started (a resume counts afresh)
         metrics["nonfinite_iterations_skipped"] = skipped
-    # --validation's pick, else the last iterate (--ema: its average)
-    made = steps.with_tensors(pick.tensors) if pick.tensors else kept()
-    if pick.record:
-        metrics["selected"] = {k: pick.record[k] for k in ("epoch", "validation_accuracy")}
+    made = run.made()  # --validation's pick, else the last iterate (--ema: its average)
+    if run.pick.record:
+        metrics["selected"] = {k: run.pick.record[k] for k in ("epoch", "validation_accuracy")}
     result = Distilled(
         images=made.full_images().cpu(), labels=made.all_targets().cpu(),
         lrs=made.lrs().detach().cpu(),
@@ -234,13 +201,17 @@ def distill(
     writes = out is not None and world.is_main
 
     def save() -> None:
-        metrics["wall_time_s"] = elapsed_before + time.perf_counter() - start_time
+        metrics["wall_time_s"] = run.elapsed_before + time.perf_counter() - start_time
         if writes:
             result.save(out)
 
     save()
-    if method.inner_steps:  # the few-step protocol: the set's own steps and lrs
-        after_saving(metrics, "final", lambda: pick.record.get("test") or (
+    if method.inner_steps and config.final_checks:  # the few-step protocol's own figures
+        if talk:
+            print(f"final checks: {_eval_nets(config)} fresh nets on the set's steps and "
+                  "lrs, and as many random real images on the lr grid (--no-final-checks "
+                  "skips them)")
+        after_saving(metrics, "final", lambda: run.pick.record.get("test") or (
             latest or _evaluate(fmodel, eval_dist, made, data, config).after).summary())
         after_saving(metrics, "random_real",
                      lambda: _random_real(fmodel, eval_dist, made, data, config))
@@ -252,55 +223,79 @@ def distill(
     return result
 
 
-def _outer_optimizer(config: DistillConfig, steps: DistilledSteps) -> torch.optim.Optimizer:
-    """--optimizer over the learnable tensors (learned labels at --label-lr, if set)."""
-    groups = [{"params": [tensor], "lr": config.label_lr or config.lr}
-              if name.startswith("label_") else {"params": [tensor]}
-              for name, tensor in steps.learnable().items()]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.5)
-    return torch.optim.Adam(groups, lr=config.lr, betas=(0.5, 0.999))
+class _Estimate:
+    """After the first few meta-iterations of this process, one line with the time the
+    rest should take."""
+
+    AFTER = 3  # meta-iterations timed before the estimate
+
+    def __init__(self, bar: tqdm, remaining: int, talk: bool) -> None:
+        self.bar, self.remaining, self.talk = bar, remaining, talk
+        self.count, self.start = 0, time.perf_counter()
+
+    def tick(self) -> None:
+        self.count += 1
+        if self.talk and self.count == self.AFTER < self.remaining:
+            seconds = (time.perf_counter() - self.start) / self.count
+            left = seconds * (self.remaining - self.count)
+            self.bar.write(f"{seconds:.2f} s a meta-iteration: about "
+                           f"{_duration(left)} for the {self.remaining - self.count} left "
+                           "(evaluations and checkpoints aside)")
 
 
-def _snapshot(steps: DistilledSteps) -> dict[str, torch.Tensor]:
-    """A detached copy of the learnable tensors."""
-    return {name: tensor.detach().clone() for name, tensor in steps.learnable().items()}
+def _duration(seconds: float) -> str:
+    """Seconds as a short human figure: 40 s, 12 min, 3.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-@dataclass
-class Pick:
-    """--validation: the tensors of the best-scoring evaluation so far, and its record
-    (epoch, held-out accuracy, the test split's summary)."""
-
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    record: dict[str, Any] = field(default_factory=dict)
-
-    def offer(self, steps: DistilledSteps, epoch: int, score: float, test: EvalResult) -> None:
-        """Keep ``steps`` if ``score`` beats every earlier evaluation's."""
-        if not self.record or score > self.record["validation_accuracy"]:
-            self.tensors = _snapshot(steps)
-            self.record = {"epoch": epoch, "validation_accuracy": score, "test": test.summary()}
+def _reduce(steps: DistilledSteps, losses: torch.Tensor, world: World, mine: int,
+            n_nets: int) -> float:
+    """The meta-loss averaged over all ranks' ``n_nets`` nets (``mine`` of them this
+    rank's); the learnable tensors' ``.grad`` the same average on every rank (zero for a
+    tensor the loss does not depend on)."""
+    for tensor in steps.learnable().values():
+        if tensor.grad is None:
+            tensor.grad = torch.zeros_like(tensor)
+        if world.size > 1:
+            world.sum_(tensor.grad.mul_(mine / n_nets))
+    return float(world.sum_(losses.sum()) / n_nets)
 
 
-def _update_averages(averages: dict[str, torch.Tensor], steps: DistilledSteps,
-                     decay: float) -> None:
-    """--ema: average ← decay × average + (1 − decay) × the learnable tensor, each."""
-    with torch.no_grad():
-        for name, tensor in steps.learnable().items():
-            averages[name].lerp_(tensor, 1 - decay)
+def _check_fits(config: DistillConfig, data: Dataset, n_nets: int, processes: int) -> None:
+    """One-line refusals of a setting the dataset or the processes cannot take."""
+    if n_nets < processes:  # every rank refuses alike (none waits in an all-reduce)
+        raise DistillError(f"{n_nets} net(s) per meta-iteration cannot be shared by {processes} "
+                           "processes: raise --nets-per-iteration, or run --init fixed / "
+                           "pretrained-fixed (one net) in one process")
+    attack = config.attack
+    if attack is not None and max(attack) >= data.num_classes:
+        raise DistillError(f"--attack-class/--target-class must be below {data.num_classes} "
+                           f"(the classes of {data.name}), got {attack}")
+    check_downscale(data, config.downscale)
+    layout = _class_layout(config, data.num_classes)
+    check_real_images_suffice(data, int(torch.bincount(layout.flatten()).max()))
 
 
-def clip_gradient(steps: DistilledSteps, factor: float, running_mean: float) -> float:
-    """Scale the learnable tensors' gradient down to ``factor`` × the running mean of its
-    norm where it is longer; returns the updated running mean (of the clipped norms)."""
-    grads = [t.grad for t in steps.learnable().values()]
-    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g)
-                                                       for g in grads])))
-    if running_mean > 0 and norm > factor * running_mean:
-        for grad in grads:
-            grad.mul_(factor * running_mean / norm)
-        norm = factor * running_mean
-    return norm if running_mean == 0 else 0.9 * running_mean + 0.1 * norm
+def _distilled_steps(config: DistillConfig, data: Dataset,
+                     start_from: dict[str, torch.Tensor] | None,
+                     device: torch.device) -> DistilledSteps:
+    """The learnable steps: --image-init's starting images (stored smaller with
+    --downscale) in the class layout, labels fixed, learned or direct, every lr at
+    --distill-lr; or --init-from's tensors."""
+    layout = _class_layout(config, data.num_classes)  # the class each image starts as
+    images = _starting_images(config, data, layout, generator(config.seed, "distilled"))
+    full_size = tuple(data.image_shape[-2:]) if config.downscale > 1 else None
+    steps = new_steps(images.to(device), layout.to(device), config.steps * config.distill_epochs,
+                      config.distill_lr, data.num_classes, config.labels,
+                      config.label_confidence, config.momentum,
+                      dsa_for(data.class_names, config.dsa_ops) if config.dsa else None,
+                      config.lr_per_step, full_size)
+    if start_from is None:
+        return steps
+    return steps.with_tensors({name: start_from[name].to(tensor).requires_grad_()
+                               for name, tensor in steps.learnable().items()})
 
 
 def _init_distributions(config: DistillConfig, module: nn.Module, data: Dataset,
@@ -415,26 +410,6 @@ def _meta(config: DistillConfig, data: Dataset, module: nn.Module, custom: bool,
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _write_checkpoint(out: Path, config: DistillConfig, epoch: int, history: list,
-                      elapsed: float, clip_mean: float, steps: DistilledSteps,
-                      averages: dict[str, torch.Tensor], pick: Pick,
-                      optimizer: torch.optim.Optimizer,
-                      scheduler: Any, data_gen: torch.Generator, init_gen: torch.Generator) -> None:
-    """Everything needed to continue exactly where this epoch ended, in one atomic file."""
-    tensors = {**steps.learnable(), **{f"ema.{k}": v for k, v in averages.items()},
-               **{f"best.{k}": v for k, v in pick.tensors.items()},
-               "rng.data": data_gen.get_state(), "rng.init": init_gen.get_state(),
-               "rng.torch": torch.get_rng_state()}
-    opt_state = optimizer.state_dict()
-    for index, state in opt_state["state"].items():
-        for key, value in state.items():
-            tensors[f"adam.{index}.{key}"] = torch.as_tensor(value)
-    info = {"config": config.to_dict(), "epoch": epoch, "history": history, "elapsed_s": elapsed,
-            "clip_mean": clip_mean, "selected": pick.record,
-            "scheduler": scheduler.state_dict(), "param_groups": opt_state["param_groups"]}
-    save_tensors(out / CHECKPOINT_FILE, tensors, info)
-
-
 def _read_checkpoint(out: Path, config: DistillConfig, settings: dict[str, Any]):
     tensors, info = load_tensors(out / CHECKPOINT_FILE)
     stored = DistillConfig.from_dict(info["config"])
@@ -444,28 +419,3 @@ def _read_checkpoint(out: Path, config: DistillConfig, settings: dict[str, Any])
                            f"{', '.join(sorted(RESUMABLE))} may change")
     resumed = replace(stored, **{k: v for k, v in settings.items() if k in RESUMABLE})
     return (tensors, info), resumed
-
-
-def _restore(checkpoint, steps: DistilledSteps, averages: dict[str, torch.Tensor],
-             pick: Pick, optimizer: torch.optim.Optimizer, scheduler: Any,
-             data_gen: torch.Generator, init_gen: torch.Generator):
-    tensors, info = checkpoint
-    with torch.no_grad():
-        for name, tensor in steps.learnable().items():
-            tensor.copy_(tensors[name])
-        for name, average in averages.items():
-            average.copy_(tensors[f"ema.{name}"])
-    pick.tensors = {key[len("best."):]: value.to(steps.images.device)
-                    for key, value in tensors.items() if key.startswith("best.")}
-    pick.record = info.get("selected", {})
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("adam."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-    scheduler.load_state_dict(info["scheduler"])
-    data_gen.set_state(tensors["rng.data"])
-    init_gen.set_state(tensors["rng.init"])
-    torch.set_rng_state(tensors["rng.torch"])
-    return info["epoch"], info["history"], info["elapsed_s"], info.get("clip_mean", 0.0)
