@@ -234,3 +234,101 @@ def _exit_code(command: list[str]) -> int:
         return main(command)
     except SystemExit as exit:
         return exit.code
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory):
+    """Two experts of the digits' MLP, 4 epochs each (a few seconds)."""
+    from datadistill.experts import ExpertSchedule, train_experts
+
+    out = tmp_path_factory.mktemp("experts") / "mlp"
+    train_experts("digits", 2, out, schedule=ExpertSchedule(epochs=4, lr=0.05, dsa=False),
+                  progress=False)
+    return out
+
+
+def test_experts_keep_every_epoch_and_a_rerun_goes_on_without_retraining(experts):
+    from datadistill.experts import ExpertSchedule, load_experts, train_experts
+
+    loaded = load_experts(experts)
+    assert len(loaded.trajectories) == 2 and loaded.manifest["arch"] == "mlp"
+    for trajectory in loaded.trajectories:
+        for values in trajectory.values():
+            assert values.shape[0] == 5 and not torch.equal(values[0], values[-1])
+    first = (experts / "expert-0.safetensors").stat().st_mtime_ns
+    (experts / "expert-1.safetensors").unlink()  # as if stopped before the second
+    train_experts("digits", 2, experts, schedule=ExpertSchedule(epochs=4, lr=0.05, dsa=False),
+                  progress=False)
+    assert (experts / "expert-0.safetensors").stat().st_mtime_ns == first
+    torch.testing.assert_close(load_experts(experts).trajectories[1], loaded.trajectories[1])
+    with pytest.raises(DistillError, match="holds experts trained with other schedule"):
+        train_experts("digits", 2, experts, schedule=ExpertSchedule(epochs=3), progress=False)
+
+
+def test_mtt_loss_gradient_matches_float64_finite_differences():
+    """The param-matching loss through the unrolled minibatch steps, to pixels and the lr."""
+    from datadistill.methods.mtt import matching_loss
+    from datadistill.inner_loop import unrolled_gradient
+
+    module = TinyConvNet().double()
+    fmodel = FunctionalModel(module, "pytorch")
+    start = RandomInit(module).sample(1, torch.Generator().manual_seed(0))
+    target = {k: v + 0.1 * torch.randn(v.shape, generator=torch.Generator().manual_seed(1),
+                                       dtype=v.dtype) for k, v in start.items()}
+    images = torch.randn(1, 6, 1, 4, 4, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(2))
+    steps = new_steps(images, torch.arange(6).view(1, 6) % 3, 4, 0.1, 3, lr_per_step=False)
+    steps.draw_minibatches(3, torch.Generator().manual_seed(3))
+
+    def value() -> float:
+        return float(unrolled_gradient(fmodel, start, steps, matching_loss(start, target)))
+
+    loss = value()
+    assert 0 < loss
+    analytic = [steps.images.grad.clone(), steps.raw_lrs.grad.clone()]
+    eps = 1e-6
+    for tensor, grad in zip((steps.images, steps.raw_lrs), analytic):
+        for index in range(0, tensor.numel(), max(1, tensor.numel() // 8)):
+            values = []
+            for sign in (1, -1):
+                with torch.no_grad():
+                    tensor.view(-1)[index] += sign * eps
+                values.append(value())
+                with torch.no_grad():
+                    tensor.view(-1)[index] -= sign * eps
+            numeric = (values[0] - values[1]) / (2 * eps)
+            assert grad.view(-1)[index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-9)
+
+
+def test_mtt_distils_toward_the_experts_and_learns_one_lr(experts, tmp_path):
+    settings = dict(method="mtt", experts=str(experts), dataset="digits", steps=1,
+                    images_per_class=2, distill_epochs=6, minibatch=10, expert_epochs=2,
+                    max_start_epoch=2, image_init="real", iterations=40, lr=0.01,
+                    progress=False, final_checks=False)
+    made = datadistill.distill(out=tmp_path / "run", **settings)
+    start = datadistill.distill(**{**settings, "iterations": 1, "lr": 1e-12})
+    assert made.meta["config"]["lr_per_step"] is False and made.meta["backend"] == "pytorch"
+    assert not torch.equal(made.images, start.images)
+    assert len(set(made.lrs.tolist())) == 1 and made.lrs[0] != start.lrs[0]
+
+
+@pytest.mark.parametrize("flags, problem", [
+    (["--method", "mtt"], "--method mtt needs --experts DIR"),
+    (["--method", "mtt", "--experts", "EXPERTS", "--steps", "2"], "use --steps 1"),
+    (["--method", "mtt", "--experts", "EXPERTS", "--max-start-epoch", "3"],
+     "--max-start-epoch (3) + --expert-epochs (2) must not exceed"),
+    (["--method", "mtt", "--experts", "EXPERTS", "--model", "convnet-w16"],
+     "the experts are mlp nets, not ConvNet"),
+    (["--method", "mtt", "--experts", "EXPERTS", "--dataset", "digits28"],
+     "the experts were trained on [1, 8, 8] images"),
+    (["--method", "mtt", "--experts", "NOWHERE"], "no experts in"),
+    (["--lr-lr", "-1"], "--lr-lr must be 0 (--lr) or positive"),
+])
+def test_mtt_refusals_are_one_line(experts, tmp_path, capsys, flags, problem):
+    flags = [str(experts) if f == "EXPERTS" else str(tmp_path / "none") if f == "NOWHERE"
+             else f for f in flags]
+    assert _exit_code(["distill", "--out", str(tmp_path / "run"), *QUICK, "--steps", "1",
+                       *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert problem in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

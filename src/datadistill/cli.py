@@ -1,5 +1,5 @@
-"""Command line: distill | evaluate | baseline | pretrain | pool-import | export | import |
-linreg | show | list."""
+"""Command line: distill | evaluate | baseline | pretrain | experts | pool-import | export |
+import | linreg | show | list."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,7 @@ from typing import Sequence
 from .baselines.run import METHODS as BASELINE_METHODS
 from .config import DistillConfig, read_config_file
 from .converge import ConvergeSettings
+from .experts import ExpertSchedule
 from .distributed import init_from_env, leave_process_group
 from .errors import DistillError
 
@@ -176,6 +177,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--group", type=int, default=10, help="models trained together in one batch")
     p.add_argument("--init-scheme", default="xavier-normal")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--device", default="auto")
+    _add_backend_flag(p)
+
+    p = sub.add_parser("experts", help="train expert trajectories for --method mtt")
+    p.add_argument("--dataset", required=True, help="registered dataset to train on")
+    p.add_argument("--arch", default="", help="architecture (default: the dataset's)")
+    p.add_argument("--experts", type=int, required=True, help="nets to train")
+    p.add_argument("--out", required=True, help="experts folder (run again to go on)")
+    expert = ExpertSchedule()
+    p.add_argument("--epochs", type=int, default=expert.epochs,
+                   help=f"epochs each, weights kept after every one (default: {expert.epochs})")
+    p.add_argument("--lr", type=float, default=expert.lr,
+                   help=f"plain SGD lr (default: {expert.lr})")
+    p.add_argument("--batch-size", type=int, default=expert.batch_size)
+    p.add_argument("--dsa", action=argparse.BooleanOptionalAction, default=expert.dsa,
+                   help="DSA on every real minibatch (default: on, as MTT)")
+    p.add_argument("--init-scheme", default=CONVERGE_INIT)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default="data")
     p.add_argument("--device", default="auto")
@@ -389,6 +409,17 @@ def _pretrain(args: argparse.Namespace) -> None:
     _print_pool(pool, args.out)
 
 
+def _experts(args: argparse.Namespace) -> None:
+    from .experts import train_experts
+
+    files = train_experts(args.dataset, args.experts, args.out, arch=args.arch,
+                          schedule=ExpertSchedule(args.epochs, args.lr, args.batch_size, args.dsa),
+                          init_scheme=args.init_scheme, seed=args.seed, data_root=args.data_root,
+                          device=args.device, backend=args.backend)
+    print(f"{len(files)} experts of {args.epochs} epochs in {args.out}; distill with "
+          f"`--method mtt --experts {args.out}`")
+
+
 def _pool_import(args: argparse.Namespace) -> None:
     from .pools import import_pool
 
@@ -480,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
     commands = {"distill": _distill, "evaluate": _evaluate, "baseline": _baseline,
                 "linreg": _linreg,
-                "pretrain": _pretrain, "pool-import": _pool_import, "show": _show, "list": _list,
+                "pretrain": _pretrain, "experts": _experts, "pool-import": _pool_import,
+                "show": _show, "list": _list,
                 "export": _export, "import": _import_set}
     try:
         commands[args.command](args)

@@ -41,13 +41,18 @@ class DistillConfig:
     # method and objective
     method: str = _opt("unroll", "distillation method (`datadistill list`): unroll (the "
                                  "paper's unrolled inner steps), dm (distribution matching), "
-                                 "dc or dsa (gradient matching)")
+                                 "dc or dsa (gradient matching), mtt (trajectory "
+                                 "matching)")
     match_outer_loop: int = _opt(0, "dc/dsa: matches per net drawn, the net trained on the "
                                     "synthetic set between them (0: DC's for --images-per-class"
                                     " 1, 10, 20, 30, 40, 50: 1, 10, 20, 30, 40, 50)")
     match_inner_loop: int = _opt(0, "dc/dsa: epochs of SGD on the synthetic set between two "
                                     "matches (0: DC's: 1, 50, 25, 20, 15, 10)")
     match_net_lr: float = _opt(0.01, "dc/dsa: SGD lr of the net trained between matches")
+    experts: str = _opt("", "mtt: folder of expert trajectories (`datadistill experts`)")
+    expert_epochs: int = _opt(2, "mtt: M, the expert epochs the N synthetic steps should match")
+    max_start_epoch: int = _opt(20, "mtt: the expert epoch t an unroll starts at is drawn "
+                                    "below this")
     objective: str = _opt("task", "final loss: the task's labels, or an attack (class K -> T)",
                           ("task", "attack"))
     attack_class: int = _opt(-1, "attack: the class K whose images should be misclassified")
@@ -88,7 +93,9 @@ class DistillConfig:
     optimizer: str = _opt("adam", "outer optimiser: adam (betas 0.5, 0.999) or sgd "
                                   "(momentum 0.5, as DC, DSA and DM optimise their images)",
                           ("adam", "sgd"))
-    label_lr: float = _opt(0.0, "Adam learning rate for learned or direct labels (0: --lr)")
+    label_lr: float = _opt(0.0, "outer learning rate of learned or direct labels (0: --lr)")
+    lr_lr: float = _opt(0.0, "outer learning rate of the learned inner lrs (0: --lr), e.g. "
+                             "MTT's 1e-5 beside an image lr of 100 or more")
     label_confidence: float = _opt(0.9, "learned labels start with this probability on their "
                                         "class, the rest spread evenly")
     decay_epochs: int = _opt(40, "multiply the Adam lr by --decay-factor every this many epochs")
@@ -205,8 +212,10 @@ class DistillConfig:
         if self.stop_accuracy and not self.eval_every:
             raise DistillError("--stop-accuracy is checked at the periodic evaluations: "
                                "add --eval-every N")
-        if self.label_lr < 0:
-            raise DistillError(f"--label-lr must be 0 (--lr) or positive, got {self.label_lr}")
+        for name in ("label_lr", "lr_lr"):
+            if getattr(self, name) < 0:
+                raise DistillError(f"--{name.replace('_', '-')} must be 0 (--lr) or positive, "
+                                   f"got {getattr(self, name)}")
         if not 0 < self.label_confidence < 1:
             raise DistillError(f"--label-confidence is a probability in (0, 1), got "
                                f"{self.label_confidence}")

@@ -15,6 +15,7 @@ The inner steps are plain GD (the paper), or with ``steps.momentum`` β heavy-ba
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -156,6 +157,23 @@ def meta_gradient(
     [first, last) of steps, the steps before it run without a graph and the meta-loss is
     taken at θ_last (truncated backpropagation).
     """
+    return unrolled_gradient(
+        fmodel, params, steps,
+        lambda theta: outer_gradient(fmodel, theta, real_images, real_labels, chunk_size),
+        mode, keep_every, window)
+
+
+FinalLoss = Callable[[Params], tuple[Tensor, Params]]  # θ_T -> (losses (N,), d mean / dθ_T)
+
+
+def unrolled_gradient(
+    fmodel: FunctionalModel, params: Params, steps: DistilledSteps, final_loss: FinalLoss,
+    mode: str = "full", keep_every: int = 1, window: range | None = None,
+) -> Tensor:
+    """``final_loss`` of θ after the unrolled steps from ``params``, per net (N,); its
+    gradient is carried back through the ``window`` of steps (full backpropagation or the
+    back-gradient walk) into the learnable tensors' ``.grad``. ``meta_gradient``'s final loss
+    is the real data's; trajectory matching's is the distance to an expert's weights."""
     if mode not in ("full", "backgrad"):
         raise ValueError(f"unknown backward mode {mode!r}")
     window = window or range(steps.num_steps)
@@ -164,11 +182,11 @@ def meta_gradient(
         state = _detached_step(fmodel, state, steps, t)
     if mode == "full":
         final = unroll(fmodel, state, steps, window)
-        losses, grad_final = outer_gradient(fmodel, final, real_images, real_labels, chunk_size)
+        losses, grad_final = final_loss(final)
         torch.autograd.backward(list(final.values()), list(grad_final.values()))
     else:
         end, kept = unroll_detached(fmodel, state, steps, window, keep_every)
-        losses, grad_final = outer_gradient(fmodel, end[0], real_images, real_labels, chunk_size)
+        losses, grad_final = final_loss(end[0])
         backgrad(fmodel, steps, kept, end, grad_final, window, keep_every)
     return losses
 

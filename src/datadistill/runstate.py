@@ -56,9 +56,11 @@ def clip_gradient(steps: DistilledSteps, factor: float, running_mean: float) -> 
 
 
 def outer_optimizer(config: DistillConfig, steps: DistilledSteps) -> torch.optim.Optimizer:
-    """--optimizer over the learnable tensors (learned labels at --label-lr, if set)."""
-    groups = [{"params": [tensor], "lr": config.label_lr or config.lr}
-              if name.startswith("label_") else {"params": [tensor]}
+    """--optimizer over the learnable tensors (learned labels at --label-lr and the raw lrs
+    at --lr-lr, where set)."""
+    own = {"raw_lrs": config.lr_lr}
+    groups = [{"params": [tensor], "lr": (config.label_lr if name.startswith("label_")
+                                          else own.get(name, 0.0)) or config.lr}
               for name, tensor in steps.learnable().items()]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.5)

@@ -3,10 +3,12 @@ from ..registry import Registry
 from .base import Method
 from .dc import GradientMatching, GradientMatchingDSA
 from .dm import DistributionMatching
+from .mtt import TrajectoryMatching
 from .unroll import Unroll
 
 METHODS: Registry[type[Method]] = Registry("method")
-for _method in (Unroll, DistributionMatching, GradientMatching, GradientMatchingDSA):
+for _method in (Unroll, DistributionMatching, GradientMatching, GradientMatchingDSA,
+                TrajectoryMatching):
     METHODS.register(_method.name)(_method)
 
 __all__ = ["METHODS", "Method"]
