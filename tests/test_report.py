@@ -126,3 +126,17 @@ def test_evaluate_refuses_an_unwritable_run_folder(run, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot write into" in err and "--no-save" in err
     assert _evaluations(run) == before
+
+
+def test_a_baselines_command_gives_back_its_settings(tmp_path, capsys):
+    out = str(tmp_path / "floor")
+    assert main(["baseline", "--method", "random", "--dataset", "digits", "--steps", "2",
+                 "--protocol", "converge", "--epochs", "1", "--nets", "1", "--momentum", "0.5",
+                 "--device", "cpu", "--out", out]) == 0
+    rows = json.loads(_report([out, "--json"], capsys))
+    assert [(row["protocol"], row["made_by"], row["images_per_class"]) for row in rows] == [
+        ("converge", "baseline random", 2)]
+    args = build_parser().parse_args(shlex.split(rows[0]["set_command"])[1:])
+    assert (args.command, args.method, args.protocol, args.dataset, args.steps, args.epochs,
+            args.nets, args.momentum, args.out) == (
+        "baseline", "random", "converge", "digits", 2, 1, 1, 0.5, out)

@@ -122,9 +122,13 @@ def set_command(run: Path, meta: dict[str, Any]) -> str:
 
 
 def _baseline_flags(meta: dict[str, Any]) -> list[str]:
-    """A baseline's protocol, its converge settings and DSA, and its held-out nets."""
+    """A baseline's protocol, its held-out nets, grid-search nets and draws as recorded, and
+    its converge settings and DSA."""
     metrics = meta["metrics"]
-    nets = ["--nets", str(metrics["final"]["nets"])] if "nets" in metrics.get("final", {}) else []
+    final, grid = metrics.get("final", {}), metrics.get("baseline", {})
+    recorded = (("--nets", final.get("nets")), ("--search-nets", grid.get("search_nets")),
+                ("--sets", grid.get("sets", final.get("draws"))))
+    nets = [word for flag, value in recorded if value is not None for word in (flag, str(value))]
     if "converge" not in metrics:
         return nets
     converge = metrics["converge"]
