@@ -21,7 +21,7 @@ LAYERS = [  # bottom to top
     "evaluate plots exchange methods.base",
     "baselines.run methods.unroll methods.dm methods.dc methods.mtt runstate",
     "methods",
-    "distill baselines.write",
+    "distill baselines.write report",
     "baselines",
     "__init__ cli",
     "__main__",

@@ -1,10 +1,11 @@
 """Command line: distill | evaluate | baseline | pretrain | experts | pool-import | export |
-import | linreg | show | list."""
+import | linreg | show | report | list."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 from dataclasses import fields
@@ -12,16 +13,12 @@ from pathlib import Path
 from typing import Sequence
 
 from .baselines.run import METHODS as BASELINE_METHODS
+from .baselines.run import SETTINGS as BASELINE_SETTINGS
 from .config import DistillConfig, read_config_file
 from .converge import ConvergeSettings
 from .experts import ExpertSchedule
 from .distributed import init_from_env, leave_process_group
 from .errors import DistillError
-
-# the DistillConfig fields a baseline takes as flags when not --like a run
-BASELINE_SETTINGS = ("dataset", "data_root", "model", "init_scheme", "pool", "steps",
-                     "distill_epochs", "images_per_class", "downscale", "minibatch", "seed",
-                     "device", "backend")
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     _add_backend_flag(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-save", action="store_true",
+                   help="do not save the result to RUN/evaluations/ (a read-only run folder)")
     p.add_argument("--model", default=None,
                    help="converge: architecture of the fresh nets (default: the artifact's); "
                         "e.g. convnet, resnet18, vgg11 (`datadistill list`)")
@@ -237,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "audio and text data a folder (default: RUN)")
     p.add_argument("--data-root", default=None, help="where the run's data is (audio, text)")
 
+    p = sub.add_parser("report", help="a table of run folders' scores from their JSON: one row "
+                                      "per run and evaluation")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (distill, baseline, import)")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--markdown", action="store_true", help="a GitHub Markdown table")
+    form.add_argument("--json", action="store_true", help="the rows as JSON")
+
     sub.add_parser("list", help="list datasets, models, methods and initialization schemes")
     return parser
 
@@ -273,13 +279,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.protocol == "converge":
         _evaluate_converge(args)
         return
-    from .evaluate import evaluate
+    from .evaluate import evaluate, evaluation_name
 
     _refuse_converge_flags(args, model=True)
+    _check_saving(args)
     nets = 200 if args.nets is None else args.nets
     result = evaluate(args.run, nets=nets, lr=args.lr, epochs=args.epochs,
                       data_root=args.data_root, device=args.device, pool=args.pool,
                       backend=args.backend)
+    result = _saved(result, args, evaluation_name("few-step", lr=args.lr, epochs=args.epochs))
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -309,17 +317,36 @@ def _refuse_converge_flags(args: argparse.Namespace, model: bool) -> None:
 
 
 def _evaluate_converge(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_converge
+    from .evaluate import evaluate_converge, evaluation_name
 
     if args.curve:
         check_png_path(args.curve)
+    _check_saving(args)
     result = evaluate_converge(args.run, nets=5 if args.nets is None else args.nets,
                                model=args.model,
                                settings=_converge_settings(args), dsa=args.dsa,
                                dsa_ops=args.dsa_ops, init_scheme=args.init_scheme,
                                data_root=args.data_root, device=args.device,
                                backend=args.backend)
-    _report_converge(result, args)
+    name = evaluation_name("converge", result["model"], args.dsa, args.lr, args.epochs)
+    _report_converge(_saved(result, args, name), args)
+
+
+def _check_saving(args: argparse.Namespace) -> None:
+    """Refuse an unwritable run folder before any training, unless --no-save."""
+    from .evaluate import check_writable
+
+    if not args.no_save:
+        check_writable(args.run)
+
+
+def _saved(result: dict, args: argparse.Namespace, name: str) -> dict:
+    """The result with the command that made it; saved as RUN/evaluations/NAME.json unless
+    --no-save."""
+    from .evaluate import save_evaluation
+
+    record = {**result, "command": args.invocation}
+    return record if args.no_save else save_evaluation(args.run, name, record)
 
 
 def _report_converge(result: dict, args: argparse.Namespace) -> None:
@@ -486,6 +513,16 @@ def _show(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from .report import markdown_table, report_rows, text_table
+
+    rows = report_rows(args.runs)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(markdown_table(rows) if args.markdown else text_table(rows))
+
+
 def _list(args: argparse.Namespace) -> None:
     from .data import DATASETS, PATH_FORMS
     from .init_distributions import list_init_schemes
@@ -505,7 +542,9 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.invocation = shlex.join(["datadistill", *map(str, argv)])  # what reproduces this command
     world = init_from_env()
     if not world.is_main:  # under torchrun, rank 0 alone prints
         sys.stdout = open(os.devnull, "w")
@@ -513,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "linreg": _linreg,
                 "pretrain": _pretrain, "experts": _experts, "pool-import": _pool_import,
                 "show": _show, "list": _list,
-                "export": _export, "import": _import_set}
+                "export": _export, "import": _import_set, "report": _report}
     try:
         commands[args.command](args)
         world.barrier()  # no rank leaves while another still needs the group; skipped on errors

@@ -8,6 +8,10 @@ architecture trained to convergence on the steps' images as one flat set.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -15,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .artifacts import Distilled, load
+from .artifacts import ARTIFACT_FILE, Distilled, atomic_write, load
 from .augment import dsa_for
 from .converge import ConvergeSettings, evaluate_converged
 from .data import Dataset, is_known_dataset, load_dataset
@@ -31,6 +35,7 @@ from .runtime import generator, resolve_device
 
 GRID_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # the paper's constant lrs for baselines
 GRID_EPOCHS = (1, 3, 5)
+EVALUATIONS = "evaluations"  # RUN/evaluations/NAME.json: the saved reports of evaluate
 
 
 def grid_epochs(steps: int, distill_epochs: int) -> tuple[int, ...]:
@@ -233,6 +238,7 @@ def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: 
     and ``data`` stand in for the registered model and dataset (required for an artifact
     distilled with a module of your own).
     """
+    start = time.perf_counter()
     check_evaluation_settings(nets, lr, epochs)
     distilled = load(run)
     if distilled.num_steps == 0 and None in (lr, epochs):
@@ -249,8 +255,9 @@ def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: 
                             1 if distilled.init is not None else nets,
                             generator(config["seed"], "held-out"), test_before=True,
                             attack=_attack_of(config), momentum=config.get("momentum", 0.0))
-    return {"run": str(run), "dataset": data.name, "lr": "learned" if lr is None else lr,
-            "epochs": n_epochs, "backend": backend, **result.summary()}
+    return {"run": str(run), "protocol": "few-step", "dataset": data.name,
+            "lr": "learned" if lr is None else lr, "epochs": n_epochs, "backend": backend,
+            **result.summary(), "wall_time_s": time.perf_counter() - start}
 
 
 def check_evaluation_settings(nets: int, lr: float | None, epochs: int | None) -> None:
@@ -271,6 +278,7 @@ def evaluate_converge(run: str | Path, nets: int = 5, model: str | None = None,
     """The converge protocol on a run folder: ``nets`` fresh nets of ``model`` (default: the
     one it was distilled with, run by ``backend``) trained to convergence on its images as one flat set, with
     DSA when ``dsa``; mean ± std, per-class accuracy and the learning curve."""
+    start = time.perf_counter()
     check_evaluation_settings(nets, None, None)
     settings.check()
     distilled = load(run)
@@ -286,7 +294,7 @@ def evaluate_converge(run: str | Path, nets: int = 5, model: str | None = None,
     images, labels = distilled.images.flatten(0, 1), distilled.labels.flatten(0, 1)
     result = converge_report(data, fmodel, init, images, labels, nets, settings, dsa, dsa_ops,
                              meta["config"]["seed"], name)
-    return {"run": str(run), **result}
+    return {"run": str(run), **result, "wall_time_s": time.perf_counter() - start}
 
 
 def converge_report(data: Dataset, fmodel: FunctionalModel, init: InitDistribution,
@@ -303,3 +311,42 @@ def converge_report(data: Dataset, fmodel: FunctionalModel, init: InitDistributi
             "runner": converged.runner,
             "dsa": list(augment.ops) if augment else [], "after": converged.result.summary(),
             "curve": converged.curve.summary()}
+
+
+def evaluation_name(protocol: str, model: str | None = None, dsa: bool = False,
+                    lr: float | None = None, epochs: int | None = None) -> str:
+    """The file stem of a saved evaluation: the protocol and the settings given, e.g.
+    ``few-step``, ``few-step-lr0.01-e5``, ``converge-convnet-dsa``."""
+    parts = [protocol, model, "dsa" if dsa else None,
+             None if lr is None else f"lr{lr:g}", None if epochs is None else f"e{epochs}"]
+    return "-".join(part for part in parts if part)
+
+
+def _folder(run: str | Path) -> Path:
+    """The run folder of ``run`` (a folder, or its artifact file)."""
+    return Path(run) if Path(run).is_dir() else Path(run).parent
+
+
+def check_writable(run: str | Path) -> None:
+    """Refuse, before any training, a run folder whose evaluations cannot be saved."""
+    if not Path(run).exists():
+        return  # load() names the missing run
+    folder = _folder(run) / EVALUATIONS
+    target = folder if folder.exists() else _folder(run)
+    if not (target.is_dir() and os.access(target, os.W_OK | os.X_OK)):
+        raise DistillError(f"cannot write into {target}; pass --no-save to evaluate a "
+                           "read-only run folder")
+
+
+def artifact_digest(run: str | Path) -> str:
+    """SHA-256 of a run's artifact file: which images a saved evaluation scored."""
+    return hashlib.sha256((_folder(run) / ARTIFACT_FILE).read_bytes()).hexdigest()
+
+
+def save_evaluation(run: str | Path, name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Write ``record`` with the digest of the artifact it scored to RUN/evaluations/NAME.json
+    (atomically); returns what was written."""
+    record = {**record, "artifact_sha256": artifact_digest(run)}
+    atomic_write(_folder(run) / EVALUATIONS / f"{name}.json",
+                 (json.dumps(record, indent=2) + "\n").encode())
+    return record

@@ -20,6 +20,9 @@ from ..selectors import baseline_images
 from .knn import knn_accuracy
 
 METHODS = ("random", "optimized", "kmeans", "average", "herding", "knn-random", "knn-kmeans")
+# the DistillConfig fields a baseline takes as flags when not --like a run
+SETTINGS = ("dataset", "data_root", "model", "init_scheme", "pool", "steps", "distill_epochs",
+            "images_per_class", "downscale", "minibatch", "seed", "device", "backend")
 Chooser = Callable[..., tuple[Tensor, Tensor]]  # (method, generator=) -> images, labels
 
 
