@@ -30,16 +30,17 @@ def test_registry_lists_every_method_and_the_paper_is_the_default(capsys):
     assert all(f"  {name} " in listed for name in METHODS.names())
 
 
-def _dm_problem(dtype=torch.float64, dsa=None):
+def _dm_problem():
     data = make_dataset(classes=3, size=4)
-    module = TinyConvNet().to(dtype)
+    module = TinyConvNet().double()
     fmodel = FunctionalModel(module, "pytorch")
     params = RandomInit(module).sample(2, torch.Generator().manual_seed(0))
-    images = torch.randn(1, 6, 1, 4, 4, dtype=dtype, generator=torch.Generator().manual_seed(1))
-    steps = new_steps(images, torch.arange(6).view(1, 6) % 3, 1, 0.02, 3, augment=dsa)
+    images = torch.randn(1, 6, 1, 4, 4, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(1))
+    steps = new_steps(images, torch.arange(6).view(1, 6) % 3, 1, 0.02, 3)
     method = DistributionMatching(DistillConfig(method="dm", batch_size=30), fmodel, steps,
                                   data, params)
-    real = data.train_images[:30].to(dtype), data.train_labels[:30]
+    real = data.train_images[:30].double(), data.train_labels[:30]
     return method, params, steps, real
 
 
@@ -56,7 +57,7 @@ def test_dm_loss_gradient_matches_float64_finite_differences():
             with torch.no_grad():
                 steps.images.view(-1)[index] += sign * eps
             values.append(float(method.loss(params, steps, real_x, real_y,
-                                             torch.Generator().manual_seed(2)).sum()))
+                                             torch.Generator().manual_seed(2)).mean()))
             with torch.no_grad():
                 steps.images.view(-1)[index] -= sign * eps
         numeric = (values[0] - values[1]) / (2 * eps)
@@ -106,6 +107,7 @@ def test_dm_distills_a_set_that_moves_toward_the_real_class_means(tmp_path):
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["config"]["method"] == "dm" and meta["backend"] == "pytorch"
     assert "final" not in meta["metrics"]  # no few-step figure for a set without inner steps
+    assert made.lrs.numel() == 0  # and no lrs: `evaluate` points to the converge protocol
 
 
 @pytest.mark.parametrize("flags, problem", [
@@ -171,7 +173,7 @@ def test_dc_loss_gradient_matches_float64_finite_differences():
                 steps.images.view(-1)[index] += sign * eps
             method.matches = 0  # the same fresh net each time
             values.append(float(method.loss(params, steps, real_x, real_y,
-                                            torch.Generator().manual_seed(2)).sum()))
+                                            torch.Generator().manual_seed(2)).mean()))
             with torch.no_grad():
                 steps.images.view(-1)[index] -= sign * eps
         numeric = (values[0] - values[1]) / (2 * eps)
@@ -205,7 +207,7 @@ def test_dc_lowers_its_matching_loss_and_dsa_is_dc_with_dsa(tmp_path):
         steps.images = result.images.double().requires_grad_()
         method.matches = 0
         return float(method.loss(fixed, steps, data.train_images.double(), data.train_labels,
-                                 torch.Generator().manual_seed(0)))
+                                 torch.Generator().manual_seed(0)).mean())
 
     assert matching_loss(made) < 0.9 * matching_loss(start)
     datadistill.distill(method="dsa", out=tmp_path, **{**settings, "epochs": 1})
@@ -214,18 +216,51 @@ def test_dc_lowers_its_matching_loss_and_dsa_is_dc_with_dsa(tmp_path):
 
 
 @pytest.mark.parametrize("flags, problem", [
-    (["--method", "dc", "--images-per-class", "3"], "set --match-outer-loop and "
+    (["--method", "dc", "--images-per-class", "3"], "for 3 set --match-outer-loop and "
                                                     "--match-inner-loop"),
     (["--method", "dc", "--match-net-lr", "0"], "--match-net-lr must be positive"),
     (["--method", "dsa", "--momentum", "0.5"], "so --momentum 0.5 would be ignored"),
     (["--method", "dc", "--match-inner-loop", "-1"], "--match-inner-loop must be 0"),
-    (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+    (["--method", "dm", "--backend", "compiled"], "--backend compiled insists on the LeNet"),
+    (["--method", "dsa", "--dsa-ops", "mirror"], "unknown DSA operation mirror"),
 ])
 def test_gradient_matching_refusals_are_one_line(tmp_path, capsys, flags, problem):
-    assert _exit_code(["distill", "--out", str(tmp_path / "run"), *QUICK, *flags]) == 2
+    assert main(["distill", "--out", str(tmp_path / "run"), *QUICK, *flags]) == 2
     err = capsys.readouterr().err.strip()
-    assert problem in err.splitlines()[-1]
+    assert problem in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_outer_optimizer_is_refused_by_the_parser(capsys):
+    assert _exit_code(["distill", *QUICK, "--optimizer", "rmsprop"]) == 2
+    assert "invalid choice: 'rmsprop'" in capsys.readouterr().err
+
+
+def test_siamese_augmentation_gives_a_class_s_real_and_synthetic_images_one_transform():
+    from datadistill.augment import DSA
+    from datadistill.methods.base import augmented
+
+    steps = new_steps(torch.zeros(1, 2, 1, 8, 8), torch.zeros(1, 2, dtype=torch.long), 1,
+                      0.02, 2, augment=DSA())
+    image = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for seed in range(12):  # every operation gets drawn
+        real = augmented(image.expand(5, -1, -1, -1), steps, seed)
+        fake = augmented(image.expand(2, -1, -1, -1), steps, seed)
+        assert torch.equal(real, real[:1].expand_as(real)) and torch.equal(fake[0], real[0])
+    each = augmented(image.expand(5, -1, -1, -1), steps, 1, siamese=False)
+    assert not torch.equal(each, each[:1].expand_as(each))  # the net's training: per image
+
+
+def test_dc_resumes_exactly_with_its_net_between_matches(tmp_path):
+    data = make_dataset(n_train=96, classes=3, size=4)
+    settings = dict(data=data, module=TinyConvNet(), method="dc", steps=1, images_per_class=10,
+                    match_outer_loop=3, match_inner_loop=2, batch_size=48, lr=0.05,
+                    progress=False, final_checks=False)
+    whole = datadistill.distill(out=tmp_path / "whole", epochs=4, **settings)
+    datadistill.distill(out=tmp_path / "part", epochs=1, **settings)  # stops inside a net's loop
+    resumed = datadistill.distill(out=tmp_path / "part", resume=True, epochs=4,
+                                  data=data, module=TinyConvNet(), progress=False)
+    torch.testing.assert_close(resumed.images, whole.images, rtol=0, atol=0)
 
 
 def _exit_code(command: list[str]) -> int:

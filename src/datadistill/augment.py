@@ -1,8 +1,10 @@
 """Differentiable siamese augmentation (DSA, Zhao & Bilen 2021) with torch ops.
 
 As in DSA's single mode, each call draws one operation for a batch (colour, crop, cutout,
-flip, scale or rotate) and every image its own parameters; ``colour`` is brightness, then
-saturation, then contrast. The published ranges are the defaults. Images are in the
+flip, scale or rotate) and every image its own parameters, or (``siamese``) one set of
+parameters for the whole batch, so that two batches augmented from the same seed (a class's
+real and synthetic images, as the matching methods compare them) get the same transform;
+``colour`` is brightness, then saturation, then contrast. The published ranges are the defaults. Images are in the
 dataset's normalised space; pixels moved in from outside the image are 0.
 """
 from __future__ import annotations
@@ -40,42 +42,45 @@ class DSA:
             raise DistillError(f"unknown DSA operation {', '.join(unknown) or '(none given)'}; "
                                f"choose from {','.join(DSA_OPS)}")
 
-    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+    def __call__(self, images: Tensor, generator: torch.Generator,
+                 siamese: bool = False) -> Tensor:
         """Each of the N batches gets one operation drawn from ``ops``; each image its own
-        parameters (the draws come from ``generator``, on the CPU)."""
+        parameters, or with ``siamese`` each batch one set (the draws come from
+        ``generator``, on the CPU)."""
         picks = torch.randint(len(self.ops), (images.shape[0],), generator=generator)
+        share = images.shape[1] if siamese else 1  # images that share one draw
         out = images.clone()
         for k in picks.unique().tolist():
             rows = (picks == k).nonzero().squeeze(1).to(images.device)
             batch = images[rows]
-            done = self._op(self.ops[k])(batch.flatten(0, 1), generator)
+            done = self._op(self.ops[k])(batch.flatten(0, 1), _Draws(generator, share))
             out[rows] = done.view_as(batch)
         return out
 
-    def _op(self, name: str) -> Callable[[Tensor, torch.Generator], Tensor]:
+    def _op(self, name: str) -> Callable[[Tensor, "_Draws"], Tensor]:
         return getattr(self, f"_{name}")
 
-    def _color(self, x: Tensor, g: torch.Generator) -> Tensor:
+    def _color(self, x: Tensor, g: "_Draws") -> Tensor:
         x = x + (_rand(x, g) - 0.5) * self.brightness
         mean = x.mean(1, keepdim=True)
         x = (x - mean) * (_rand(x, g) * self.saturation) + mean
         mean = x.mean((1, 2, 3), keepdim=True)
         return (x - mean) * (_rand(x, g) + self.contrast) + mean
 
-    def _flip(self, x: Tensor, g: torch.Generator) -> Tensor:
+    def _flip(self, x: Tensor, g: "_Draws") -> Tensor:
         return torch.where(_rand(x, g) < 0.5, x.flip(3), x)
 
-    def _crop(self, x: Tensor, g: torch.Generator) -> Tensor:
+    def _crop(self, x: Tensor, g: "_Draws") -> Tensor:
         """Integer shifts of up to ``crop`` x side in each direction, zero-filled."""
         size = x.shape[-1]
         shift = int(size * self.crop + 0.5)
-        moves = torch.randint(-shift, shift + 1, (x.shape[0], 2), generator=g).to(x)
+        moves = g.randint(-shift, shift + 1, (x.shape[0], 2)).to(x)
         theta = torch.zeros(x.shape[0], 2, 3, dtype=x.dtype, device=x.device)
         theta[:, 0, 0] = theta[:, 1, 1] = 1
         theta[:, :, 2] = moves * 2 / (size - 1)  # exact pixel shifts with align_corners
         return _warp(x, theta)
 
-    def _cutout(self, x: Tensor, g: torch.Generator) -> Tensor:
+    def _cutout(self, x: Tensor, g: "_Draws") -> Tensor:
         """A square of side ``cutout`` x side set to 0, centred anywhere in the image."""
         n, _, height, width = x.shape
         rows = _span(height, int(height * self.cutout + 0.5), n, g).to(x.device)
@@ -83,29 +88,50 @@ class DSA:
         box = rows[:, :, None] & cols[:, None, :]  # (n, H, W)
         return x * (~box).unsqueeze(1).to(x.dtype)
 
-    def _scale(self, x: Tensor, g: torch.Generator) -> Tensor:
+    def _scale(self, x: Tensor, g: "_Draws") -> Tensor:
         low = 1 / self.scale
-        factors = torch.rand(x.shape[0], 2, generator=g).to(x) * (self.scale - low) + low
+        factors = g.rand((x.shape[0], 2)).to(x) * (self.scale - low) + low
         theta = torch.zeros(x.shape[0], 2, 3, dtype=x.dtype, device=x.device)
         theta[:, 0, 0], theta[:, 1, 1] = factors[:, 0], factors[:, 1]
         return _warp(x, theta)
 
-    def _rotate(self, x: Tensor, g: torch.Generator) -> Tensor:
-        angle = (torch.rand(x.shape[0], generator=g).to(x) - 0.5) * 2 * math.radians(self.rotate)
+    def _rotate(self, x: Tensor, g: "_Draws") -> Tensor:
+        angle = (g.rand((x.shape[0],)).to(x) - 0.5) * 2 * math.radians(self.rotate)
         cos, sin = angle.cos(), angle.sin()
         theta = torch.stack([torch.stack([cos, sin, torch.zeros_like(cos)], 1),
                              torch.stack([-sin, cos, torch.zeros_like(cos)], 1)], 1)
         return _warp(x, theta)
 
 
-def _rand(x: Tensor, g: torch.Generator) -> Tensor:
+@dataclass(frozen=True)
+class _Draws:
+    """Random draws for a flattened batch whose images share a draw ``share`` at a time (1:
+    every image its own); every shape's first dimension counts images."""
+
+    generator: torch.Generator
+    share: int = 1
+
+    def rand(self, shape: tuple[int, ...]) -> Tensor:
+        return self._spread(torch.rand(self._fewer(shape), generator=self.generator))
+
+    def randint(self, low: int, high: int, shape: tuple[int, ...]) -> Tensor:
+        return self._spread(torch.randint(low, high, self._fewer(shape), generator=self.generator))
+
+    def _fewer(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[0] // self.share, *shape[1:])
+
+    def _spread(self, values: Tensor) -> Tensor:
+        return values.repeat_interleave(self.share, 0)
+
+
+def _rand(x: Tensor, g: _Draws) -> Tensor:
     """One uniform draw per image, shaped to broadcast over (C, H, W)."""
-    return torch.rand(x.shape[0], 1, 1, 1, generator=g).to(x)
+    return g.rand((x.shape[0], 1, 1, 1)).to(x)
 
 
-def _span(extent: int, cut: int, n: int, g: torch.Generator) -> Tensor:
+def _span(extent: int, cut: int, n: int, g: _Draws) -> Tensor:
     """(n, extent) masks of ``cut`` consecutive indices around a random centre (clipped)."""
-    centre = torch.randint(0, extent + 1 - cut % 2, (n, 1), generator=g)
+    centre = g.randint(0, extent + 1 - cut % 2, (n, 1))
     index = torch.arange(extent)
     return (index >= centre - cut // 2) & (index < centre - cut // 2 + cut)
 

@@ -30,7 +30,7 @@ from .models import build_model
 from .pools import check_pool_fits, load_pool, load_pretrained
 from .resize import resize_images, shrunk_size, stored_count
 from .runfolder import writes_run_folder
-from .runstate import RunState
+from .runstate import RunState, method_state
 from .runtime import generator, resolve_device
 from .selectors import check_real_images_suffice, class_layout, images_for
 from .state import DistilledSteps, new_steps
@@ -39,7 +39,7 @@ from .tracking import Tracker, check_log_dir
 MAX_NONFINITE_IN_A_ROW = 5  # meta-iterations with a non-finite meta-loss before giving up
 INIT_BASELINE = {"real": "random"}  # --image-init names that differ from the baseline's
 # settings that may change when a run is resumed; the others must match the checkpoint
-RESUMABLE = {"epochs", "iterations", "eval_every", "eval_nets", "stop_accuracy",
+RESUMABLE = {"epochs", "eval_every", "eval_nets", "stop_accuracy",
              "checkpoint_every", "progress", "device", "log_dir", "final_checks"}
 
 
@@ -69,9 +69,9 @@ def distill(
         if out is None:
             raise DistillError("resume needs the run folder: pass --out DIR")
         checkpoint, config = _read_checkpoint(Path(out), config, settings)
-    config.validate()
     method_class = METHODS.get(config.method)
     config = method_class.settle(config)  # e.g. --method dsa turns --dsa on
+    config.validate()
     method_class.check(config)
     if config.dsa_ops:
         dsa_for((), config.dsa_ops)  # its one-line error names an unknown operation
@@ -111,6 +111,8 @@ def distill(
         run.load(checkpoint)
     probe = {k: v.to(device) for k, v in init_dist.sample(1, torch.Generator()).items()}
     method = method_class(config, fmodel, steps, data, probe)  # its backend: in meta.json
+    if checkpoint is not None:
+        method.load_state(method_state(checkpoint))
     per_epoch = method.iterations_per_epoch(data)
     total = config.iterations or config.epochs * per_epoch  # meta-iterations in all
     epochs = math.ceil(total / per_epoch)
@@ -177,7 +179,7 @@ def distill(
         if out is not None and world.is_main and (
                 done % config.checkpoint_every == 0 or done == epochs or reached):
             run.save(Path(out) / CHECKPOINT_FILE,
-                     run.elapsed_before + time.perf_counter() - start_time)
+                     run.elapsed_before + time.perf_counter() - start_time, method.state())
         if reached:
             if world.is_main:
                 bar.write(f"stopping after epoch {done}: reached --stop-accuracy "
@@ -193,9 +195,9 @@ def distill(
     made = run.made()  # --validation's pick, else the last iterate (--ema: its average)
     if run.pick.record:
         metrics["selected"] = {k: run.pick.record[k] for k in ("epoch", "validation_accuracy")}
-    result = Distilled(
+    result = Distilled(  # lrs only where the method learned them (else: the converge protocol)
         images=made.full_images().cpu(), labels=made.all_targets().cpu(),
-        lrs=made.lrs().detach().cpu(),
+        lrs=made.lrs().detach().cpu() if method.inner_steps else torch.zeros(0),
         init=fixed_params, meta=_meta(config, data, module, custom_module, metrics,
                                       backend=method.backend))
     writes = out is not None and world.is_main

@@ -243,7 +243,7 @@ def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: 
     distilled = load(run)
     if distilled.num_steps == 0 and None in (lr, epochs):
         raise DistillError(f"{run} holds no learning rates (a k-NN baseline, a converge-protocol "
-                           "baseline or an imported set); evaluate it with --protocol converge, "
+                           "baseline, an imported set or a dm/dc/dsa set); evaluate it with --protocol converge, "
                            "or give --lr and --epochs")
     data, fmodel, init = context_for(distilled, data_root, device, data, pool, module, backend)
     dev = data.test_images.device

@@ -22,6 +22,12 @@ from .state import DistilledSteps
 Checkpoint = tuple[dict[str, Tensor], dict[str, Any]]  # (tensors, info) as stored
 
 
+def method_state(checkpoint: Checkpoint) -> dict[str, Tensor]:
+    """The method's own tensors in a checkpoint (``Method.load_state`` takes them)."""
+    return {key[len("method."):]: value for key, value in checkpoint[0].items()
+            if key.startswith("method.")}
+
+
 def snapshot(steps: DistilledSteps) -> dict[str, Tensor]:
     """A detached copy of the learnable tensors."""
     return {name: tensor.detach().clone() for name, tensor in steps.learnable().items()}
@@ -107,10 +113,12 @@ class RunState:
             for name, tensor in self.steps.learnable().items() if self.averages else ():
                 self.averages[name].lerp_(tensor, 1 - self.config.ema)
 
-    def save(self, path: Path, elapsed: float) -> None:
+    def save(self, path: Path, elapsed: float, method_state: dict[str, Tensor]) -> None:
         """Everything needed to continue exactly where this epoch ended, in one atomic file
-        (``elapsed``: the run's seconds so far, this process's included)."""
+        (``elapsed``: the run's seconds so far, this process's included; ``method_state``:
+        what the method carries, ``Method.state()``)."""
         tensors = {**self.steps.learnable(),
+                   **{f"method.{k}": v for k, v in method_state.items()},
                    **{f"ema.{k}": v for k, v in self.averages.items()},
                    **{f"best.{k}": v for k, v in self.pick.tensors.items()},
                    "rng.data": self.data_gen.get_state(), "rng.init": self.init_gen.get_state(),

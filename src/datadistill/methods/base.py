@@ -3,8 +3,9 @@ samples that data.
 
 Algorithm 1's outer loop (``distill.py``) knows nothing of any one method. Each
 meta-iteration it draws nets from p(θ0), takes the method's next real batch, asks the method
-for the per-net loss of the distilled state on it (``.grad`` accumulated on the learnable
-tensors), then all-reduces, steps Adam, evaluates and checkpoints. A method is registered
+for the per-net loss of the distilled state on it (the gradient of the nets' mean
+accumulated on the learnable tensors), then all-reduces, steps the outer optimiser,
+evaluates and checkpoints (with the method's own ``state``). A method is registered
 under a name (``METHODS``), chosen by ``--method NAME`` and listed by ``datadistill list``.
 """
 from __future__ import annotations
@@ -29,6 +30,9 @@ UNROLL_ONLY = {"window": 0, "minibatch": 0, "momentum": 0.0, "backward": "full",
 
 def refuse_unrolled_settings(config: Any, method: str, reason: str) -> None:
     """One line for a setting of the unrolled inner steps given to a method without them."""
+    if config.backend == "compiled":
+        raise DistillError(f"--backend compiled insists on the LeNet kernel of the unrolled "
+                           f"steps, which --method {method} does not run; use auto or pytorch")
     for name, neutral in UNROLL_ONLY.items():
         value = getattr(config, name)
         if value != neutral:
@@ -88,8 +92,16 @@ class Method(ABC):
     @abstractmethod
     def loss(self, params: Params, steps: DistilledSteps, real_images: Tensor,
              real_labels: Tensor, generator: torch.Generator) -> Tensor:
-        """The loss of each of the N nets ``params`` (shape (N,)), its gradient accumulated
-        into the learnable tensors' ``.grad``; per-iteration draws come from ``generator``."""
+        """The loss of each of the N nets ``params`` (shape (N,)); the gradient of their
+        mean is accumulated into the learnable tensors' ``.grad``. Per-iteration draws come
+        from ``generator``."""
+
+    def state(self) -> dict[str, Tensor]:
+        """What the method carries between meta-iterations, for the checkpoint (none)."""
+        return {}
+
+    def load_state(self, tensors: dict[str, Tensor]) -> None:
+        """Restore what ``state`` gave."""
 
 
 class ClassBalanced(Method):
@@ -116,12 +128,15 @@ class ClassBalanced(Method):
             yield data.train_images[picks], data.train_labels[picks]
 
 
-def augmented(images: Tensor, steps: DistilledSteps, seed: int) -> Tensor:
-    """``images`` (B, C, H, W) through the steps' DSA drawn from ``seed`` (the same draw
-    for real and synthetic images: siamese augmentation); as they are without DSA."""
+def augmented(images: Tensor, steps: DistilledSteps, seed: int, siamese: bool = True) -> Tensor:
+    """``images`` (B, C, H, W) through the steps' DSA drawn from ``seed``: with ``siamese``
+    one transform for the whole batch, so a class's real and synthetic images augmented from
+    one seed get the same one (DSA's siamese augmentation); else each image its own. As they
+    are without DSA."""
     if steps.augment is None:
         return images
-    return steps.augment(images.unsqueeze(0), torch.Generator().manual_seed(seed))[0]
+    draws = torch.Generator().manual_seed(seed)
+    return steps.augment(images.unsqueeze(0), draws, siamese=siamese)[0]
 
 
 def draw_seed(generator: torch.Generator) -> int:

@@ -30,10 +30,16 @@ NET_BATCH = 256  # synthetic images per SGD step of the net between matches (DC'
 EPSILON = 1e-6  # in the cosine's denominator (DC's)
 
 
+def per_class(config: Any) -> int:
+    """Synthetic images per class: every step's, and --downscale's smaller ones counted as
+    the full-size images they stand for."""
+    return config.steps * config.images_per_class
+
+
 def loops(config: Any) -> tuple[int, int]:
     """(matches per net, epochs between matches): the flags, else DC's for the images per
     class."""
-    default = LOOPS.get(config.images_per_class, (0, 0))
+    default = LOOPS.get(per_class(config), (0, 0))
     return config.match_outer_loop or default[0], config.match_inner_loop or default[1]
 
 
@@ -61,8 +67,9 @@ class GradientMatching(ClassBalanced):
         refuse_unrolled_settings(config, cls.name, "trains its nets between matches by plain SGD")
         if 0 in loops(config):
             raise DistillError(f"--method {cls.name} has DC's loop counts for "
-                               f"{', '.join(map(str, LOOPS))} images per class only; for "
-                               f"{config.images_per_class} set --match-outer-loop and "
+                               f"{', '.join(map(str, LOOPS))} images per class only "
+                               "(--steps x --images-per-class); for "
+                               f"{per_class(config)} set --match-outer-loop and "
                                "--match-inner-loop")
         if not config.match_net_lr > 0:
             raise DistillError(f"--match-net-lr must be positive, got {config.match_net_lr}")
@@ -92,8 +99,19 @@ class GradientMatching(ClassBalanced):
             fake = self._gradients(net, augmented(synthetic[classes == c], steps, seed), c,
                                    create_graph=True)
             total = total + layerwise_distance(real, fake)
-        total.sum().backward()
+        total.mean().backward()
         return total.detach()
+
+    def state(self) -> dict[str, Tensor]:
+        """The net between matches and how many matches it has served."""
+        return {"matches": torch.tensor(self.matches),
+                **{f"net.{k}": v for k, v in self.net.items()}}
+
+    def load_state(self, tensors: dict[str, Tensor]) -> None:
+        device = next(self.fmodel.module.parameters()).device
+        self.matches = int(tensors["matches"])
+        self.net = {k[len("net."):]: v.to(device) for k, v in tensors.items()
+                    if k.startswith("net.")}
 
     def _gradients(self, net: Params, images: Tensor, label: int,
                    create_graph: bool) -> tuple[Tensor, ...]:
@@ -114,7 +132,7 @@ class GradientMatching(ClassBalanced):
             order = torch.randperm(images.shape[0], generator=generator).to(images.device)
             for start in range(0, images.shape[0], NET_BATCH):
                 pick = order[start:start + NET_BATCH]
-                batch = augmented(images[pick], steps, draw_seed(generator))
+                batch = augmented(images[pick], steps, draw_seed(generator), siamese=False)
                 with torch.enable_grad():
                     net = gd_step(self.fmodel, net, batch, labels[pick], lr, create_graph=False)
                 net = {k: v.detach() for k, v in net.items()}

@@ -31,14 +31,14 @@ class DistributionMatching(ClassBalanced):
              real_labels: Tensor, generator: torch.Generator) -> Tensor:
         synthetic = steps.enlarged(steps.images).flatten(0, 1)
         classes = steps.labels.flatten(0, 1)
-        seed = draw_seed(generator)
         total = real_images.new_zeros(len(next(iter(params.values()))))
         for c in classes.unique().tolist():
+            seed = draw_seed(generator)  # one transform for the class's real and synthetic
             with torch.no_grad():
                 real = self._mean_embedding(params, real_images[real_labels == c], steps, seed)
             fake = self._mean_embedding(params, synthetic[classes == c], steps, seed)
             total = total + (real - fake).pow(2).sum(-1)
-        total.sum().backward()
+        total.mean().backward()
         return total.detach()
 
     def _mean_embedding(self, params: Params, images: Tensor, steps: DistilledSteps,
