@@ -26,8 +26,8 @@ def kernel_calls(monkeypatch):
 
 
 def _commands(root, backend: str) -> list[list[str]]:
-    """distill, evaluate (both protocols), baseline (both protocols), pretrain, pool-import,
-    all on LeNet or ConvNet, where kernels apply."""
+    """distill, evaluate (both protocols), baseline (both protocols) and pretrain, all on
+    LeNet or ConvNet, where kernels apply."""
     run, pool = str(root / "run"), str(root / "pool")
     return [
         ["distill", "--out", run, *MNIST, "--epochs", "1", "--batch-size", "2000", "--steps", "2",
@@ -45,7 +45,8 @@ def _commands(root, backend: str) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("backend", ["pytorch", "auto"])
-def test_backend_pytorch_runs_no_compiled_code_in_any_command(tmp_path, kernel_calls, backend):
+def test_the_backend_reaches_every_command_and_pytorch_loads_no_kernel(tmp_path, kernel_calls,
+                                                                      backend):
     for command in _commands(tmp_path, backend):
         before = len(kernel_calls)
         assert main(command) == 0, command

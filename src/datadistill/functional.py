@@ -6,6 +6,8 @@ weights) run as one vectorized computation (``torch.func.vmap`` over
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
@@ -51,42 +53,40 @@ class FunctionalModel:
 
     def logits(self, params: Params, images: Tensor, train: bool) -> Tensor:
         """Logits (N, B, classes) of N nets on one shared batch ``images`` (B, ...)."""
-        self.module.train(train)
-
-        def one_net(p: Params, x: Tensor) -> Tensor:
-            return functional_call(self.module, (p, self.buffers), (x,))
-
-        if num_nets(params) == 1:  # vmap's per-op overhead is not worth it for one net
-            return one_net(only_net(params), images).unsqueeze(0)
-        return vmap(one_net, in_dims=(0, None), randomness="different")(params, images)
+        return self._every_net(self._forward, params, images, train)
 
     def logits_each(self, params: Params, images: Tensor, train: bool) -> Tensor:
         """Logits (N, B, classes) of N nets, net i on its own batch ``images[i]`` (B, ...)."""
         self.module.train(train)
-
-        def one_net(p: Params, x: Tensor) -> Tensor:
-            return functional_call(self.module, (p, self.buffers), (x,))
-
         if num_nets(params) == 1:
-            return one_net(only_net(params), images.squeeze(0)).unsqueeze(0)
-        return vmap(one_net, randomness="different")(params, images)
+            return self._forward(only_net(params), images.squeeze(0)).unsqueeze(0)
+        return vmap(self._forward, randomness="different")(params, images)
 
     def features(self, params: Params, images: Tensor, train: bool) -> Tensor:
         """Embeddings (N, B, F) of N nets on one shared batch: the input of the module's last
         ``nn.Linear`` (what distribution matching compares)."""
         head = last_linear(self.module)
-        self.module.train(train)
 
-        def one_net(p: Params, x: Tensor) -> Tensor:
+        def embedding(p: Params, x: Tensor) -> Tensor:
             seen: list[Tensor] = []
             hook = head.register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0]))
             try:
-                functional_call(self.module, (p, self.buffers), (x,))
+                self._forward(p, x)
             finally:
                 hook.remove()
             return seen[-1].flatten(1)
 
-        if num_nets(params) == 1:
+        return self._every_net(embedding, params, images, train)
+
+    def _forward(self, params: Params, images: Tensor) -> Tensor:
+        """One net's output (no net dimension)."""
+        return functional_call(self.module, (params, self.buffers), (images,))
+
+    def _every_net(self, one_net: Callable[[Params, Tensor], Tensor], params: Params,
+                   images: Tensor, train: bool) -> Tensor:
+        """``one_net`` of each of the N nets on the shared batch, stacked (N, B, ...)."""
+        self.module.train(train)
+        if num_nets(params) == 1:  # vmap's per-op overhead is not worth it for one net
             return one_net(only_net(params), images).unsqueeze(0)
         return vmap(one_net, in_dims=(0, None), randomness="different")(params, images)
 
