@@ -462,7 +462,19 @@ def test_a_run_says_what_it_will_run_how_long_and_what_its_final_checks_are(tiny
     assert "final checks: 4 fresh nets on the set's steps and lrs" in said
 
 
-def test_no_final_checks_skips_the_few_step_figures(tiny_data, capsys):
-    result = datadistill.distill(data=tiny_data, final_checks=False, **{**TINY, "progress": True})
+def test_final_checks_none_skips_the_few_step_figures(tiny_data, capsys):
+    result = datadistill.distill(data=tiny_data, final_checks="none", **{**TINY, "progress": True})
     assert "final" not in result.meta["metrics"] and "random_real" not in result.meta["metrics"]
     assert "final checks" not in capsys.readouterr().out
+
+
+def test_final_checks_converge_scores_the_set_as_evaluate_does(tmp_path, capsys):
+    data = make_dataset(n_train=96, classes=3, size=4)
+    result = datadistill.distill(data=data, module=TinyConvNet(), final_checks="converge",
+                                 out=tmp_path, **{**TINY, "progress": True, "eval_nets": 2})
+    assert "2 fresh nets trained to convergence" in capsys.readouterr().out
+    report = result.meta["metrics"]["converge"]
+    assert report["protocol"] == "converge" and report["settings"]["epochs"] == 1000
+    assert report["after"]["nets"] == 2 and report["model"] == "TinyConvNet"
+    assert result.meta["metrics"]["final"] == report["after"]
+    assert "random_real" not in result.meta["metrics"]

@@ -255,7 +255,7 @@ def test_dc_resumes_exactly_with_its_net_between_matches(tmp_path):
     data = make_dataset(n_train=96, classes=3, size=4)
     settings = dict(data=data, module=TinyConvNet(), method="dc", steps=1, images_per_class=10,
                     match_outer_loop=3, match_inner_loop=2, batch_size=48, lr=0.05,
-                    progress=False, final_checks=False)
+                    progress=False, final_checks="none")
     whole = datadistill.distill(out=tmp_path / "whole", epochs=4, **settings)
     datadistill.distill(out=tmp_path / "part", epochs=1, **settings)  # stops inside a net's loop
     resumed = datadistill.distill(out=tmp_path / "part", resume=True, epochs=4,
@@ -339,7 +339,7 @@ def test_mtt_distils_toward_the_experts_and_learns_one_lr(experts, tmp_path):
     settings = dict(method="mtt", experts=str(experts), dataset="digits", steps=1,
                     images_per_class=2, distill_epochs=6, minibatch=10, expert_epochs=2,
                     max_start_epoch=2, image_init="real", iterations=40, lr=0.01,
-                    progress=False, final_checks=False)
+                    progress=False, final_checks="none")
     made = datadistill.distill(out=tmp_path / "run", **settings)
     start = datadistill.distill(**{**settings, "iterations": 1, "lr": 1e-12})
     assert made.meta["config"]["lr_per_step"] is False and made.meta["backend"] == "pytorch"

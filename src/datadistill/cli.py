@@ -15,7 +15,7 @@ from typing import Sequence
 from .baselines.run import METHODS as BASELINE_METHODS
 from .baselines.run import SETTINGS as BASELINE_SETTINGS
 from .config import DistillConfig, read_config_file
-from .converge import ConvergeSettings
+from .converge import CONVERGE_INIT, ConvergeSettings
 from .experts import ExpertSchedule
 from .distributed import init_from_env, leave_process_group
 from .errors import DistillError
@@ -47,7 +47,6 @@ def _add_backend_flag(parser: argparse.ArgumentParser) -> None:
                         help=f"{field.metadata['help']} (default: {field.default})")
 
 
-CONVERGE_INIT = "default"  # the fresh nets of the published recipe start from PyTorch's init
 
 
 def _add_converge_flags(parser: argparse.ArgumentParser) -> None:

@@ -144,10 +144,13 @@ class DistillConfig:
     checkpoint_every: int = _opt(1, "write a checkpoint every this many epochs")
     progress: bool = _opt(True, "show a progress bar, the meta-iterations to run and an "
                                 "estimate of their time")
-    final_checks: bool = _opt(True, "after the run, the few-step figures: --eval-nets fresh "
-                                    "nets on the set's steps and lrs, and as many random real "
-                                    "images on the lr grid (--no-final-checks: none; "
-                                    "`datadistill evaluate` later)")
+    final_checks: str = _opt("auto", "after the run: few-step (--eval-nets fresh nets on the "
+                                     "set's steps and lrs, and as many random real images on "
+                                     "the lr grid), converge (--eval-nets fresh nets of the "
+                                     "run's model trained to convergence on the set, the "
+                                     "protocol's 1000 epochs, DSA with --dsa), none, or auto "
+                                     "(few-step for a method with inner steps, else none)",
+                             ("auto", "few-step", "converge", "none"))
     log_dir: str = _opt("", "write TensorBoard scalars and image grids to this folder "
                             "(meta-loss, lrs, meta-gradient norm, evaluations; off when empty)")
 

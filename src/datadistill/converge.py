@@ -27,6 +27,7 @@ from .kernels.normpool import fused_convnet
 from .nets import TEST_CHUNK, EvalResult, test_nets
 from .progress import phase_bar
 
+CONVERGE_INIT = "default"  # the fresh nets of the published recipe start from PyTorch's init
 # images per forward/backward and per test chunk on the fused ConvNet path: a 32-channel
 # 32 x 32 activation of 64 images (8 MiB) stays in the cache (benchmarks/bench_converge.py)
 FUSED_MICROBATCH = FUSED_TEST_CHUNK = 64

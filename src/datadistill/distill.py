@@ -21,7 +21,8 @@ from .config import DistillConfig, check_known
 from .data import Dataset, check_downscale, hold_out, load_dataset, relabel
 from .distributed import World, current
 from .errors import DistillError
-from .evaluate import (Evaluation, best_of_grid, evaluate_steps, schedule,
+from .converge import CONVERGE_INIT, ConvergeSettings
+from .evaluate import (Evaluation, best_of_grid, converge_report, evaluate_steps, schedule,
                        schedule_evaluator)
 from .functional import FunctionalModel
 from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
@@ -36,6 +37,11 @@ from .selectors import check_real_images_suffice, class_layout, images_for
 from .state import DistilledSteps, new_steps
 from .tracking import Tracker, check_log_dir
 
+FINAL_CHECKS = {  # what --final-checks runs, as the run announces it
+    "few-step": "{nets} fresh nets on the set's steps and lrs, and as many random real images "
+                "on the lr grid",
+    "converge": "{nets} fresh nets trained to convergence on the set (the converge protocol)",
+}
 MAX_NONFINITE_IN_A_ROW = 5  # meta-iterations with a non-finite meta-loss before giving up
 INIT_BASELINE = {"real": "random"}  # --image-init names that differ from the baseline's
 # settings that may change when a run is resumed; the others must match the checkpoint
@@ -208,15 +214,21 @@ def distill(
             result.save(out)
 
     save()
-    if method.inner_steps and config.final_checks:  # the few-step protocol's own figures
-        if talk:
-            print(f"final checks: {_eval_nets(config)} fresh nets on the set's steps and "
-                  "lrs, and as many random real images on the lr grid (--no-final-checks "
-                  "skips them)")
+    checks = config.final_checks if config.final_checks != "auto" else (
+        "few-step" if method.inner_steps else "none")
+    if talk and checks != "none":
+        print(f"final checks: {FINAL_CHECKS[checks].format(nets=_eval_nets(config))} "
+              "(--final-checks none skips them)")
+    if checks == "few-step":  # the set's own steps and lrs
         after_saving(metrics, "final", lambda: run.pick.record.get("test") or (
             latest or _evaluate(fmodel, eval_dist, made, data, config).after).summary())
         after_saving(metrics, "random_real",
                      lambda: _random_real(fmodel, eval_dist, made, data, config))
+    if checks == "converge":  # as `evaluate --protocol converge` scores it
+        after_saving(metrics, "converge", lambda: _converged(
+            module, type(module).__name__ if custom_module else None, made, data, config))
+        if "converge" in metrics:
+            metrics["final"] = metrics["converge"]["after"]
     if writes:
         from .plots import save_picture
 
@@ -380,6 +392,19 @@ def _evaluate(fmodel: FunctionalModel, init_dist: InitDistribution, steps: Disti
                           attack=config.attack, momentum=config.momentum,
                           also_test=None if held_out is None
                           else (held_out.test_images, held_out.test_labels))
+
+
+def _converged(module: nn.Module, custom: str | None, steps: DistilledSteps, data: Dataset,
+               config: DistillConfig) -> dict[str, Any]:
+    """The converge protocol's report on the set: --eval-nets fresh nets of the run's model
+    (PyTorch's own initialisation, as published), DSA when the run used it; ``custom``: the
+    class name of a module the user brought."""
+    images, labels = steps.full_images().flatten(0, 1), steps.all_targets().flatten(0, 1)
+    fmodel = FunctionalModel(module, config.backend)
+    init = RandomInit(module, CONVERGE_INIT)
+    return converge_report(data, fmodel, init, images, labels, config.eval_nets,
+                           ConvergeSettings(), config.dsa, config.dsa_ops, config.seed,
+                           custom or config.model or data.default_model)
 
 
 def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: DistilledSteps,
