@@ -339,10 +339,11 @@ def test_mtt_distils_toward_the_experts_and_learns_one_lr(experts, tmp_path):
     settings = dict(method="mtt", experts=str(experts), dataset="digits", steps=1,
                     images_per_class=2, distill_epochs=6, minibatch=10, expert_epochs=2,
                     max_start_epoch=2, image_init="real", iterations=40, lr=0.01,
-                    progress=False, final_checks="none")
+                    progress=False)
     made = datadistill.distill(out=tmp_path / "run", **settings)
     start = datadistill.distill(**{**settings, "iterations": 1, "lr": 1e-12})
     assert made.meta["config"]["lr_per_step"] is False and made.meta["backend"] == "pytorch"
+    assert "final" not in made.meta["metrics"]  # auto: no few-step figure for an mtt set
     assert not torch.equal(made.images, start.images)
     assert len(set(made.lrs.tolist())) == 1 and made.lrs[0] != start.lrs[0]
 

@@ -265,8 +265,8 @@ def _distill(args: argparse.Namespace) -> None:
         real = metrics["random_real"]
         print(f"random real ({n_images} images, same steps, best lr {real['lr']}): "
               f"{100 * real['accuracy_mean']:.2f}% ± {100 * real['accuracy_std']:.2f}")
-    if "final" not in metrics:  # --no-final-checks, or a method without inner steps (dm)
-        few_step = METHODS.get(result.meta["config"]["method"]).inner_steps
+    if "final" not in metrics:  # --final-checks none, or a matching method's set
+        few_step = METHODS.get(result.meta["config"]["method"]).final_checks == "few-step"
         protocol = "" if few_step else " --protocol converge"
         print(f"evaluate the set with `datadistill evaluate {args.out}{protocol}`")
     picture = f" and {metrics['picture']}" if "picture" in metrics else ""

@@ -149,7 +149,7 @@ class DistillConfig:
                                      "the lr grid), converge (--eval-nets fresh nets of the "
                                      "run's model trained to convergence on the set, the "
                                      "protocol's 1000 epochs, DSA with --dsa), none, or auto "
-                                     "(few-step for a method with inner steps, else none)",
+                                     "(few-step for unroll, none for the matching methods)",
                              ("auto", "few-step", "converge", "none"))
     log_dir: str = _opt("", "write TensorBoard scalars and image grids to this folder "
                             "(meta-loss, lrs, meta-gradient norm, evaluations; off when empty)")

@@ -214,8 +214,7 @@ def distill(
             result.save(out)
 
     save()
-    checks = config.final_checks if config.final_checks != "auto" else (
-        "few-step" if method.inner_steps else "none")
+    checks = method.final_checks if config.final_checks == "auto" else config.final_checks
     if talk and checks != "none":
         print(f"final checks: {FINAL_CHECKS[checks].format(nets=_eval_nets(config))} "
               "(--final-checks none skips them)")

@@ -49,7 +49,8 @@ class Method(ABC):
 
     name: ClassVar[str]
     summary: ClassVar[str]
-    inner_steps: ClassVar[bool] = True  # its sets carry learned lrs for the few-step protocol
+    inner_steps: ClassVar[bool] = True  # its sets carry learned lrs
+    final_checks: ClassVar[str] = "few-step"  # what --final-checks auto runs after it
 
     def __init__(self, config: Any, fmodel: FunctionalModel, steps: DistilledSteps,
                  data: Dataset, probe: Params) -> None:

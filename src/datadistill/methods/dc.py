@@ -61,6 +61,7 @@ class GradientMatching(ClassBalanced):
     summary = ("gradient matching (DC, Zhao et al. 2021): per-class layer-wise distance of "
                "loss gradients on real and synthetic images")
     inner_steps = False
+    final_checks = "none"  # its sets are for the converge protocol, which takes long
 
     @classmethod
     def check(cls, config: Any) -> None:

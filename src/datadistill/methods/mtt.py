@@ -46,6 +46,7 @@ class TrajectoryMatching(Method):
     name = "mtt"
     summary = ("trajectory matching (MTT, Cazenavette et al. 2022): N synthetic steps from an "
                "expert's epoch t matched to its epoch t + M")
+    final_checks = "none"  # its steps start from experts' weights: the converge protocol's
 
     @classmethod
     def settle(cls, config: Any) -> Any:
