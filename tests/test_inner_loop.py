@@ -244,8 +244,8 @@ def _windowed_problem(labels_learned: bool, minibatch: int, momentum: float = 0.
     steps = DistilledSteps(images.requires_grad_(), labels.requires_grad_(labels_learned),
                            raw_lrs.requires_grad_(), momentum=momentum, augment=augment,
                            full_size=(4, 4) if downscale > 1 else None)
-    steps.draw_minibatches(minibatch, torch.Generator().manual_seed(5))
-    steps.draw_augmentation(torch.Generator().manual_seed(6))
+    steps = steps.with_minibatches(minibatch, torch.Generator().manual_seed(5))
+    steps = steps.with_augmentation(torch.Generator().manual_seed(6))
     return fmodel, params, steps, real_x, real_y
 
 
@@ -311,7 +311,7 @@ def test_augmented_steps_are_redrawn_each_meta_iteration_and_repeat_within_one()
     assert torch.equal(first, steps.step(3)[0])  # recomputed alike (back-gradient, window)
     assert not torch.allclose(first, steps.images[0])  # augmented
     assert not torch.allclose(first, steps.step(4)[0])  # each step its own draw
-    steps.draw_augmentation(torch.Generator().manual_seed(7))
+    steps = steps.with_augmentation(torch.Generator().manual_seed(7))
     assert not torch.allclose(first, steps.step(3)[0])  # a new draw per meta-iteration
 
 

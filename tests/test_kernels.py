@@ -222,7 +222,7 @@ def test_kernel_windowed_flat_set_equals_autograd(kernel, monkeypatch, minibatch
     steps, real_x, real_y = _steps_and_real_batch((1, 28, 28), logits, seed=9)
     steps.momentum = momentum
     steps.images = steps.images.reshape(1, 30, 1, 28, 28)
-    steps.draw_minibatches(minibatch, torch.Generator().manual_seed(10))
+    steps = steps.with_minibatches(minibatch, torch.Generator().manual_seed(10))
     fast, plain = _meta_gradients_both_ways(monkeypatch, fmodel, _reversed(params), steps,
                                             real_x, real_y, 1, window=range(2, 5))
     _assert_same_gradients(fast, plain)
@@ -247,7 +247,7 @@ def test_kernel_on_images_stored_smaller_equals_autograd(kernel, monkeypatch, mi
                            momentum=momentum, full_size=(28, 28))
     real_x = torch.randn(100, 1, 28, 28, generator=gen)
     real_y = torch.randint(0, 10, (100,), generator=gen)
-    steps.draw_minibatches(minibatch, gen)
+    steps = steps.with_minibatches(minibatch, gen)
     fast, plain = _meta_gradients_both_ways(monkeypatch, fmodel, _reversed(params), steps,
                                             real_x, real_y, 1, window=range(1, 5))
     assert fast[1].shape == plain[1].shape == (3, 40, 1, 14, 14)

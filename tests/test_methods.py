@@ -313,7 +313,7 @@ def test_mtt_loss_gradient_matches_float64_finite_differences():
     images = torch.randn(1, 6, 1, 4, 4, dtype=torch.float64,
                          generator=torch.Generator().manual_seed(2))
     steps = new_steps(images, torch.arange(6).view(1, 6) % 3, 4, 0.1, 3, lr_per_step=False)
-    steps.draw_minibatches(3, torch.Generator().manual_seed(3))
+    steps = steps.with_minibatches(3, torch.Generator().manual_seed(3))
 
     def value() -> float:
         return float(unrolled_gradient(fmodel, start, steps, matching_loss(start, target)))

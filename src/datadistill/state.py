@@ -33,7 +33,7 @@ class DistilledSteps:
     Labels are either fixed class indices (S, n) (int64, the paper) or learnable (S, n, K)
     (float): label logits whose softmax is each image's soft target, or with ``direct`` the
     targets themselves (any real values; the cross-entropy -Σ_k y_k log p_k). With ``order``
-    (T, b) set (``draw_minibatches``), step t uses only the images ``order[t]`` of its batch:
+    (T, b) set (``with_minibatches``), step t uses only the images ``order[t]`` of its batch:
     a flat set (S = 1) trained on minibatches. With ``full_size`` (H, W) set, the images
     are stored smaller and every step enlarges its own to that size (``--downscale``).
     """
@@ -45,7 +45,7 @@ class DistilledSteps:
     direct: bool = False
     momentum: float = 0.0  # the inner steps' heavy-ball momentum β (0: plain GD, the paper)
     augment: DSA | None = None  # DSA of each step's images, differentiable (None: none)
-    augment_seed: int = 0  # step t draws its augmentation from seed + t (``draw_augmentation``)
+    augment_seed: int = 0  # step t draws its augmentation from seed + t (``with_augmentation``)
     shared_lr_steps: int = 0  # T when one raw lr (1,) serves every step; 0: one lr per step
     full_size: tuple[int, int] | None = None  # the side a net sees; None: as stored
 
@@ -119,21 +119,23 @@ class DistilledSteps:
         """``images`` stored smaller, enlarged to ``full_size`` (differentiably); else as they are."""
         return images if self.full_size is None else resize_images(images, self.full_size)
 
-    def draw_augmentation(self, generator: torch.Generator) -> None:
-        """A new augmentation for every step, drawn once per meta-iteration."""
-        if self.augment is not None:
-            self.augment_seed = int(torch.randint(2**62, (1,), generator=generator))
+    def with_augmentation(self, generator: torch.Generator) -> DistilledSteps:
+        """These steps with a new augmentation for every step (drawn once per
+        meta-iteration); the same learnable tensors."""
+        if self.augment is None:
+            return self
+        return replace(self, augment_seed=int(torch.randint(2**62, (1,), generator=generator)))
 
-    def draw_minibatches(self, size: int, generator: torch.Generator) -> None:
-        """Each step's minibatch of ``size`` of its batch's images, drawn anew (no repeats
-        within a step); ``size`` 0 or the whole batch: every step sees its whole batch."""
+    def with_minibatches(self, size: int, generator: torch.Generator) -> DistilledSteps:
+        """These steps with each step's minibatch of ``size`` of its batch's images, drawn
+        anew (no repeats within a step); ``size`` 0 or the whole batch: every step sees its
+        whole batch. The same learnable tensors."""
         n = self.images.shape[1]
         if not 0 < size < n:
-            self.order = None
-            return
+            return replace(self, order=None)
         order = torch.stack([torch.randperm(n, generator=generator)[:size]
                              for _ in range(self.num_steps)])
-        self.order = order.to(self.images.device)
+        return replace(self, order=order.to(self.images.device))
 
 
 def window_of(num_steps: int, window: int, at_end: bool,

@@ -96,8 +96,8 @@ class TrajectoryMatching(Method):
         start = {k: v[t:t + 1].to(device) for k, v in expert.items()}
         target = {k: v[t + config.expert_epochs:t + config.expert_epochs + 1].to(device)
                   for k, v in expert.items()}
-        steps.draw_minibatches(config.minibatch, generator)
-        steps.draw_augmentation(generator)
+        steps = steps.with_minibatches(config.minibatch, generator)
+        steps = steps.with_augmentation(generator)
         window = range(*window_of(steps.num_steps, config.window, config.window_at_end,
                                   generator))
         return unrolled_gradient(self.fmodel, start, steps, matching_loss(start, target),

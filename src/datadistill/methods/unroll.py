@@ -35,8 +35,8 @@ class Unroll(Method):
     def loss(self, params: Params, steps: DistilledSteps, real_images: Tensor,
              real_labels: Tensor, generator: torch.Generator) -> Tensor:
         config = self.config
-        steps.draw_minibatches(config.minibatch, generator)  # a flat set's minibatches
-        steps.draw_augmentation(generator)  # --dsa: each step's augmentation
+        steps = steps.with_minibatches(config.minibatch, generator)  # a flat set's minibatches
+        steps = steps.with_augmentation(generator)  # --dsa: each step's augmentation
         window = range(*window_of(steps.num_steps, config.window, config.window_at_end,
                                   generator))  # the steps that keep a graph
         return self.meta_gradient.run(params, steps, real_images, real_labels, window)
