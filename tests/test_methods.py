@@ -44,24 +44,37 @@ def _dm_problem():
     return method, params, steps, real
 
 
+def _assert_finite_differences(tensor, grad, value, indices, rel, abs, eps=1e-6):
+    """``grad`` (the analytic gradient of ``value()`` w.r.t. ``tensor``) against central
+    differences of ``value()`` at the flat ``indices``."""
+    for index in indices:
+        values = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                tensor.view(-1)[index] += sign * eps
+            values.append(value())
+            with torch.no_grad():
+                tensor.view(-1)[index] -= sign * eps
+        numeric = (values[0] - values[1]) / (2 * eps)
+        assert grad.view(-1)[index].item() == pytest.approx(numeric, rel=rel, abs=abs)
+
+
+def _twelve_pixels(steps):
+    return torch.randperm(steps.images.numel(),
+                          generator=torch.Generator().manual_seed(3))[:12].tolist()
+
+
 def test_dm_loss_gradient_matches_float64_finite_differences():
     method, params, steps, (real_x, real_y) = _dm_problem()
     losses = method.loss(params, steps, real_x, real_y, torch.Generator().manual_seed(2))
     assert losses.shape == (2,) and (losses > 0).all()
-    analytic = steps.images.grad.clone()
-    picks = torch.randperm(steps.images.numel(), generator=torch.Generator().manual_seed(3))[:12]
-    eps = 1e-6
-    for index in picks.tolist():
-        values = []
-        for sign in (1, -1):
-            with torch.no_grad():
-                steps.images.view(-1)[index] += sign * eps
-            values.append(float(method.loss(params, steps, real_x, real_y,
-                                             torch.Generator().manual_seed(2)).mean()))
-            with torch.no_grad():
-                steps.images.view(-1)[index] -= sign * eps
-        numeric = (values[0] - values[1]) / (2 * eps)
-        assert analytic.view(-1)[index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+    def value() -> float:
+        return float(method.loss(params, steps, real_x, real_y,
+                                 torch.Generator().manual_seed(2)).mean())
+
+    _assert_finite_differences(steps.images, steps.images.grad.clone(), value,
+                               _twelve_pixels(steps), rel=1e-5, abs=1e-8)
 
 
 def test_dm_loss_is_the_squared_distance_of_class_mean_embeddings():
@@ -163,21 +176,14 @@ def test_dc_loss_gradient_matches_float64_finite_differences():
     method, params, steps, (real_x, real_y) = _dc_problem()
     losses = method.loss(params, steps, real_x, real_y, torch.Generator().manual_seed(2))
     assert losses.shape == (2,) and (losses > 0).all()
-    analytic = steps.images.grad.clone()
-    eps = 1e-6
-    for index in torch.randperm(steps.images.numel(),
-                                generator=torch.Generator().manual_seed(3))[:12].tolist():
-        values = []
-        for sign in (1, -1):
-            with torch.no_grad():
-                steps.images.view(-1)[index] += sign * eps
-            method.matches = 0  # the same fresh net each time
-            values.append(float(method.loss(params, steps, real_x, real_y,
-                                            torch.Generator().manual_seed(2)).mean()))
-            with torch.no_grad():
-                steps.images.view(-1)[index] -= sign * eps
-        numeric = (values[0] - values[1]) / (2 * eps)
-        assert analytic.view(-1)[index].item() == pytest.approx(numeric, rel=1e-4, abs=1e-7)
+
+    def value() -> float:
+        method.matches = 0  # the same fresh net each time
+        return float(method.loss(params, steps, real_x, real_y,
+                                 torch.Generator().manual_seed(2)).mean())
+
+    _assert_finite_differences(steps.images, steps.images.grad.clone(), value,
+                               _twelve_pixels(steps), rel=1e-4, abs=1e-7)
 
 
 def test_dc_trains_its_net_between_matches_and_draws_a_fresh_one_after_the_outer_loop():
@@ -321,18 +327,10 @@ def test_mtt_loss_gradient_matches_float64_finite_differences():
     loss = value()
     assert 0 < loss
     analytic = [steps.images.grad.clone(), steps.raw_lrs.grad.clone()]
-    eps = 1e-6
     for tensor, grad in zip((steps.images, steps.raw_lrs), analytic):
-        for index in range(0, tensor.numel(), max(1, tensor.numel() // 8)):
-            values = []
-            for sign in (1, -1):
-                with torch.no_grad():
-                    tensor.view(-1)[index] += sign * eps
-                values.append(value())
-                with torch.no_grad():
-                    tensor.view(-1)[index] -= sign * eps
-            numeric = (values[0] - values[1]) / (2 * eps)
-            assert grad.view(-1)[index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-9)
+        _assert_finite_differences(tensor, grad, value,
+                                   range(0, tensor.numel(), max(1, tensor.numel() // 8)),
+                                   rel=1e-5, abs=1e-9)
 
 
 def test_mtt_distils_toward_the_experts_and_learns_one_lr(experts, tmp_path):

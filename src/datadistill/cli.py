@@ -40,6 +40,13 @@ PROTOCOLS = ("few-step", "converge")
 OVERWRITE_HELP = "replace the run in --out (its files go only once the new ones are written)"
 
 
+def _add_where_flags(parser: argparse.ArgumentParser) -> None:
+    """Where a command that trains nets finds its data and runs them."""
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--device", default="auto")
+    _add_backend_flag(parser)
+
+
 def _add_backend_flag(parser: argparse.ArgumentParser) -> None:
     """--backend, meaning what distill's means: where every net of the command runs."""
     field = DistillConfig.__dataclass_fields__["backend"]
@@ -176,9 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", type=int, default=10, help="models trained together in one batch")
     p.add_argument("--init-scheme", default="xavier-normal")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", default="data")
-    p.add_argument("--device", default="auto")
-    _add_backend_flag(p)
+    _add_where_flags(p)
 
     p = sub.add_parser("experts", help="train expert trajectories for --method mtt")
     p.add_argument("--dataset", required=True, help="registered dataset to train on")
@@ -195,9 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DSA on every real minibatch (default: on, as MTT)")
     p.add_argument("--init-scheme", default=CONVERGE_INIT)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", default="data")
-    p.add_argument("--device", default="auto")
-    _add_backend_flag(p)
+    _add_where_flags(p)
 
     p = sub.add_parser("pool-import", help="make a pool of your own trained models (state dicts)")
     p.add_argument("folder", help="folder of *.safetensors / *.pt / *.pth state dicts, one architecture")
@@ -206,9 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="pool folder")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--held-out", type=int, default=None, help="models kept for evaluation only")
-    p.add_argument("--data-root", default="data")
-    p.add_argument("--device", default="auto")
-    _add_backend_flag(p)
+    _add_where_flags(p)
 
     p = sub.add_parser("export", help="write a run's images, labels and normalisation as "
                                       "plain tensors (docs/exchange.md)")

@@ -163,7 +163,7 @@ class DistillConfig:
                                    f"{', '.join(choices)}, got {getattr(self, f.name)!r}")
         positive = ["steps", "distill_epochs", "images_per_class", "downscale", "epochs",
                     "batch_size", "decay_epochs", "outer_chunk",
-                    "eval_nets", "checkpoint_every"]
+                    "eval_nets", "checkpoint_every", "expert_epochs", "max_start_epoch"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise DistillError(f"--{name.replace('_', '-')} must be at least 1, "

@@ -129,6 +129,19 @@ class ClassBalanced(Method):
             yield data.train_images[picks], data.train_labels[picks]
 
 
+class Matching(ClassBalanced):
+    """A matching method (DM, DC): no inner steps with learned lrs, so no few-step figures;
+    the unrolled method's settings refused, saying ``why``."""
+
+    inner_steps = False
+    final_checks = "none"  # its sets are for the converge protocol, which takes long
+    why: ClassVar[str]
+
+    @classmethod
+    def check(cls, config: Any) -> None:
+        refuse_unrolled_settings(config, cls.name, cls.why)
+
+
 def augmented(images: Tensor, steps: DistilledSteps, seed: int, siamese: bool = True) -> Tensor:
     """``images`` (B, C, H, W) through the steps' DSA drawn from ``seed``: with ``siamese``
     one transform for the whole batch, so a class's real and synthetic images augmented from

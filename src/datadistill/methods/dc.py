@@ -22,7 +22,7 @@ from ..errors import DistillError
 from ..functional import FunctionalModel, Params
 from ..inner_loop import gd_step
 from ..state import DistilledSteps
-from .base import ClassBalanced, augmented, draw_seed, refuse_unrolled_settings
+from .base import Matching, augmented, draw_seed
 
 # DC's (matches per net, epochs between matches) by images per class
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -56,16 +56,15 @@ def layerwise_distance(real: Sequence[Tensor], synthetic: Sequence[Tensor]) -> T
     return total
 
 
-class GradientMatching(ClassBalanced):
+class GradientMatching(Matching):
     name = "dc"
     summary = ("gradient matching (DC, Zhao et al. 2021): per-class layer-wise distance of "
                "loss gradients on real and synthetic images")
-    inner_steps = False
-    final_checks = "none"  # its sets are for the converge protocol, which takes long
+    why = "trains its nets between matches by plain SGD"
 
     @classmethod
     def check(cls, config: Any) -> None:
-        refuse_unrolled_settings(config, cls.name, "trains its nets between matches by plain SGD")
+        super().check(config)
         if 0 in loops(config):
             raise DistillError(f"--method {cls.name} has DC's loop counts for "
                                f"{', '.join(map(str, LOOPS))} images per class only "

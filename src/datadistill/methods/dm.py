@@ -8,25 +8,19 @@ meta-iteration takes ``--batch-size`` / classes images of every class.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from ..functional import Params
 from ..state import DistilledSteps
-from .base import ClassBalanced, augmented, draw_seed, refuse_unrolled_settings
+from .base import Matching, augmented, draw_seed
 
-class DistributionMatching(ClassBalanced):
+
+class DistributionMatching(Matching):
     name = "dm"
     summary = ("distribution matching (Zhao & Bilen 2023): per-class mean embeddings of real "
                "and synthetic images under random nets")
-    inner_steps = False
-    final_checks = "none"  # its sets are for the converge protocol, which takes long
-
-    @classmethod
-    def check(cls, config: Any) -> None:
-        refuse_unrolled_settings(config, cls.name, "has no inner steps")
+    why = "has no inner steps"
 
     def loss(self, params: Params, steps: DistilledSteps, real_images: Tensor,
              real_labels: Tensor, generator: torch.Generator) -> Tensor:

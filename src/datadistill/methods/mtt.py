@@ -63,10 +63,6 @@ class TrajectoryMatching(Method):
         if config.objective != "task":
             raise DistillError("--method mtt matches experts' weights, not an attack: drop "
                                "--objective attack")
-        for name in ("expert_epochs", "max_start_epoch"):
-            if getattr(config, name) < 1:
-                raise DistillError(f"--{name.replace('_', '-')} must be at least 1, got "
-                                   f"{getattr(config, name)}")
 
     def __init__(self, config: Any, fmodel: FunctionalModel, steps: DistilledSteps,
                  data: Dataset, probe: Params) -> None:
