@@ -19,7 +19,7 @@ LAYERS = [  # bottom to top
     "nets backends tracking",
     "converge pools experts",
     "evaluate plots exchange methods.base",
-    "baselines.run methods.unroll methods.dm methods.dc methods.mtt runstate",
+    "baselines.run methods.unroll methods.dm methods.dc methods.mtt methods.krr runstate",
     "methods",
     "distill baselines.write report",
     "baselines",

@@ -124,7 +124,7 @@ def test_dm_distills_a_set_that_moves_toward_the_real_class_means(tmp_path):
 
 
 @pytest.mark.parametrize("flags, problem", [
-    (["--method", "nope"], "unknown method 'nope'; choose one of: dc, dm, dsa, mtt, unroll"),
+    (["--method", "nope"], "unknown method 'nope'; choose one of: dc, dm, dsa, frepo, kip, krr, mtt, unroll"),
     (["--method", "dm", "--window", "2"], "--method dm has no inner steps, so --window 2"),
     (["--method", "dm", "--labels", "learned"], "so --labels learned would be ignored"),
     (["--method", "dm", "--eval-every", "1"], "--protocol converge"),

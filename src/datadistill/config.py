@@ -42,17 +42,24 @@ class DistillConfig:
     method: str = _opt("unroll", "distillation method (`datadistill list`): unroll (the "
                                  "paper's unrolled inner steps), dm (distribution matching), "
                                  "dc or dsa (gradient matching), mtt (trajectory "
-                                 "matching)")
+                                 "matching), krr, frepo or kip (kernel regression)")
     match_outer_loop: int = _opt(0, "dc/dsa: matches per net drawn, the net trained on the "
                                     "synthetic set between them (0: DC's for --images-per-class"
                                     " 1, 10, 20, 30, 40, 50: 1, 10, 20, 30, 40, 50)")
     match_inner_loop: int = _opt(0, "dc/dsa: epochs of SGD on the synthetic set between two "
                                     "matches (0: DC's: 1, 50, 25, 20, 15, 10)")
-    match_net_lr: float = _opt(0.01, "dc/dsa: SGD lr of the net trained between matches")
+    match_net_lr: float = _opt(0.01, "dc/dsa: SGD lr of the net trained between matches; "
+                                     "frepo: of the pool's nets")
     experts: str = _opt("", "mtt: folder of expert trajectories (`datadistill experts`)")
     expert_epochs: int = _opt(2, "mtt: M, the expert epochs the N synthetic steps should match")
     max_start_epoch: int = _opt(20, "mtt: the expert epoch t an unroll starts at is drawn "
                                     "below this")
+    ridge: float = _opt(1e-6, "krr/frepo/kip: the kernel ridge, a fraction of the synthetic "
+                              "kernel's mean diagonal")
+    online_models: int = _opt(10, "frepo: nets in the online pool whose embeddings give the "
+                                  "kernel")
+    online_steps: int = _opt(100, "frepo: SGD steps a pool net takes on the synthetic set "
+                                  "(one per use, at --match-net-lr) before a fresh net replaces it")
     objective: str = _opt("task", "final loss: the task's labels, or an attack (class K -> T)",
                           ("task", "attack"))
     attack_class: int = _opt(-1, "attack: the class K whose images should be misclassified")

@@ -28,13 +28,17 @@ UNROLL_ONLY = {"window": 0, "minibatch": 0, "momentum": 0.0, "backward": "full",
                "labels": "fixed", "objective": "task", "eval_every": 0, "validation": 0}
 
 
-def refuse_unrolled_settings(config: Any, method: str, reason: str) -> None:
-    """One line for a setting of the unrolled inner steps given to a method without them."""
+def refuse_unrolled_settings(config: Any, method: str, reason: str,
+                             allowed: tuple[str, ...] = ()) -> None:
+    """One line for a setting of the unrolled inner steps given to a method without them
+    (but those ``allowed``)."""
     if config.backend == "compiled":
         raise DistillError(f"--backend compiled insists on the LeNet kernel of the unrolled "
                            f"steps, which --method {method} does not run; use auto or pytorch")
     for name, neutral in UNROLL_ONLY.items():
         value = getattr(config, name)
+        if name in allowed:
+            continue
         if value != neutral:
             flag = "--" + name.replace("_", "-")
             raise DistillError(f"--method {method} {reason}, so {flag} {value} would be "
