@@ -9,7 +9,7 @@ from pathlib import Path
 import datadistill
 
 LAYERS = [  # bottom to top
-    "errors _version distributed recompute linear_regression resize kernels baselines.knn",
+    "errors zoo _version distributed recompute linear_regression resize kernels baselines.knn",
     "registry runtime packaged functional config runfolder progress",
     "text audio init_distributions convnets",
     "data models",

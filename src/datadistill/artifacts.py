@@ -22,6 +22,7 @@ from .data import Dataset
 from .distributed import current
 from .errors import DistillError
 from .functional import Params
+from .zoo import resolve
 
 ARTIFACT_FILE = "distilled.safetensors"
 META_FILE = "meta.json"
@@ -170,8 +171,9 @@ class Distilled:
 
 
 def load(path: str | Path) -> Distilled:
-    """Load distilled data from a run folder (or its ``distilled.safetensors``)."""
-    path = Path(path)
+    """Load distilled data from a run folder (or its ``distilled.safetensors``, or a shipped
+    set: ``zoo:NAME``)."""
+    path = resolve(path)
     file = path / ARTIFACT_FILE if path.is_dir() or not path.suffix else path
     tensors, meta = load_tensors(file)
     missing = {"images", "labels", "lrs"} - set(tensors)

@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
 
     p = sub.add_parser("evaluate", help="train fresh nets on an artifact's images and test them")
-    p.add_argument("run", help="run folder written by distill, baseline or import")
+    p.add_argument("run", help="run folder written by distill, baseline or import, or a "
+                                      "shipped set: zoo:NAME")
     p.add_argument("--protocol", default="few-step", choices=PROTOCOLS,
                    help="few-step: the paper's GD steps with the learned lrs (default); "
                         "converge: minibatch SGD to convergence on the images as a flat set")
@@ -213,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a run's images, labels and normalisation as "
                                       "plain tensors (docs/exchange.md)")
-    p.add_argument("run", help="run folder written by distill, baseline or import")
+    p.add_argument("run", help="run folder written by distill, baseline or import, or a "
+                                      "shipped set: zoo:NAME")
     p.add_argument("--out", required=True, help="a .safetensors file")
 
     p = sub.add_parser("import", help="make a run folder of a set made elsewhere "
@@ -243,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--markdown", action="store_true", help="a GitHub Markdown table")
     form.add_argument("--json", action="store_true", help="the rows as JSON")
 
+    p = sub.add_parser("zoo", help="list the distilled sets shipped with the package: "
+                                   "evaluate, export, report or load them as zoo:NAME")
+    p.add_argument("--json", action="store_true", help="print their cards and scores as JSON")
     sub.add_parser("list", help="list datasets, models, methods and initialization schemes")
     return parser
 
@@ -523,6 +528,35 @@ def _report(args: argparse.Namespace) -> None:
         print(markdown_table(rows) if args.markdown else text_table(rows))
 
 
+def _zoo(args: argparse.Namespace) -> None:
+    from .report import report_rows, text_table
+    from .zoo import PREFIX, catalogue
+
+    sets = catalogue()
+    if args.json:
+        print(json.dumps([{"name": PREFIX + s.name, **s.card,
+                           "scores": report_rows([PREFIX + s.name])} for s in sets], indent=2))
+        return
+    for s in sets:
+        print(f"{PREFIX}{s.name}  ({s.size_bytes / 1024:.0f} KB): {s.card['summary']}")
+        print("  " + text_table(report_rows([PREFIX + s.name])).replace("\n", "\n  "))
+    total = sum(s.size_bytes for s in sets) / 1024
+    print(f"{len(sets)} sets, {total:.0f} KB in all; e.g. `datadistill evaluate "
+          f"{PREFIX}{sets[0].name if sets else 'NAME'} --json`")
+
+
+def _read_only_zoo(args: argparse.Namespace) -> None:
+    """A shipped set (``zoo:NAME``) is read-only: its evaluations are printed, not saved."""
+    from .zoo import is_zoo, resolve
+
+    if is_zoo(args.run):
+        resolve(args.run)  # an unknown name: one line listing the sets
+        if args.command == "evaluate":
+            args.no_save = True
+        if args.command == "show" and not args.out:
+            raise DistillError("a zoo set is read-only: pass --out FILE.png")
+
+
 def _list(args: argparse.Namespace) -> None:
     from .data import DATASETS, PATH_FORMS
     from .init_distributions import list_init_schemes
@@ -552,8 +586,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "linreg": _linreg,
                 "pretrain": _pretrain, "experts": _experts, "pool-import": _pool_import,
                 "show": _show, "list": _list,
-                "export": _export, "import": _import_set, "report": _report}
+                "export": _export, "import": _import_set, "report": _report, "zoo": _zoo}
     try:
+        if isinstance(getattr(args, "run", None), str):
+            _read_only_zoo(args)
         commands[args.command](args)
         world.barrier()  # no rank leaves while another still needs the group; skipped on errors
     except DistillError as exc:

@@ -14,6 +14,7 @@ from .config import DistillConfig
 from .converge import ConvergeSettings
 from .errors import DistillError
 from .evaluate import EVALUATIONS, artifact_digest
+from .zoo import resolve
 
 # (row key, column heading) in table order; the command last (the widest)
 COLUMNS = (("run", "run"), ("dataset", "dataset"), ("made_by", "made by"),
@@ -26,7 +27,7 @@ CONVERGE_FLAGS = {"bfloat16": "bf16"}  # ConvergeSettings fields whose flag is n
 
 def report_rows(runs: Sequence[str | Path]) -> list[dict[str, Any]]:
     """The rows of every run folder, in the order given."""
-    return [row for run in runs for row in run_rows(Path(run))]
+    return [row for run in runs for row in run_rows(resolve(run))]
 
 
 def run_rows(run: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,56 @@
+"""Ship a run folder as a zoo set: ``python scripts/add_to_zoo.py RUN NAME --summary TEXT
+[--check ARGS] [--tolerance T]``.
+
+Copies the artifact, ``meta.json`` and the saved evaluations of that artifact into
+``src/datadistill/zoo_sets/NAME/``, runs the quick check (``datadistill evaluate RUN ARGS``,
+seconds, which ``tests/test_zoo.py`` reruns) and writes ``card.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from datadistill.artifacts import ARTIFACT_FILE, META_FILE
+from datadistill.evaluate import EVALUATIONS, artifact_digest
+from datadistill.zoo import CARD_FILE, ROOT
+
+
+def quick_check(run: Path, args: list[str]) -> float:
+    """The mean accuracy of ``datadistill evaluate RUN ARGS --json --no-save``."""
+    command = [sys.executable, "-m", "datadistill", "evaluate", str(run), *args, "--json",
+               "--no-save"]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)["after"]["accuracy_mean"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("name")
+    parser.add_argument("--summary", required=True)
+    parser.add_argument("--check", default="--nets 5", help="evaluate flags of the quick check")
+    parser.add_argument("--tolerance", type=float, default=0.03)
+    args = parser.parse_args()
+    folder = ROOT / args.name
+    (folder / EVALUATIONS).mkdir(parents=True, exist_ok=True)
+    digest = artifact_digest(args.run)
+    for name in (ARTIFACT_FILE, META_FILE):
+        shutil.copy(args.run / name, folder / name)
+    for record in sorted((args.run / EVALUATIONS).glob("*.json")):
+        if json.loads(record.read_text()).get("artifact_sha256") == digest:
+            shutil.copy(record, folder / EVALUATIONS / record.name)
+    check = shlex.split(args.check)
+    card = {"summary": args.summary,
+            "check": {"args": check, "accuracy": quick_check(folder, check),
+                      "tolerance": args.tolerance}}
+    (folder / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    print(f"zoo:{args.name}: quick check {100 * card['check']['accuracy']:.2f}%")
+
+
+if __name__ == "__main__":
+    main()
