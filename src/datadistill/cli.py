@@ -439,7 +439,7 @@ def _print_dd_ranking(scores: dict) -> None:
     def value(key: str) -> str:
         if scores[key] is None:
             return "- (" + scores[f"{key}_unavailable"] + ")"
-        return f"{100 * scores[key]:+.2f}" if key in ("ior", "hlr") else f"{100 * scores[key]:.2f}"
+        return f"{100 * scores[key]:+.2f}" if key == "ior" else f"{100 * scores[key]:.2f}"
 
     hlr = "-" if scores["hlr"] is None else f"{100 * scores['hlr']:+.2f}"
     print(f"  DD-Ranking:      IOR {value('ior')}, HLR {hlr} (points)")
