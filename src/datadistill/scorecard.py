@@ -4,6 +4,7 @@ DD-Ranking's scores (``scores.py``) and, under the converge protocol, an optiona
 on held-out training images."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -159,13 +160,14 @@ def _accuracy(full: dict[str, Any] | None) -> float | None:
 
 def lr_search(setting: ConvergeSetting) -> dict[str, Any]:
     """Each lr of ``LR_FACTORS`` x the settings' lr scored by the setting's nets on held-out
-    TRAINING images (never the test split); the best is ``chosen_lr``."""
+    TRAINING images (never the test split); the best is ``chosen_lr`` (of tied ones, the
+    nearest to the settings' lr)."""
     held = search_split(setting.data, setting.seed)
     grid = [setting.settings.lr * factor for factor in LR_FACTORS]
     scores = [setting_with_lr(setting, lr).report(data=held)["after"]["accuracy_mean"]
               for lr in grid]
-    return {"lrs": grid, "held_out_accuracy": scores,
-            "chosen_lr": grid[scores.index(max(scores))],
+    best = max(range(len(grid)), key=lambda i: (scores[i], -abs(math.log(LR_FACTORS[i]))))
+    return {"lrs": grid, "held_out_accuracy": scores, "chosen_lr": grid[best],
             "held_out_images": int(held.test_labels.numel())}
 
 
