@@ -9,7 +9,8 @@ from pathlib import Path
 import datadistill
 
 LAYERS = [  # bottom to top
-    "errors zoo _version distributed recompute linear_regression resize kernels baselines.knn",
+    "errors zoo _version distributed recompute linear_regression resize kernels baselines.knn "
+    "scores",
     "registry runtime packaged functional config runfolder progress",
     "text audio init_distributions convnets",
     "data models",
@@ -19,8 +20,9 @@ LAYERS = [  # bottom to top
     "nets backends tracking",
     "converge pools experts",
     "evaluate plots exchange methods.base",
-    "baselines.run methods.unroll methods.dm methods.dc methods.mtt methods.krr runstate",
-    "methods",
+    "floor baselines.run methods.unroll methods.dm methods.dc methods.mtt methods.krr "
+    "runstate",
+    "methods scorecard",
     "distill baselines.write report",
     "baselines",
     "__init__ cli",

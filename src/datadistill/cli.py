@@ -86,6 +86,30 @@ def _add_converge_flags(parser: argparse.ArgumentParser) -> None:
                        help="write the learning curve picture here")
 
 
+def _add_scoring_flags(parser: argparse.ArgumentParser) -> None:
+    """What evaluate reports beside the accuracy (docs/usage.md, DD-Ranking's scores)."""
+    group = parser.add_argument_group("scores beside the accuracy")
+    group.add_argument("--plain", action="store_true",
+                       help="only the accuracy and the majority-class rate: skip the hard-label, "
+                            "other-augmentation and random-real runs and the scores")
+    group.add_argument("--full-data-accuracy", type=float, default=None, metavar="X",
+                       help="the whole training set's accuracy (a fraction) under this "
+                            "evaluation, for DD-Ranking's HLR and LRS (e.g. from `datadistill "
+                            "baseline --method full --protocol converge`)")
+    group.add_argument("--full-data", action="store_true",
+                       help="converge: compute that accuracy here (the same nets trained on the "
+                            "whole training set; costly)")
+    group.add_argument("--lr-search", action="store_true",
+                       help="converge: pick the lr from 0.25x-4x the lr by accuracy on held-out "
+                            "training images (never the test split)")
+
+
+def _scoring(args: argparse.Namespace):
+    from .scorecard import Scoring
+
+    return Scoring(args.plain, args.full_data_accuracy, args.full_data, args.lr_search)
+
+
 def _converge_settings(args: argparse.Namespace) -> ConvergeSettings:
     defaults = ConvergeSettings()
     return ConvergeSettings(
@@ -139,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-scheme", default=CONVERGE_INIT,
                    help=f"converge: initialization of the fresh nets (default: {CONVERGE_INIT}, "
                         "PyTorch's own, as published)")
+    _add_scoring_flags(p)
     _add_converge_flags(p)
 
     p = sub.add_parser("baseline", help="real-image baselines with the paper's lr x epochs grid")
@@ -284,14 +309,17 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.protocol == "converge":
         _evaluate_converge(args)
         return
-    from .evaluate import evaluate, evaluation_name
+    from .evaluate import evaluation_name
+    from .scorecard import few_step_scored
 
     _refuse_converge_flags(args, model=True)
+    scoring = _scoring(args)
+    scoring.check("few-step")
     _check_saving(args)
     nets = 200 if args.nets is None else args.nets
-    result = evaluate(args.run, nets=nets, lr=args.lr, epochs=args.epochs,
-                      data_root=args.data_root, device=args.device, pool=args.pool,
-                      backend=args.backend)
+    result = few_step_scored(args.run, scoring, nets=nets, lr=args.lr, epochs=args.epochs,
+                             data_root=args.data_root, device=args.device, pool=args.pool,
+                             backend=args.backend)
     result = _saved(result, args, evaluation_name("few-step", lr=args.lr, epochs=args.epochs))
     if args.json:
         print(json.dumps(result, indent=2))
@@ -308,6 +336,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"  attack: accuracy w.r.t. modified labels {100 * after['modified_accuracy_mean']:.2f}% "
               f"± {100 * after['modified_accuracy_std']:.2f}, class K predicted as T "
               f"{100 * after['attack_ratio_mean']:.2f}% ± {100 * after['attack_ratio_std']:.2f}")
+    _print_scores(result)
 
 
 def _refuse_converge_flags(args: argparse.Namespace, model: bool) -> None:
@@ -322,19 +351,25 @@ def _refuse_converge_flags(args: argparse.Namespace, model: bool) -> None:
 
 
 def _evaluate_converge(args: argparse.Namespace) -> None:
-    from .evaluate import evaluate_converge, evaluation_name
+    from .evaluate import evaluation_name
+    from .scorecard import converge_scored
 
     if args.curve:
         check_png_path(args.curve)
+    scoring = _scoring(args)
+    scoring.check("converge")
     _check_saving(args)
-    result = evaluate_converge(args.run, nets=5 if args.nets is None else args.nets,
-                               model=args.model,
-                               settings=_converge_settings(args), dsa=args.dsa,
-                               dsa_ops=args.dsa_ops, init_scheme=args.init_scheme,
-                               data_root=args.data_root, device=args.device,
-                               backend=args.backend)
-    name = evaluation_name("converge", result["model"], args.dsa, args.lr, args.epochs)
+    result = converge_scored(args.run, scoring, nets=5 if args.nets is None else args.nets,
+                             model=args.model,
+                             settings=_converge_settings(args), dsa=args.dsa,
+                             dsa_ops=args.dsa_ops, init_scheme=args.init_scheme,
+                             data_root=args.data_root, device=args.device,
+                             backend=args.backend)
+    name = evaluation_name("converge", result["model"], args.dsa, args.lr, args.epochs,
+                           args.lr_search)
     _report_converge(_saved(result, args, name), args)
+    if not args.json:
+        _print_scores(result)
 
 
 def _check_saving(args: argparse.Namespace) -> None:
@@ -371,6 +406,49 @@ def _report_converge(result: dict, args: argparse.Namespace) -> None:
     print(f"  {result['dataset']} test set: {100 * after['accuracy_mean']:.2f}% ± "
           f"{100 * after['accuracy_std']:.2f} (loss {after['loss_mean']:.3f})")
     _print_spread(after)
+
+
+def _percent(figure: dict) -> str:
+    return f"{100 * figure['accuracy_mean']:.2f}% ± {100 * figure['accuracy_std']:.2f}"
+
+
+def _print_scores(result: dict) -> None:
+    """The figures beside the accuracy: majority class, lr search, hard labels,
+    augmentation, the random-real floor and DD-Ranking's scores (those present)."""
+    print(f"  majority class:  {100 * result['majority_class_rate']:.2f}% of the test split")
+    if "lr_search" in result:
+        search = result["lr_search"]
+        grid = ", ".join(f"{lr:g}: {100 * acc:.1f}%" for lr, acc in
+                         zip(search["lrs"], search["held_out_accuracy"]))
+        print(f"  lr search:       chose {search['chosen_lr']:g} on "
+              f"{search['held_out_images']} held-out training images ({grid})")
+    if "scores" not in result:
+        return
+    hard = result["hard_labels"]
+    same = " (the figure above: the labels are hard)" if "same_as_main" in hard else ""
+    print(f"  hard labels:     {_percent(hard)}{same}")
+    if "with_augmentation" in result:
+        print(f"  with DSA:        {_percent(result['with_augmentation'])}; without: "
+              f"{_percent(result['no_augmentation'])}")
+    floor = result["random_real"]
+    tuned = f", best lr {floor['lr']}" if "lr" in floor else ""
+    both = (f" (with DSA {_percent(floor['with_augmentation'])}, without "
+            f"{_percent(floor['no_augmentation'])})" if "with_augmentation" in floor else "")
+    print(f"  random real:     {_percent(floor)} ({floor['images']} images, the set's classes, "
+          f"seed {floor['seed']}{tuned}){both}")
+    _print_dd_ranking(result["scores"])
+
+
+def _print_dd_ranking(scores: dict) -> None:
+    """IOR, HLR, LRS and ARS (DD-Ranking), or why one is missing."""
+    def value(key: str) -> str:
+        if scores[key] is None:
+            return "- (" + scores[f"{key}_unavailable"] + ")"
+        return f"{100 * scores[key]:+.2f}" if key == "ior" else f"{100 * scores[key]:.2f}"
+
+    hlr = "-" if scores["hlr"] is None else f"{100 * scores['hlr']:+.2f}"
+    print(f"  DD-Ranking:      IOR {value('ior')}, HLR {hlr} (points)")
+    print(f"                   LRS {value('lrs')}; ARS {value('ars')}")
 
 
 def _print_spread(after: dict) -> None:

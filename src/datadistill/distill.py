@@ -22,8 +22,8 @@ from .data import Dataset, check_downscale, hold_out, load_dataset, relabel
 from .distributed import World, current
 from .errors import DistillError
 from .converge import CONVERGE_INIT, ConvergeSettings
-from .evaluate import (Evaluation, best_of_grid, converge_report, evaluate_steps, schedule,
-                       schedule_evaluator)
+from .evaluate import Evaluation, converge_report, evaluate_steps, schedule
+from .floor import few_step_floor, random_real_set
 from .functional import FunctionalModel
 from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
 from .methods import METHODS
@@ -408,20 +408,19 @@ def _converged(module: nn.Module, custom: str | None, steps: DistilledSteps, dat
 
 def _random_real(fmodel: FunctionalModel, init_dist: InitDistribution, steps: DistilledSteps,
                  data: Dataset, config: DistillConfig) -> dict[str, Any]:
-    """As many random real images in the same steps; the best of the learned and fixed lrs.
+    """The random-real floor (``floor.py``, the one definition) on the final check's nets:
+    as many random real images in the same steps, class for class as the set's hard labels;
+    the best of the learned and the paper's constant lrs.
 
     For an attack these are real images with class K labelled T; with --downscale they are
     stored as small and enlarged alike (IDC's multi-formed random baseline).
     """
-    labels = _class_layout(config, data.num_classes).to(data.train_images.device)
-    images = images_for("random", data, labels, generator(config.seed, "random-real"),
-                        config.downscale)
-    run = schedule_evaluator(fmodel, init_dist, images, relabel(labels, config.attack),
-                             data.test_images, data.test_labels, _eval_nets(config), config.seed,
-                             "evaluation", attack=config.attack, minibatch=config.minibatch,
-                             momentum=config.momentum)
-    best, _ = best_of_grid(run, steps.lrs().detach(),
-                           epochs=(config.distill_epochs,))
+    images, labels = random_real_set(data, steps.all_targets().detach(), config.seed,
+                                     config.downscale)
+    best, _ = few_step_floor(fmodel, init_dist, data, images, labels, _eval_nets(config),
+                             config.seed, "evaluation", steps.lrs().detach(),
+                             config.distill_epochs, config.minibatch, config.momentum,
+                             config.attack)
     return best
 
 

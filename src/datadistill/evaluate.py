@@ -32,6 +32,7 @@ from .nets import EvalResult, Step, schedule, test_nets, train_nets
 from .pools import check_pool_fits, load_pool
 from .progress import phase_bar
 from .runtime import generator, resolve_device
+from .scores import majority_class_rate
 
 GRID_LRS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # the paper's constant lrs for baselines
 GRID_EPOCHS = (1, 3, 5)
@@ -219,10 +220,60 @@ def build_context(config: dict[str, Any], dataset: str, model: str | None,
     return data, FunctionalModel(module, backend), init
 
 
-def _attack_of(config: dict[str, Any]) -> tuple[int, int] | None:
+def attack_of(config: dict[str, Any]) -> tuple[int, int] | None:
     if config.get("objective") == "attack":
         return config["attack_class"], config["target_class"]
     return None
+
+
+@dataclass
+class FewStepSetting:
+    """A run's few-step evaluation: its context, the steps' images and labels, the lrs
+    (learned, or a constant) and epochs, and the held-out nets; ``figure`` trains and tests
+    them on other images or labels in the same way (hard labels, the random-real floor)."""
+
+    data: Dataset
+    fmodel: FunctionalModel
+    init: InitDistribution
+    images: Tensor  # (S, n, C, H, W)
+    labels: Tensor  # (S, n) classes or (S, n, K) learned labels
+    lrs: Tensor | float
+    epochs: int
+    nets: int
+    config: dict[str, Any]
+
+    def figure(self, labels: Tensor | None = None, test_before: bool = False) -> Evaluation:
+        """The held-out nets trained on the steps (with ``labels`` instead of the set's)."""
+        test = self.data.test_images
+        steps = schedule(self.images, self.labels if labels is None else labels.to(test.device),
+                         self.lrs, self.epochs, self.config.get("minibatch", 0))
+        return evaluate_steps(self.fmodel, self.init, steps, test, self.data.test_labels,
+                              self.nets, generator(self.config["seed"], HELD_OUT),
+                              test_before=test_before, attack=attack_of(self.config),
+                              momentum=self.config.get("momentum", 0.0))
+
+
+HELD_OUT = "held-out"  # the generator purpose of evaluate's held-out nets
+
+
+def few_step_setting(run: str | Path, nets: int = 200, lr: float | None = None,
+                     epochs: int | None = None, data_root: str | None = None,
+                     device: str = "auto", pool: str | None = None,
+                     module: nn.Module | None = None, data: Dataset | None = None,
+                     backend: str = "auto") -> FewStepSetting:
+    """The few-step evaluation of a run folder, checked and loaded (see ``evaluate``)."""
+    check_evaluation_settings(nets, lr, epochs)
+    distilled = load(run)
+    if distilled.num_steps == 0 and None in (lr, epochs):
+        raise DistillError(f"{run} holds no learning rates (a k-NN baseline, a converge-protocol "
+                           "baseline, an imported set or a dm/dc/dsa set); evaluate it with --protocol converge, "
+                           "or give --lr and --epochs")
+    data, fmodel, init = context_for(distilled, data_root, device, data, pool, module, backend)
+    dev = data.test_images.device
+    return FewStepSetting(data, fmodel, init, distilled.images.to(dev), distilled.labels.to(dev),
+                          distilled.lrs if lr is None else lr,
+                          epochs or distilled.num_steps // distilled.images.shape[0],
+                          1 if distilled.init is not None else nets, distilled.meta["config"])
 
 
 def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: int | None = None,
@@ -239,25 +290,21 @@ def evaluate(run: str | Path, nets: int = 200, lr: float | None = None, epochs: 
     distilled with a module of your own).
     """
     start = time.perf_counter()
-    check_evaluation_settings(nets, lr, epochs)
-    distilled = load(run)
-    if distilled.num_steps == 0 and None in (lr, epochs):
-        raise DistillError(f"{run} holds no learning rates (a k-NN baseline, a converge-protocol "
-                           "baseline, an imported set or a dm/dc/dsa set); evaluate it with --protocol converge, "
-                           "or give --lr and --epochs")
-    data, fmodel, init = context_for(distilled, data_root, device, data, pool, module, backend)
-    dev = data.test_images.device
-    config = distilled.meta["config"]
-    n_epochs = epochs or distilled.num_steps // distilled.images.shape[0]
-    steps = schedule(distilled.images.to(dev), distilled.labels.to(dev),
-                     distilled.lrs if lr is None else lr, n_epochs, config.get("minibatch", 0))
-    result = evaluate_steps(fmodel, init, steps, data.test_images, data.test_labels,
-                            1 if distilled.init is not None else nets,
-                            generator(config["seed"], "held-out"), test_before=True,
-                            attack=_attack_of(config), momentum=config.get("momentum", 0.0))
-    return {"run": str(run), "protocol": "few-step", "dataset": data.name,
-            "lr": "learned" if lr is None else lr, "epochs": n_epochs, "backend": backend,
-            **result.summary(), "wall_time_s": time.perf_counter() - start}
+    setting = few_step_setting(run, nets, lr, epochs, data_root, device, pool, module, data,
+                               backend)
+    return {"run": str(run), **few_step_record(setting, backend),
+            "wall_time_s": time.perf_counter() - start}
+
+
+def few_step_record(setting: FewStepSetting, backend: str) -> dict[str, Any]:
+    """The few-step figure of a setting (before and after training) and the test split's
+    majority-class rate."""
+    result = setting.figure(test_before=True)
+    lr = setting.lrs
+    return {"protocol": "few-step", "dataset": setting.data.name,
+            "lr": "learned" if isinstance(lr, Tensor) else lr, "epochs": setting.epochs,
+            "backend": backend, **result.summary(),
+            "majority_class_rate": majority_class_rate(setting.data.test_labels)}
 
 
 def check_evaluation_settings(nets: int, lr: float | None, epochs: int | None) -> None:
@@ -270,15 +317,42 @@ def check_evaluation_settings(nets: int, lr: float | None, epochs: int | None) -
         raise DistillError(f"--epochs must be at least 1, got {epochs}")
 
 
-def evaluate_converge(run: str | Path, nets: int = 5, model: str | None = None,
-                      settings: ConvergeSettings = ConvergeSettings(), dsa: bool = False,
-                      dsa_ops: str = "", init_scheme: str = "default",
-                      data_root: str | None = None, device: str = "auto",
-                      data: Dataset | None = None, backend: str = "auto") -> dict[str, Any]:
-    """The converge protocol on a run folder: ``nets`` fresh nets of ``model`` (default: the
-    one it was distilled with, run by ``backend``) trained to convergence on its images as one flat set, with
-    DSA when ``dsa``; mean ± std, per-class accuracy and the learning curve."""
-    start = time.perf_counter()
+@dataclass
+class ConvergeSetting:
+    """A run's converge-protocol evaluation: its context, the set's images and labels as one
+    flat set, and the nets and settings; ``report`` trains and tests in the same way on
+    other images, labels, augmentation, settings or test data."""
+
+    data: Dataset
+    fmodel: FunctionalModel
+    init: InitDistribution
+    images: Tensor  # (N, C, H, W)
+    labels: Tensor  # (N,) classes or (N, K) learned labels
+    nets: int
+    settings: ConvergeSettings
+    dsa: bool
+    dsa_ops: str
+    seed: int
+    model: str
+    downscale: int = 1  # the set's --downscale: its random-real floor is multi-formed alike
+
+    def report(self, images: Tensor | None = None, labels: Tensor | None = None,
+               dsa: bool | None = None, data: Dataset | None = None) -> dict[str, Any]:
+        """``converge_report`` of the setting, with the given parts replaced."""
+        return converge_report(data or self.data, self.fmodel, self.init,
+                               self.images if images is None else images,
+                               self.labels if labels is None else labels, self.nets,
+                               self.settings, self.dsa if dsa is None else dsa, self.dsa_ops,
+                               self.seed, self.model)
+
+
+def converge_setting(run: str | Path, nets: int = 5, model: str | None = None,
+                     settings: ConvergeSettings = ConvergeSettings(), dsa: bool = False,
+                     dsa_ops: str = "", init_scheme: str = "default",
+                     data_root: str | None = None, device: str = "auto",
+                     data: Dataset | None = None, backend: str = "auto") -> ConvergeSetting:
+    """The converge-protocol evaluation of a run folder, checked and loaded (see
+    ``evaluate_converge``)."""
     check_evaluation_settings(nets, None, None)
     settings.check()
     distilled = load(run)
@@ -291,10 +365,26 @@ def evaluate_converge(run: str | Path, nets: int = 5, model: str | None = None,
                                         "init_scheme": init_scheme},
                                        meta["dataset"]["name"], name, None, data_root, device,
                                        data, None, None, backend)
-    images, labels = distilled.images.flatten(0, 1), distilled.labels.flatten(0, 1)
-    result = converge_report(data, fmodel, init, images, labels, nets, settings, dsa, dsa_ops,
-                             meta["config"]["seed"], name)
-    return {"run": str(run), **result, "wall_time_s": time.perf_counter() - start}
+    return ConvergeSetting(data, fmodel, init, distilled.images.flatten(0, 1),
+                           distilled.labels.flatten(0, 1), nets, settings, dsa, dsa_ops,
+                           meta["config"]["seed"], name, meta["config"].get("downscale", 1))
+
+
+def evaluate_converge(run: str | Path, nets: int = 5, model: str | None = None,
+                      settings: ConvergeSettings = ConvergeSettings(), dsa: bool = False,
+                      dsa_ops: str = "", init_scheme: str = "default",
+                      data_root: str | None = None, device: str = "auto",
+                      data: Dataset | None = None, backend: str = "auto") -> dict[str, Any]:
+    """The converge protocol on a run folder: ``nets`` fresh nets of ``model`` (default: the
+    one it was distilled with, run by ``backend``) trained to convergence on its images as one flat set, with
+    DSA when ``dsa``; mean ± std, per-class accuracy, the learning curve and the test
+    split's majority-class rate."""
+    start = time.perf_counter()
+    setting = converge_setting(run, nets, model, settings, dsa, dsa_ops, init_scheme, data_root,
+                               device, data, backend)
+    return {"run": str(run), **setting.report(),
+            "majority_class_rate": majority_class_rate(setting.data.test_labels),
+            "wall_time_s": time.perf_counter() - start}
 
 
 def converge_report(data: Dataset, fmodel: FunctionalModel, init: InitDistribution,
@@ -314,11 +404,13 @@ def converge_report(data: Dataset, fmodel: FunctionalModel, init: InitDistributi
 
 
 def evaluation_name(protocol: str, model: str | None = None, dsa: bool = False,
-                    lr: float | None = None, epochs: int | None = None) -> str:
+                    lr: float | None = None, epochs: int | None = None,
+                    lr_search: bool = False) -> str:
     """The file stem of a saved evaluation: the protocol and the settings given, e.g.
-    ``few-step``, ``few-step-lr0.01-e5``, ``converge-convnet-dsa``."""
+    ``few-step``, ``few-step-lr0.01-e5``, ``converge-convnet-dsa``, ``converge-lr-search``."""
     parts = [protocol, model, "dsa" if dsa else None,
-             None if lr is None else f"lr{lr:g}", None if epochs is None else f"e{epochs}"]
+             None if lr is None else f"lr{lr:g}", "lr-search" if lr_search else None,
+             None if epochs is None else f"e{epochs}"]
     return "-".join(part for part in parts if part)
 
 

@@ -20,7 +20,8 @@ from .zoo import resolve
 COLUMNS = (("run", "run"), ("dataset", "dataset"), ("made_by", "made by"),
            ("images_per_class", "ipc"), ("model", "model"), ("protocol", "protocol"),
            ("evaluated_on", "evaluated on"), ("accuracy", "accuracy %"), ("nets", "nets"),
-           ("random_real", "random real %"), ("distill_s", "distill s"),
+           ("hard_labels", "hard labels %"), ("random_real", "random real %"),
+           ("lrs", "LRS"), ("ars", "ARS"), ("distill_s", "distill s"),
            ("evaluation_s", "evaluation s"), ("command", "command"))
 CONVERGE_FLAGS = {"bfloat16": "bf16"}  # ConvergeSettings fields whose flag is not their name
 
@@ -95,14 +96,21 @@ def _own_figure(meta: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _scores(record: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """Accuracy (mean, std, nets), the random-real floor (few-step), wall time and command."""
+    """Accuracy (mean, std, nets; the set's own labels), the hard-label accuracy, the
+    random-real floor (the evaluation's own, else distill's few-step one), DD-Ranking's LRS and
+    ARS where the evaluation has them, wall time and command."""
     after = record["after"]
     few_step = record.get("protocol", "few-step") == "few-step"
-    floor = (meta.get("metrics", {}).get("random_real") if few_step else None) or {}
+    floor = record.get("random_real") or (
+        meta.get("metrics", {}).get("random_real") if few_step else None) or {}
+    hard, scores = record.get("hard_labels") or {}, record.get("scores") or {}
     return {"evaluated_on": record.get("model") or _model(meta),
             "accuracy_mean": after["accuracy_mean"], "accuracy_std": after["accuracy_std"],
-            "nets": after.get("nets"), "random_real_mean": floor.get("accuracy_mean"),
-            "random_real_std": floor.get("accuracy_std"),
+            "nets": after.get("nets"), "hard_labels_mean": hard.get("accuracy_mean"),
+            "hard_labels_std": hard.get("accuracy_std"),
+            "random_real_mean": floor.get("accuracy_mean"),
+            "random_real_std": floor.get("accuracy_std"), "lrs": scores.get("lrs"),
+            "ars": scores.get("ars"),
             "evaluation_s": record.get("wall_time_s"), "command": record.get("command")}
 
 
@@ -162,6 +170,9 @@ def _cells(row: dict[str, Any]) -> dict[str, str]:
     def percent(mean: float | None, std: float | None) -> str:
         return "-" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
+    def score(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}"
+
     def seconds(value: float | None) -> str:
         return "-" if value is None else f"{value:.0f}"
 
@@ -171,7 +182,9 @@ def _cells(row: dict[str, Any]) -> dict[str, str]:
             "images_per_class": ipc if isinstance(ipc, str) else f"{ipc:g}",
             "accuracy": percent(row["accuracy_mean"], row["accuracy_std"]),
             "nets": "-" if row["nets"] is None else str(row["nets"]),
+            "hard_labels": percent(row["hard_labels_mean"], row["hard_labels_std"]),
             "random_real": percent(row["random_real_mean"], row["random_real_std"]),
+            "lrs": score(row["lrs"]), "ars": score(row["ars"]),
             "distill_s": seconds(row["distill_s"]), "evaluation_s": seconds(row["evaluation_s"]),
             "command": " && ".join(c for c in (row["set_command"], row["command"]) if c)}
 

@@ -12,6 +12,8 @@ from ..config import DistillConfig
 from ..converge import ConvergeSettings
 from ..errors import DistillError
 from ..evaluate import build_context, context_for, converge_report, grid_epochs
+from ..floor import few_step_floor, random_real_set
+from ..nets import schedule
 from ..runfolder import writes_run_folder
 from ..runtime import generator
 from ..selectors import baseline_images
@@ -52,11 +54,15 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
         learned = None
         model_meta = {"name": config.model or data.default_model,
                       "class": type(fmodel.module).__name__}
-    images, labels, lrs, report = run_baseline(
-        method, data, fmodel, init, config.steps, config.images_per_class, learned,
-        nets=nets, search_nets=search_nets, sets=sets, seed=config.seed, attack=config.attack,
-        minibatch=config.minibatch, epochs=grid_epochs(config.steps, config.distill_epochs),
-        momentum=config.momentum, downscale=config.downscale)
+    if method == "random" and like is not None:  # the run's own floor, as distill drew it
+        images, labels, lrs, report = _floor_like(reference, data, fmodel, init, config, nets)
+    else:
+        images, labels, lrs, report = run_baseline(
+            method, data, fmodel, init, config.steps, config.images_per_class, learned,
+            nets=nets, search_nets=search_nets, sets=sets, seed=config.seed,
+            attack=config.attack, minibatch=config.minibatch,
+            epochs=grid_epochs(config.steps, config.distill_epochs), momentum=config.momentum,
+            downscale=config.downscale)
     meta = run_meta(config.to_dict(), data, model_meta,
                     {"final": report["final"], "baseline": report}, baseline=method)
     artifact = Distilled(images.cpu(), labels.cpu(), torch.tensor(lrs, dtype=torch.float32),
@@ -67,6 +73,23 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
 
         after_saving(report, "picture", lambda: save_picture(artifact, data, out).name)
     return report
+
+
+def _floor_like(reference: Distilled, data, fmodel, init, config: DistillConfig, nets: int):
+    """A run's random-real floor (``floor.py``): the images distill's final check draws,
+    scored on ``nets`` nets of the same draw as its (the same figure when ``nets`` is the
+    run's --eval-nets); images, labels, the chosen lrs and the report."""
+    images, labels = random_real_set(data, reference.labels.to(data.train_images.device),
+                                     config.seed, config.downscale)
+    best, grid = few_step_floor(fmodel, init, data, images, labels, nets, config.seed,
+                                "evaluation", reference.lrs, config.distill_epochs,
+                                config.minibatch, config.momentum, config.attack)
+    lr = reference.lrs if best["lr"] == "learned" else float(best["lr"])
+    report = {"method": "random", "best": {"lr": best["lr"], "epochs": best["epochs"]},
+              "grid": grid, "floor": "the run's random-real floor (datadistill.floor)",
+              "final": {k: v for k, v in best.items() if k not in ("lr", "epochs")}}
+    lrs = [step[2] for step in schedule(images, labels, lr, best["epochs"])]
+    return images, labels, lrs, report
 
 
 @writes_run_folder
