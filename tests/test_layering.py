@@ -9,9 +9,9 @@ from pathlib import Path
 import datadistill
 
 LAYERS = [  # bottom to top
-    "errors zoo _version distributed recompute linear_regression resize kernels baselines.knn "
+    "errors _version distributed recompute linear_regression resize kernels baselines.knn "
     "scores",
-    "registry runtime packaged functional config runfolder progress",
+    "registry runtime packaged functional config runfolder progress zoo",
     "text audio init_distributions convnets",
     "data models",
     "augment selectors artifacts kernels.normpool",

@@ -320,7 +320,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     result = few_step_scored(args.run, scoring, nets=nets, lr=args.lr, epochs=args.epochs,
                              data_root=args.data_root, device=args.device, pool=args.pool,
                              backend=args.backend)
-    result = _saved(result, args, evaluation_name("few-step", lr=args.lr, epochs=args.epochs))
+    result = _saved(result, args, evaluation_name("few-step", lr=args.lr, epochs=args.epochs,
+                                                     plain=args.plain))
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -366,7 +367,7 @@ def _evaluate_converge(args: argparse.Namespace) -> None:
                              data_root=args.data_root, device=args.device,
                              backend=args.backend)
     name = evaluation_name("converge", result["model"], args.dsa, args.lr, args.epochs,
-                           args.lr_search)
+                           args.lr_search, args.plain)
     _report_converge(_saved(result, args, name), args)
     if not args.json:
         _print_scores(result)

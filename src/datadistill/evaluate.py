@@ -405,12 +405,13 @@ def converge_report(data: Dataset, fmodel: FunctionalModel, init: InitDistributi
 
 def evaluation_name(protocol: str, model: str | None = None, dsa: bool = False,
                     lr: float | None = None, epochs: int | None = None,
-                    lr_search: bool = False) -> str:
+                    lr_search: bool = False, plain: bool = False) -> str:
     """The file stem of a saved evaluation: the protocol and the settings given, e.g.
-    ``few-step``, ``few-step-lr0.01-e5``, ``converge-convnet-dsa``, ``converge-lr-search``."""
+    ``few-step``, ``few-step-lr0.01-e5``, ``converge-convnet-dsa``, ``converge-lr-search``;
+    ``-plain`` for one without the extra figures (so it never replaces a full one)."""
     parts = [protocol, model, "dsa" if dsa else None,
              None if lr is None else f"lr{lr:g}", "lr-search" if lr_search else None,
-             None if epochs is None else f"e{epochs}"]
+             None if epochs is None else f"e{epochs}", "plain" if plain else None]
     return "-".join(part for part in parts if part)
 
 
