@@ -23,6 +23,8 @@ from .conftest import TinyConvNet, make_dataset
 
 SETTINGS = dict(steps=2, distill_epochs=2, images_per_class=1, epochs=3, batch_size=32,
                 nets_per_iteration=2, eval_nets=6, progress=False)
+KRR = dict(method="krr", labels="learned", steps=1, images_per_class=2, epochs=3,
+           batch_size=32, nets_per_iteration=2, progress=False)  # no inner steps
 
 
 def _free_port() -> int:
@@ -48,10 +50,12 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     assert init_from_env() == World(rank, world_size)
     result = datadistill.distill(data=make_dataset(), module=TinyConvNet(), **SETTINGS)
+    regressed = datadistill.distill(data=make_dataset(), module=TinyConvNet(), **KRR)
     evaluation = _evaluation()
     if rank == 0:
         final = result.meta["metrics"]["final"]
         save_file({"images": result.images, "lrs": result.lrs,
+                   "krr_images": regressed.images, "krr_labels": regressed.labels,
                    "final_accuracy": torch.tensor(final["accuracy_mean"]),
                    "accuracies": evaluation.accuracies, "losses": evaluation.losses}, out)
     dist.barrier()  # neither rank tears gloo down while the other still uses it
@@ -71,6 +75,12 @@ def test_two_ranks_with_one_net_each_equal_one_process_with_two_nets(two_ranks):
     assert torch.allclose(two_ranks["lrs"], single.lrs, atol=1e-5)
     assert float(two_ranks["final_accuracy"]) == pytest.approx(
         single.meta["metrics"]["final"]["accuracy_mean"], abs=1e-6)
+
+
+def test_kernel_regression_on_two_ranks_equals_one_process(two_ranks):
+    single = datadistill.distill(data=make_dataset(), module=TinyConvNet(), **KRR)
+    assert torch.allclose(two_ranks["krr_images"], single.images, atol=1e-5)
+    assert torch.allclose(two_ranks["krr_labels"], single.labels, atol=1e-5)
 
 
 def test_evaluation_across_two_ranks_equals_one(two_ranks):
