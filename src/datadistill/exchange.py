@@ -48,7 +48,8 @@ PUBLISHED_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 # DC's results file also holds its accuracies, NumPy float64 scalars: rebuilding one is data
 # only (a dtype and its bytes), under NumPy 2's module name and NumPy 1's.
 _NUMPY_SCALARS = [np._core.multiarray.scalar, (np._core.multiarray.scalar,
-                                               "numpy.core.multiarray.scalar"), np.dtype]
+                                               "numpy.core.multiarray.scalar"), np.dtype,
+                  *(type(np.dtype(code)) for code in ("f4", "f8", "i4", "i8"))]
 
 
 def export_set(run: str | Path, out: str | Path) -> dict[str, Tensor]:
