@@ -73,6 +73,7 @@ def _bad_data_files(root) -> None:
     knn = datadistill.load(root / "knn")
     Distilled(knn.images, knn.labels, torch.tensor([float("inf")]), None, knn.meta).save(
         root / "nan-run")
+    torch.save({"state_dict": torch.zeros(2)}, root / "weights.pt")  # not a set
     rows = "".join(f"document number {i},only\n" for i in range(40))
     (root / "one-class.csv").write_text("text,label\n" + rows)
 
@@ -240,6 +241,9 @@ BAD_INPUTS = [
       "resnet"], "unknown model 'resnet'"),
     (["import", "RUNS/set.safetensors", "--dataset", "digits28", "--out", "OUT"],
      "pass the --dataset the set was made for"),
+    (["import", "RUNS/weights.pt", "--dataset", "digits", "--out", "OUT"],
+     "holds a dict of 'state_dict'; a .pt set is a dict with images and labels tensors, an "
+     "(images, labels) pair, DC/DSA/DM's res_*.pt"),
     # run folders: a finished run and a running one are refused; bad data (also under
     # --overwrite of a finished run, which stays as it was)
     (["distill", "--out", "RUNS/knn", *QUICK, "--seed", "5"],

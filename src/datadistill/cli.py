@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="make a run folder of a set made elsewhere "
                                       "(.safetensors or .pt tensors, docs/exchange.md)")
-    p.add_argument("file", help=".safetensors or .pt file of images and labels")
+    p.add_argument("file", help=".safetensors or .pt file of images and labels (also DC/DSA/DM's "
+                                "res_*.pt, MTT's images_<it>.pt beside labels_<it>.pt)")
     p.add_argument("--dataset", required=True, help="registered dataset the set was made for")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
