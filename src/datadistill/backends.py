@@ -7,15 +7,16 @@ every θ_t kept for ``full``. The choice is recorded in each artifact's ``meta.j
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 from .errors import DistillError
 from .functional import FunctionalModel, Params
 from .inner_loop import meta_gradient
-from .kernels.lenet import lenet_meta_gradient_fn
+from .kernels.lenet import SeenGrads, lenet_meta_gradient_fn
 from .state import DistilledSteps
 
 @dataclass
@@ -43,8 +44,8 @@ def choose_meta_gradient(fmodel: FunctionalModel, params: Params, steps: Distill
     if compiled is not None:
         kept = keep_every if mode == "backgrad" else 1
         return MetaGradient("compiled-lenet", lambda p, s, x, y, window=None:
-                            _on_full_size_images(compiled, p, s, x, y, kept,
-                                                 window or range(s.num_steps)))
+                            _through_the_state(compiled, p, s, x, y, kept,
+                                               window or range(s.num_steps)))
     if fmodel.backend == "compiled":
         raise DistillError("--backend compiled runs only the registered LeNet in float32 on the "
                            "CPU with a working C compiler, without --dsa; use --backend auto or "
@@ -53,17 +54,16 @@ def choose_meta_gradient(fmodel: FunctionalModel, params: Params, steps: Distill
         fmodel, p, s, x, y, mode, keep_every, chunk_size, window))
 
 
-def _on_full_size_images(compiled: Callable[..., Tensor], params: Params,
-                         steps: DistilledSteps, real_images: Tensor, real_labels: Tensor,
-                         keep_every: int, window: range) -> Tensor:
-    """The kernel's meta-gradient; for images stored smaller (``--downscale``) it runs on the
-    enlarged images, a new leaf, whose gradient then flows back through the (linear) resize
-    into the stored ones. Labels and lrs are the same leaves either way."""
-    rest = real_images, real_labels, keep_every, window
-    if steps.full_size is None:
-        return compiled(params, steps, *rest)
-    enlarged = steps.enlarged(steps.images)
-    leaf = enlarged.detach().requires_grad_()
-    losses = compiled(params, replace(steps, images=leaf, full_size=None), *rest)
-    enlarged.backward(leaf.grad)
+def _through_the_state(compiled: Callable[..., tuple[Tensor, SeenGrads]], params: Params,
+                       steps: DistilledSteps, real_images: Tensor, real_labels: Tensor,
+                       keep_every: int, window: range) -> Tensor:
+    """The kernel's meta-gradient: it returns plain gradients of what the steps read (images
+    as a net sees them, targets, per-step lrs: ``steps.seen()``), and one autograd call
+    carries them into the learnable tensors, through the resize of images stored smaller,
+    the label softmax and the lrs' softplus (and the expand of one shared lr)."""
+    seen = steps.seen()
+    losses, grads = compiled(params, steps, [t.detach() for t in seen], real_images,
+                             real_labels, keep_every, window)
+    pairs = [(t, grad) for t, grad in zip(seen, grads) if grad is not None]  # none: classes
+    torch.autograd.backward([t for t, _ in pairs], [grad for _, grad in pairs])
     return losses

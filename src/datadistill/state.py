@@ -111,6 +111,13 @@ class DistilledSteps:
             images = self.augment(images.unsqueeze(0), draws).squeeze(0)
         return images, targets, F.softplus(self.raw_lrs[self.lr_index(t)])
 
+    def seen(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(images, targets, lrs) as the steps read them, unaugmented: every batch's images as
+        a net sees them (S, n, C, H, W), targets ((S, n) classes or (S, n, K)) and every
+        step's lr (T,), differentiable w.r.t. the learnable tensors. A kernel reads them
+        detached and returns their gradients, which one autograd call carries back."""
+        return self.enlarged(self.images), self._as_targets(self.labels), self.lrs()
+
     def full_images(self) -> Tensor:
         """Every batch's images as a net sees them, detached: (S, n, C, H, W) at full size."""
         return self.enlarged(self.images.detach())

@@ -206,54 +206,59 @@ def lenet_train_fn(module: nn.Module, params: Params,
     return train
 
 
+# the gradients of the mean meta-loss w.r.t. the steps' (images, targets, lrs) (``seen()``)
+SeenGrads = tuple[Tensor, "Tensor | None", Tensor]
+
+
 def lenet_meta_gradient_fn(module: nn.Module, params: Params, *images: Tensor
-                           ) -> Callable[..., Tensor] | None:
+                           ) -> Callable[..., tuple[Tensor, SeenGrads]] | None:
     """The meta-gradient of ``inner_loop.meta_gradient`` through the kernel, or None where it
     does not apply (``images``: the real and the distilled ones). Call it as ``fn(params,
-    steps, real_images, real_labels, keep_every, window) -> losses (N,)``; it accumulates
-    ``.grad`` of the images, the raw lrs and learned label logits."""
+    steps, seen, real_images, real_labels, keep_every, window) -> (losses (N,), grads)``,
+    ``seen`` being ``steps.seen()`` detached: ``grads`` are the plain gradients of the images
+    (as a net sees them), the targets (None for class indices) and the per-step lrs."""
     net = _Net.of(module, params, *images)
     if net is None:
         return None
 
-    def meta_gradient(params: Params, steps: DistilledSteps, real_images: Tensor,
-                      real_labels: Tensor, keep_every: int, window: range) -> Tensor:
+    def meta_gradient(params: Params, steps: DistilledSteps, seen: Sequence[Tensor],
+                      real_images: Tensor, real_labels: Tensor, keep_every: int,
+                      window: range) -> tuple[Tensor, SeenGrads]:
         with torch.no_grad():
-            return _meta_gradient(net, params, steps, real_images, real_labels, keep_every,
-                                  window)
+            return _meta_gradient(net, params, steps, seen, real_images, real_labels,
+                                  keep_every, window)
 
     return meta_gradient
 
 
-def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images: Tensor,
-                   real_labels: Tensor, keep_every: int, window: range) -> Tensor:
+def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, seen: Sequence[Tensor],
+                   real_images: Tensor, real_labels: Tensor, keep_every: int,
+                   window: range) -> tuple[Tensor, SeenGrads]:
     """Run the steps before the ``window`` without keeping, unroll the window keeping every
     ``keep_every``-th θ_t, take the outer gradient g on the real batch, then walk back:
-    dlr_t = -<g, ∇ℓ_t>, dx_t = -lr_t R_g{∇_x ℓ_t}, for learned labels
-    dq_t = lr_t scale (R_g{z_t} - <p_t, R_g{z_t}>) (the targets' gradient, z_t the logits, p_t
-    their softmax; then through the label softmax unless direct), g <- g - lr_t H_t g.
-    With momentum β (state (θ, v), h = dL/dv) the direction is u = h - lr_t g instead of
-    -lr_t g: dlr_t = -<g, v_{t+1}>, dx_t = R_u{∇_x ℓ_t}, g <- g + H_t u, h <- β u.
-    One lr shared by all steps gets the sum of the dlr_t."""
-    targets = [steps.targets(s).detach() for s in range(steps.num_batches)]
-    whole = [net.batch(x.detach(), q) for x, q in zip(steps.images, targets)]
-    raw_lrs = steps.raw_lrs.detach()
-    lrs = steps.lrs().detach().tolist()
+    dlr_t = -<g, ∇ℓ_t>, dx_t = -lr_t R_g{∇_x ℓ_t}, for soft targets
+    dq_t = lr_t scale (R_g{z_t} - <p_t, R_g{z_t}>) (z_t the logits, p_t their softmax),
+    g <- g - lr_t H_t g. With momentum β (state (θ, v), h = dL/dv) the direction is
+    u = h - lr_t g instead of -lr_t g: dlr_t = -<g, v_{t+1}>, dx_t = R_u{∇_x ℓ_t},
+    g <- g + H_t u, h <- β u."""
+    images, targets, lrs = seen
+    whole = [net.batch(x, q) for x, q in zip(images, targets)]
+    lr_list = lrs.tolist()
 
     def batch(t: int) -> _Batch:
         s, picked = steps.batch_of(t), steps.picked(t)
         if picked is None:
             return whole[s]
-        return net.batch(steps.images[s, picked].detach(), targets[s][picked])
+        return net.batch(images[s, picked], targets[s][picked])
 
     def step(state: tuple[Tensor, Tensor | None], t: int) -> tuple[Tensor, Tensor | None]:
         theta, velocity = state
         current = batch(t)
         grad = net.gradient(theta, current, 1.0 / current.size)[1]
         if velocity is None:
-            return theta.add(grad, alpha=-lrs[t]), None
+            return theta.add(grad, alpha=-lr_list[t]), None
         velocity = velocity.mul(steps.momentum).add_(grad)
-        return theta.add(velocity, alpha=-lrs[t]), velocity
+        return theta.add(velocity, alpha=-lr_list[t]), velocity
 
     theta = net.flatten({k: v.detach() for k, v in params.items()})
     state = theta, torch.zeros_like(theta) if steps.momentum else None
@@ -266,34 +271,24 @@ def _meta_gradient(net: _Net, params: Params, steps: DistilledSteps, real_images
     losses, g = net.gradient(theta, net.batch(real_images, real_labels),
                              1.0 / (total * nets))  # g: gradient of the mean over nets
 
-    grads = {"images": torch.zeros_like(steps.images), "raw_lrs": torch.zeros_like(raw_lrs)}
-    target_grad = torch.zeros_like(steps.labels) if steps.learns_labels else None
-    sigmoid = torch.sigmoid(raw_lrs)
+    image_grad, lr_grad = torch.zeros_like(images), torch.zeros_like(lrs)
+    target_grad = torch.zeros_like(targets) if targets.is_floating_point() else None
     h = None if after[1] is None else torch.zeros_like(g)
     for t, (theta_t, velocity_t) in states_in_reverse(step, kept, window, keep_every):
         s, picked, current = steps.batch_of(t), steps.picked(t), batch(t)
         # the HVP direction and its weight: g and -lr_t (plain GD), or u = h - lr_t g and 1
-        direction, weight = (g, -lrs[t]) if h is None else (h.add(g, alpha=-lrs[t]), 1.0)
+        direction, weight = (g, -lr_list[t]) if h is None else (h.add(g, alpha=-lr_list[t]), 1.0)
         slopes, hvp, r_dx, r_logits = net.hessian_vector(theta_t, current, 1.0 / current.size,
                                                          direction, logits=target_grad is not None)
-        lr_slope = slopes.sum() if h is None else (g * after[1]).sum()
-        index = steps.lr_index(t)
-        grads["raw_lrs"][index] -= lr_slope * sigmoid[index]
-        _add_at(grads["images"][s], picked, weight * net.crop(r_dx))
+        lr_grad[t] = -(slopes.sum() if h is None else (g * after[1]).sum())
+        _add_at(image_grad[s], picked, weight * net.crop(r_dx))
         if target_grad is not None:
             _add_at(target_grad[s], picked, -weight * (1.0 / current.size) * r_logits)
         g = g.add(hvp, alpha=weight)
         if h is not None:
             h = direction.mul_(steps.momentum)
         after = theta_t, velocity_t
-
-    if target_grad is not None:
-        grads["label_targets"] = target_grad  # direct labels are the targets
-        if not steps.direct:
-            grads["label_logits"] = _softmax_backward(steps.labels.detach(), target_grad)
-    for name, leaf in steps.learnable().items():
-        leaf.grad = grads[name] if leaf.grad is None else leaf.grad + grads[name]
-    return losses / total
+    return losses / total, (image_grad, target_grad, lr_grad)
 
 
 def _add_at(dest: Tensor, picked: Tensor | None, value: Tensor) -> None:
@@ -303,8 +298,3 @@ def _add_at(dest: Tensor, picked: Tensor | None, value: Tensor) -> None:
     else:
         dest.index_add_(0, picked, value)
 
-
-def _softmax_backward(logits: Tensor, grad: Tensor) -> Tensor:
-    """The gradient w.r.t. ``logits`` of softmax(logits, -1), given that of its output."""
-    probs = F.softmax(logits, -1)
-    return probs * (grad - (probs * grad).sum(-1, keepdim=True))
