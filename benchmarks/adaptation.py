@@ -9,7 +9,7 @@ and from random pool models (4 per meta-iteration); evaluates on the pool's held
 runs the random / optimized / k-means / average real baselines on the same held-out models
 with the lr × epochs grid; adds "no adaptation" (held-out models tested on the target as they
 are) and "train on the full target set" (held-out models fine-tuned with Adam). Each pair's
-figures go to OUT/<pair>.json; the table in docs/results.md is rebuilt from all of them.
+figures go to OUT/<pair>.json; the table in docs/results-adaptation.md is rebuilt from all of them.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="distillation passes over the target")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--out", default="runs/adaptation")
-    parser.add_argument("--results", default="docs/results.md")
+    parser.add_argument("--results", default="docs/results-adaptation.md")
     args = parser.parse_args()
     source = load_pool(args.pool).manifest["dataset"]
     pair = f"{source}-to-{args.target}"

@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--target-class", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=10, help="distillation passes")
     parser.add_argument("--out", default="runs/attack")
-    parser.add_argument("--results", default="docs/results.md")
+    parser.add_argument("--results", default="docs/results-adaptation.md")
     args = parser.parse_args()
     k, t = args.attack_class, args.target_class
     out = Path(args.out) / f"{args.dataset}-{k}-to-{t}"

@@ -1,11 +1,11 @@
-"""The converge-protocol table of docs/results.md, from the JSON reports of a folder of runs.
+"""The converge-protocol table of docs/results-converge.md, from the JSON reports of a folder of runs.
 
     .venv/bin/python benchmarks/converge_table.py runs/conv
     .venv/bin/python benchmarks/converge_table.py runs/conv-ours --block converge-ours
 
 Reads every ``NAME.json`` that ``datadistill baseline|evaluate --protocol converge --json``
 wrote into the folder and the wall times in its ``log.txt`` (lines ``NAME rc=0 wall=Ns``),
-and puts one row per report into the ``converge`` block of docs/results.md (or ``--block``),
+and puts one row per report into the ``converge`` block of docs/results-converge.md (or ``--block``),
 ordered by dataset, number of images, model and name (not by file times, which a copy changes).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from report import percent, write_block  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results-converge.md"
 
 
 def rows(folder: Path) -> list[str]:
@@ -44,7 +44,7 @@ def rows(folder: Path) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--block", default="converge", help="the block of docs/results.md")
+    parser.add_argument("--block", default="converge", help="the block of docs/results-converge.md")
     args = parser.parse_args()
     lines = ["| report | dataset | images | model | epochs | augmentation | nets | "
              "accuracy (%) | wall |", "|---|---|---|---|---|---|---|---|---|", *rows(args.folder)]

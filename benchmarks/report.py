@@ -1,4 +1,4 @@
-"""Shared by the result scripts: a marked block of docs/results.md, replaced in place."""
+"""Shared by the result scripts: a marked block of a docs/results-*.md page, replaced in place."""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,4 @@
-"""Regenerate the MNIST row of the paper's Table 1 and write it into docs/results.md.
+"""Regenerate the MNIST row of the paper's Table 1 and write it into docs/results-paper.md.
 
     .venv/bin/python benchmarks/table1.py --data-root ../shared/data            # ~1 hour, 2 cores
     .venv/bin/python benchmarks/table1.py --data-root ../shared/data --full     # the paper's 400 passes
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="400 passes, decay every 40")
     parser.add_argument("--nets", type=int, default=200)
     parser.add_argument("--search-nets", type=int, default=20)
-    parser.add_argument("--results", default="docs/results.md")
+    parser.add_argument("--results", default="docs/results-paper.md")
     args = parser.parse_args()
     if args.full:
         args.epochs, args.decay_epochs = 400, 40
