@@ -1,14 +1,16 @@
 """Ship a run folder as a zoo set: ``python scripts/add_to_zoo.py RUN NAME --summary TEXT
-[--check ARGS] [--tolerance T]``.
+[--check ARGS] [--tolerance T] [--overwrite]``.
 
 Copies the artifact, ``meta.json`` and the saved evaluations of that artifact into
-``src/datadistill/zoo_sets/NAME/``, runs the quick check (``datadistill evaluate RUN ARGS``,
-seconds, which ``tests/test_zoo.py`` reruns) and writes ``card.json``.
+``src/datadistill/zoo_sets/NAME/`` (replacing the set NAME only with ``--overwrite``), runs
+the quick check (``datadistill evaluate RUN ARGS --plain``, seconds to a minute, which
+``tests/test_zoo.py`` reruns) and writes ``card.json``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -24,8 +26,10 @@ def quick_check(run: Path, args: list[str]) -> float:
     """The mean accuracy of ``datadistill evaluate RUN ARGS --json --no-save``."""
     command = [sys.executable, "-m", "datadistill", "evaluate", str(run), *args, "--json",
                "--no-save"]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(out)["after"]["accuracy_mean"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"add_to_zoo: the quick check failed: {done.stderr.strip().splitlines()[-1]}")
+    return json.loads(done.stdout)["after"]["accuracy_mean"]
 
 
 def main() -> None:
@@ -33,11 +37,19 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("name")
     parser.add_argument("--summary", required=True)
-    parser.add_argument("--check", default="--nets 5", help="evaluate flags of the quick check")
+    parser.add_argument("--check", default="--nets 5 --plain",
+                        help="evaluate flags of the quick check")
     parser.add_argument("--tolerance", type=float, default=0.03)
+    parser.add_argument("--overwrite", action="store_true", help="replace the set NAME")
     args = parser.parse_args()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", args.name):
+        sys.exit(f"add_to_zoo: NAME {args.name!r} must be lower-case letters, digits and '-'")
     folder = ROOT / args.name
-    (folder / EVALUATIONS).mkdir(parents=True, exist_ok=True)
+    if folder.exists():
+        if not args.overwrite:
+            sys.exit(f"add_to_zoo: zoo:{args.name} exists; pass --overwrite to replace it")
+        shutil.rmtree(folder)
+    (folder / EVALUATIONS).mkdir(parents=True)
     digest = artifact_digest(args.run)
     for name in (ARTIFACT_FILE, META_FILE):
         shutil.copy(args.run / name, folder / name)

@@ -8,10 +8,12 @@ from sklearn.kernel_ridge import KernelRidge
 import datadistill
 from datadistill.cli import main
 from datadistill.config import DistillConfig
+from datadistill.errors import DistillError
 from datadistill.functional import FunctionalModel
 from datadistill.init_distributions import RandomInit
-from datadistill.methods.krr import (FeatureRegressionPool, KernelRegression,
-                                     NeuralTangentKernel, ridge_predictions)
+from datadistill.inner_loop import momentum_step
+from datadistill.methods.krr import (POOL_MOMENTUM, FeatureRegressionPool, KernelRegression,
+                                     NeuralTangentKernel, ridge_weights)
 from datadistill.state import new_steps
 
 from .conftest import TinyConvNet, make_dataset
@@ -27,33 +29,38 @@ def test_ridge_predictions_are_scikit_learn_s_kernel_ridge(images, features):
     support = torch.randn(2, images, features, dtype=torch.float64, generator=gen)
     query = torch.randn(2, 5, features, dtype=torch.float64, generator=gen)
     targets = torch.randn(2, images, 3, dtype=torch.float64, generator=gen)
-    predictions = ridge_predictions(support, query, targets,
-                                   torch.tensor(0.1, dtype=torch.float64))
+    predictions = query @ ridge_weights(support, targets, 0.1)
+    eps = torch.finfo(torch.float64).eps
     for i in range(2):
         gram = support[i] @ support[i].T
-        solver = KernelRidge(alpha=0.1 * float(gram.diagonal().mean()), kernel="precomputed")
+        solver = KernelRidge(alpha=0.1 * float(gram.diagonal().mean()) + eps,
+                             kernel="precomputed")
         solver.fit(gram.numpy(), targets[i].numpy())
         expected = solver.predict((query[i] @ support[i].T).numpy())
         assert torch.allclose(predictions[i], torch.from_numpy(expected), rtol=1e-8, atol=1e-10)
 
 
-def _problem(method_class, labels="learned", **settings):
+def _problem(method_class, labels="learned", images_per_step=6, **settings):
     data = make_dataset(classes=3, size=4)
-    module = TinyConvNet().double()
+    module = TinyConvNet().double()  # 32 features: more images than that solve the primal
     fmodel = FunctionalModel(module, "pytorch")
     params = RandomInit(module).sample(2, torch.Generator().manual_seed(0))
-    images = torch.randn(1, 6, 1, 4, 4, dtype=torch.float64,
+    images = torch.randn(1, images_per_step, 1, 4, 4, dtype=torch.float64,
                          generator=torch.Generator().manual_seed(1))
-    steps = new_steps(images, torch.arange(6).view(1, 6) % 3, 1, 0.02, 3, kind=labels)
+    steps = new_steps(images, torch.arange(images_per_step).view(1, -1) % 3, 1, 0.02, 3,
+                      kind=labels)
     config = DistillConfig(method=method_class.name, labels=labels, batch_size=30, **settings)
     method = method_class(config, fmodel, steps, data, params)
     real = data.train_images[:30].double(), data.train_labels[:30]
     return method, params, steps, real
 
 
-@pytest.mark.parametrize("method_class", [KernelRegression, NeuralTangentKernel])
-def test_the_meta_gradient_through_the_solve_matches_float64_finite_differences(method_class):
-    method, params, steps, (real_x, real_y) = _problem(method_class)
+@pytest.mark.parametrize("method_class,images", [(KernelRegression, 6),
+                                                  (KernelRegression, 40),  # the primal
+                                                  (NeuralTangentKernel, 6)])
+def test_the_meta_gradient_through_the_solve_matches_float64_finite_differences(method_class,
+                                                                                 images):
+    method, params, steps, (real_x, real_y) = _problem(method_class, images_per_step=images)
     losses = method.loss(params, steps, real_x, real_y, torch.Generator().manual_seed(2))
     assert losses.shape == (2,) and (losses > 0).all()
 
@@ -82,7 +89,7 @@ def test_krr_loss_is_the_squared_error_of_the_closed_form_regression():
 
     support, query = embed(steps.images.detach()[0]), embed(real_x)
     gram = support @ support.T
-    ridge = 1e-3 * gram.diagonal().mean()
+    ridge = 1e-3 * gram.diagonal().mean() + torch.finfo(torch.float64).eps
     targets = torch.nn.functional.one_hot(steps.labels[0], 3).double() - 1 / 3
     predictions = query @ support.T @ torch.linalg.solve(gram + ridge * torch.eye(6), targets)
     truth = torch.nn.functional.one_hot(real_y, 3).double() - 1 / 3
@@ -94,7 +101,7 @@ def test_kip_features_give_the_empirical_ntk():
     """⟨φ(x), φ(x')⟩ = Σ_c ⟨∂f_c(x)/∂θ, ∂f_c(x')/∂θ⟩, each gradient by plain autograd."""
     method, params, steps, (real_x, _) = _problem(NeuralTangentKernel)
     images = real_x[:4]
-    features = method.features(params, images, create_graph=False)
+    features = method.features(params, images)
     module = TinyConvNet().double()
     net = {k: v[0].clone().requires_grad_() for k, v in params.items()}
 
@@ -116,13 +123,22 @@ def test_frepo_trains_its_pool_nets_and_replaces_them_after_their_steps():
     ages = []
     for params in draws:
         before = {k: v.clone() for k, v in method.pool.items()}
+        velocity = {k: v.clone() for k, v in method.velocity.items()}
+        age_before = method.age.clone()
         method.loss(params, steps, real_x, real_y, gen)
         (index,) = method.picked.tolist()
         ages.append(int(method.age[index]))
-        trained = method.pool["conv.weight"][index]
-        assert not torch.equal(trained, params["conv.weight"][0])  # it took a step
-        if ages[-1] == 2:  # its second step: from where it was, not a fresh draw
-            assert not torch.equal(trained, before["conv.weight"][index])
+        fresh = age_before[index] in (-1, 2)  # new, or done with its 2 steps
+        start = {k: (params[k][0] if fresh else before[k][index]) for k in params}
+        moment = {k: (torch.zeros_like(v[index]) if fresh else v[index])
+                  for k, v in velocity.items()}
+        expected, _ = momentum_step(method.fmodel, {k: v[None] for k, v in start.items()},
+                                    {k: v[None] for k, v in moment.items()},
+                                    steps.full_images()[0], steps.all_targets()[0],
+                                    torch.tensor(0.01, dtype=torch.float64), POOL_MOMENTUM,
+                                    create_graph=False)
+        for k in params:  # one SGD step from a fresh draw, or from where the net was
+            assert torch.allclose(method.pool[k][index], expected[k][0], atol=1e-12)
     assert set(ages) == {1, 2}  # every net takes 2 steps, then a fresh one starts at 1
     assert (method.age <= 2).all()
 
@@ -167,6 +183,8 @@ def _mean_loss(result, data) -> float:
 
 @pytest.mark.parametrize("flags,problem", [
     (["--method", "krr", "--ridge", "0"], "--ridge must be positive"),
+    (["--method", "frepo", "--online-models", "2", "--nets-per-iteration", "3"],
+     "--nets-per-iteration 3 exceeds the pool (--online-models 2)"),
     (["--method", "frepo", "--online-models", "0"], "--online-models must be at least 1"),
     (["--method", "frepo", "--online-steps", "0"], "--online-steps must be at least 1"),
     (["--method", "kip", "--window", "2"], "--method kip solves its inner problem in closed form"),
@@ -176,3 +194,22 @@ def test_kernel_regression_refusals_are_one_line(tmp_path, capsys, flags, proble
     assert main(["distill", *QUICK, *flags, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert problem in err and "\n" not in err
+
+
+def test_frepo_refuses_torchrun_in_one_line(monkeypatch):
+    from datadistill.distributed import World
+
+    monkeypatch.setattr("datadistill.methods.krr.current", lambda: World(0, 2))
+    with pytest.raises(DistillError, match="keeps its pool of nets in one process"):
+        FeatureRegressionPool.check(DistillConfig(method="frepo"))
+    KernelRegression.check(DistillConfig(method="krr"))  # krr runs under it
+
+
+def test_a_floor_like_a_set_without_lrs_is_refused_in_one_line(tmp_path, capsys):
+    run = tmp_path / "krr"
+    assert main(["distill", *QUICK, "--method", "krr", "--out", str(run)]) == 0
+    assert main(["baseline", "--method", "random", "--like", str(run),
+                 "--out", str(tmp_path / "floor")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds no learning rates" in err and "--protocol converge" in err and "\n" not in err
+    assert not (tmp_path / "floor").exists()

@@ -47,8 +47,9 @@ PUBLISHED_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 # DC's results file also holds its accuracies, NumPy float64 scalars: rebuilding one is data
 # only (a dtype and its bytes), under NumPy 2's module name and NumPy 1's.
-_NUMPY_SCALARS = [np._core.multiarray.scalar, (np._core.multiarray.scalar,
-                                               "numpy.core.multiarray.scalar"), np.dtype,
+_NUMPY_CORE = getattr(np, "_core", None) or np.core  # NumPy 2's name, else NumPy 1's
+_NUMPY_SCALARS = [_NUMPY_CORE.multiarray.scalar, (_NUMPY_CORE.multiarray.scalar,
+                                                  "numpy.core.multiarray.scalar"), np.dtype,
                   *(type(np.dtype(code)) for code in ("f4", "f8", "i4", "i8"))]
 
 

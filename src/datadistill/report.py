@@ -14,7 +14,7 @@ from .config import DistillConfig
 from .converge import ConvergeSettings
 from .errors import DistillError
 from .evaluate import EVALUATIONS, artifact_digest
-from .zoo import resolve
+from .zoo import is_zoo, resolve
 
 # (row key, column heading) in table order; the command last (the widest)
 COLUMNS = (("run", "run"), ("dataset", "dataset"), ("made_by", "made by"),
@@ -28,17 +28,20 @@ CONVERGE_FLAGS = {"bfloat16": "bf16"}  # ConvergeSettings fields whose flag is n
 
 def report_rows(runs: Sequence[str | Path]) -> list[dict[str, Any]]:
     """The rows of every run folder, in the order given."""
-    return [row for run in runs for row in run_rows(resolve(run))]
+    return [row for run in runs for row in run_rows(resolve(run), str(run))]
 
 
-def run_rows(run: Path) -> list[dict[str, Any]]:
-    """One row for meta.json's own figure (if any) and one per saved evaluation."""
+def run_rows(run: Path, name: str | None = None) -> list[dict[str, Any]]:
+    """One row for meta.json's own figure (if any) and one per saved evaluation; ``name``:
+    the run as given (``zoo:NAME`` for a shipped set, whose command writes runs/NAME)."""
     meta = _read_json(run / META_FILE, f"{run} holds no {META_FILE}; pass a run folder "
                                        "written by distill, baseline or import")
     metrics = meta.get("metrics", {})
-    common = {"run": str(run), "dataset": meta["dataset"]["name"], "made_by": _made_by(meta),
-              "images_per_class": _images_per_class(run, meta), "model": _model(meta),
-              "distill_s": metrics.get("wall_time_s"), "set_command": set_command(run, meta)}
+    out = Path("runs") / run.name if is_zoo(name or "") else run
+    common = {"run": name or str(run), "dataset": meta["dataset"]["name"],
+              "made_by": _made_by(meta), "images_per_class": _images_per_class(run, meta),
+              "model": _model(meta), "distill_s": metrics.get("wall_time_s"),
+              "set_command": set_command(out, meta)}
     records = _own_figure(meta) + [(path.stem, _evaluation(run, path)) for path in
                                    sorted((run / EVALUATIONS).glob("*.json"))]
     return [{**common, **_scores(record, meta), "protocol": protocol}

@@ -1,9 +1,10 @@
 """Ready-made distilled sets shipped with the package: ``zoo:NAME`` names one anywhere a run
 folder is taken (``load``, ``evaluate``, ``export``).
 
-Each set is an ordinary run folder under ``zoo_sets/NAME/`` (``distilled.safetensors``,
-``meta.json``) with a ``card.json``: a one-line summary, the command that made it, and its
-measured scores, each with the command that measured it.
+Each set is an ordinary run folder under ``zoo_sets/NAME/``: ``distilled.safetensors``,
+``meta.json`` (the settings that made it), ``evaluations/`` (its measured scores, each with
+the command that measured it) and a ``card.json``: a one-line summary and a quick check
+(evaluate flags, the accuracy they gave and a tolerance) that the tests rerun.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class ZooSet:
 
     @property
     def size_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.folder.iterdir() if f.is_file())
+        return sum(f.stat().st_size for f in self.folder.rglob("*") if f.is_file())
 
 
 def names() -> list[str]:

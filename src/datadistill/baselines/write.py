@@ -37,6 +37,12 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
     settings = dict(settings or {})
     if like is not None:
         reference = load(like)
+        if reference.num_steps == 0:
+            raise DistillError(f"--like {like} holds no learning rates (a matching or "
+                               "kernel-regression set, a converge-protocol baseline or an "
+                               "imported set), so it has no few-step setting to copy; "
+                               f"`datadistill evaluate {like} --protocol converge` reports "
+                               "its random-real floor")
         config = DistillConfig.from_dict(reference.meta["config"])
         data, fmodel, init = context_for(reference, settings.get("data_root"),
                                          settings.get("device", "auto"), pool=settings.get("pool"),

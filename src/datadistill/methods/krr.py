@@ -28,33 +28,32 @@ from torch import Tensor
 from torch.func import jacrev, vmap
 
 from ..data import Dataset
+from ..distributed import current
 from ..errors import DistillError
 from ..functional import FunctionalModel, Params, num_nets
 from ..inner_loop import momentum_step
 from ..state import DistilledSteps
 from .base import Method, augmented, draw_seed, refuse_unrolled_settings
 
-REAL_CHUNK = 64  # real images whose kernel rows are built at once (no graph on that side)
+REAL_CHUNK = 64  # real images whose features are held at once (the loss is built per chunk)
 POOL_MOMENTUM = 0.9  # the pool nets' SGD momentum
 
 
-def ridge_predictions(support: Tensor, query: Tensor, targets: Tensor, ridge: Tensor) -> Tensor:
-    """Kernel ridge regression of ``targets`` (N, n, K) on per-net feature inner products:
-    ``support`` (N, n, D), ``query`` (N, b, D) -> predictions (N, b, K). The ridge is
-    relative: λ = ``ridge`` × tr(K_ss) / n. Solved in the n × n dual, or the D × D primal
-    when the features are fewer than the images (the same predictions)."""
+def ridge_weights(support: Tensor, targets: Tensor, ridge: float) -> Tensor:
+    """Kernel ridge regression of ``targets`` (N, n, K) on per-net features ``support``
+    (N, n, D), as weights in feature space (N, D, K): a query's predictions are its features
+    times them. The ridge is relative, λ = ``ridge`` × tr(K_ss) / n (plus the dtype's eps,
+    so that all-zero features still solve). Solved in the n × n dual, Φᵀ (ΦΦᵀ + λ I)⁻¹ Y,
+    or the D × D primal, (ΦᵀΦ + λ I)⁻¹ Φᵀ Y, whichever is smaller (the same weights)."""
     n, d = support.shape[1:]
     transposed = support.transpose(1, 2)
-    if d < n:  # primal: w = (ΦᵀΦ + λ I)⁻¹ Φᵀ Y
-        gram = transposed @ support
-        shift = ridge * gram.diagonal(dim1=1, dim2=2).sum(-1) / n
-        eye = torch.eye(d, dtype=gram.dtype, device=gram.device)
-        weights = torch.linalg.solve(gram + shift[:, None, None] * eye, transposed @ targets)
-        return query @ weights
-    gram = support @ transposed
-    shift = ridge * gram.diagonal(dim1=1, dim2=2).mean(-1)
-    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
-    return (query @ transposed) @ torch.linalg.solve(gram + shift[:, None, None] * eye, targets)
+    gram = transposed @ support if d < n else support @ transposed
+    shift = ridge * gram.diagonal(dim1=1, dim2=2).sum(-1) / n + torch.finfo(gram.dtype).eps
+    regularised = gram + shift[:, None, None] * torch.eye(min(n, d), dtype=gram.dtype,
+                                                           device=gram.device)
+    if d < n:
+        return torch.linalg.solve(regularised, transposed @ targets)
+    return transposed @ torch.linalg.solve(regularised, targets)
 
 
 def centred(targets: Tensor) -> Tensor:
@@ -87,40 +86,52 @@ class KernelRegression(Method):
     def loss(self, params: Params, steps: DistilledSteps, real_images: Tensor,
              real_labels: Tensor, generator: torch.Generator) -> Tensor:
         nets = self.nets(params, steps, generator)
-        synthetic = self._augmented(steps.enlarged(steps.images).flatten(0, 1), steps, generator)
-        real = self._augmented(real_images, steps, generator)
-        support = self.features(nets, synthetic, create_graph=True)
-        with torch.no_grad():
-            query = torch.cat([self.features(nets, chunk, create_graph=False)
-                               for chunk in real.split(REAL_CHUNK)], dim=1)
-        targets = centred(self._synthetic_targets(steps)).expand(num_nets(nets), -1, -1)
-        ridge = torch.tensor(self.config.ridge, dtype=support.dtype, device=support.device)
-        predictions = ridge_predictions(support, query, targets, ridge)
-        truth = centred(F.one_hot(real_labels, self.num_classes).to(predictions.dtype))
-        losses = (predictions - truth).pow(2).sum(-1).mean(-1)
-        losses.mean().backward()
-        self.after_step(nets, steps, generator)
-        return losses.detach()
+        images, targets, _ = steps.seen()
+        synthetic = self._augmented(images.flatten(0, 1), steps, generator)
+        weights = ridge_weights(self.features(nets, synthetic),
+                                self._regression_targets(targets.flatten(0, 1), nets,
+                                                         synthetic.dtype),
+                                self.config.ridge)
+        leaf = weights.detach().requires_grad_()
+        losses = self._real_losses(nets, leaf, self._augmented(real_images, steps, generator),
+                                   real_labels)
+        weights.backward(leaf.grad)  # through the solve to the images and labels
+        if torch.isfinite(losses).all():
+            self.after_step(nets, steps, generator)
+        return losses
+
+    def _real_losses(self, nets: Params, weights: Tensor, real: Tensor,
+                     labels: Tensor) -> Tensor:
+        """Each net's mean squared error (N,) of the regression ``weights`` (a leaf) on the
+        real batch, accumulating its gradient into ``weights.grad``; the real features are
+        built ``REAL_CHUNK`` images at a time, so only one chunk's are ever held."""
+        total = weights.new_zeros(weights.shape[0])
+        for chunk, chunk_labels in zip(real.split(REAL_CHUNK), labels.split(REAL_CHUNK)):
+            with torch.no_grad():
+                query = self.features(nets, chunk)
+            truth = centred(F.one_hot(chunk_labels, self.num_classes).to(weights.dtype))
+            errors = (query @ weights - truth).pow(2).sum(-1).sum(-1)  # (N,)
+            (errors.sum() / (len(real) * len(errors))).backward()
+            total += errors.detach()
+        return total / len(real)
 
     def nets(self, params: Params, steps: DistilledSteps, generator: torch.Generator) -> Params:
         """The N nets whose kernel this meta-iteration uses: those drawn from p(θ0)."""
         return {k: v.detach() for k, v in params.items()}
 
-    def features(self, nets: Params, images: Tensor, create_graph: bool) -> Tensor:
+    def features(self, nets: Params, images: Tensor) -> Tensor:
         """(N, B, D): each net's embedding of ``images``."""
         return self.fmodel.features(nets, images, train=True)
 
     def after_step(self, nets: Params, steps: DistilledSteps, generator: torch.Generator) -> None:
         """What the method does after the meta-gradient (frepo trains its pool)."""
 
-    def _synthetic_targets(self, steps: DistilledSteps) -> Tensor:
-        """(n, K): the set's labels as class probabilities (learned: their softmax; direct:
-        as they are), differentiable w.r.t. learned labels."""
-        targets = steps.targets(0) if steps.num_batches == 1 else torch.cat(
-            [steps.targets(s) for s in range(steps.num_batches)])
+    def _regression_targets(self, targets: Tensor, nets: Params, dtype: torch.dtype) -> Tensor:
+        """(N, n, K): the set's targets (classes one-hot, or their learned probabilities or
+        vectors) less 1/K, for each net."""
         if targets.dim() == 1:
-            return F.one_hot(targets, self.num_classes).to(steps.images.dtype)
-        return targets
+            targets = F.one_hot(targets, self.num_classes).to(dtype)
+        return centred(targets).expand(num_nets(nets), -1, -1)
 
     @staticmethod
     def _augmented(images: Tensor, steps: DistilledSteps, generator: torch.Generator) -> Tensor:
@@ -132,7 +143,7 @@ class NeuralTangentKernel(KernelRegression):
     summary = ("kernel inducing points (KIP, Nguyen et al. 2021) with the empirical neural "
                "tangent kernel of random nets (torch.func Jacobians; narrow nets)")
 
-    def features(self, nets: Params, images: Tensor, create_graph: bool) -> Tensor:
+    def features(self, nets: Params, images: Tensor) -> Tensor:
         """(N, B, classes × parameters): each image's Jacobian of the logits with respect
         to the weights, flattened (their inner products are the trace NTK)."""
         per_net = []
@@ -161,6 +172,13 @@ class FeatureRegressionPool(KernelRegression):
                                    f"got {getattr(config, flag)}")
         if not config.match_net_lr > 0:
             raise DistillError(f"--match-net-lr must be positive, got {config.match_net_lr}")
+        if config.nets_per_draw() > config.online_models:
+            raise DistillError(f"--nets-per-iteration {config.nets_per_draw()} exceeds the "
+                               f"pool (--online-models {config.online_models}): each net "
+                               "used is a different pool net; raise --online-models")
+        if current().size > 1:
+            raise DistillError("--method frepo keeps its pool of nets in one process; run it "
+                               "without torchrun (krr and kip run under it)")
 
     def __init__(self, config: Any, fmodel: FunctionalModel, steps: DistilledSteps,
                  data: Dataset, probe: Params) -> None:
@@ -176,8 +194,7 @@ class FeatureRegressionPool(KernelRegression):
         """N pool nets drawn without replacement; one that is new, or has taken
         ``--online-steps`` steps, starts afresh from a net drawn from p(θ0)."""
         size = self.age.shape[0]
-        count = min(num_nets(params), size)
-        self.picked = torch.randperm(size, generator=generator)[:count]
+        self.picked = torch.randperm(size, generator=generator)[:num_nets(params)]
         for slot, index in enumerate(self.picked.tolist()):
             if self.age[index] < 0 or self.age[index] >= self.config.online_steps:
                 for k in self.pool:
