@@ -1,7 +1,9 @@
-"""The one source of configuration: a dataclass whose defaults are the paper's.
+"""The one source of configuration: dataclasses of settings, one per command that trains
+or writes something, whose defaults are the paper's (or the published recipe's).
 
-The CLI's flags are generated from these fields, and the final config is stored in
-every artifact and checkpoint.
+Every command's flags are generated from its dataclass's fields, ``--config FILE`` is read
+back through it, and the settings are stored with what the command writes (a run's
+meta.json, an evaluation record, a pool's manifest, experts.json).
 """
 from __future__ import annotations
 
@@ -10,22 +12,67 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from .errors import DistillError
 
+Settings = TypeVar("Settings")
+CONVERGE_INIT = "default"  # the fresh nets of the published recipe start from PyTorch's init
+BACKENDS = ("auto", "pytorch", "compiled")
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, *,
+         kind: type | None = None, required: bool = False, section: str | None = None) -> Any:
+    """A setting: its default, help, allowed values, type (``kind``, for a None default),
+    whether the command needs it given, and the --help group that lists its flag."""
+    return field(default=default, metadata={"help": help, "choices": choices,
+                                            "kind": kind or type(default),
+                                            "required": required, "section": section})
+
+
+def _data_root(default: str | None = "data") -> Any:
+    return _opt(default, "torchvision data root for mnist / fashion-mnist / cifar10"
+                + (" (default: the stored one)" if default is None else ""), kind=str)
+
+
+def _device() -> Any:
+    return _opt("auto", "cpu, cuda, cuda:N, or auto (CUDA when present)")
+
+
+def _seed() -> Any:
+    return _opt(0, "random seed (same seed -> same result on CPU)")
+
+
+def _backend() -> Any:
+    return _opt("auto", "where every net of the command runs: auto (compiled CPU kernels where "
+                        "they apply: the LeNet kernel for the meta-gradient and held-out nets, "
+                        "the fused ConvNet for the converge protocol; else PyTorch), pytorch "
+                        "(no compiled code), compiled (insist on the LeNet kernel for the "
+                        "meta-gradient)", BACKENDS)
+
+
+def _dsa_ops(section: str | None = None) -> Any:
+    return _opt("", "with --dsa: comma-separated DSA operations (default: color,crop,cutout,"
+                    "flip,scale,rotate; no flip for digits)", section=section)
+
+
+def _trained_dataset() -> Any:
+    return _opt("", "registered dataset to train on", required=True)
+
+
+def _arch() -> Any:
+    return _opt("", "architecture (default: the dataset's)")
 
 
 @dataclass
 class DistillConfig:
     """Settings of one distillation run (defaults: the paper's MNIST setting)."""
 
+    stored_file: ClassVar[str] = "meta.json"  # where a run folder keeps them, under "config"
+    stored_key: ClassVar[str] = "config"
     # data and model
     dataset: str = _opt("mnist-5k", "registered dataset name")
-    data_root: str = _opt("data", "torchvision data root for mnist / fashion-mnist / cifar10")
+    data_root: str = _data_root()
     download: bool = _opt(False, "let torchvision download missing files (needs the internet)")
     model: str = _opt("", "architecture (default: the dataset's, e.g. lenet for MNIST)")
     # initial weights p(θ0)
@@ -120,8 +167,7 @@ class DistillConfig:
     dsa: bool = _opt(False, "augment the distilled images at every inner step of distillation "
                             "with DSA, differentiably, a new draw each meta-iteration (as DC/DSA "
                             "and RaT-BPTT distil); evaluations stay unaugmented")
-    dsa_ops: str = _opt("", "with --dsa: comma-separated DSA operations (default: color,crop,"
-                            "cutout,flip,scale,rotate; no flip for digits)")
+    dsa_ops: str = _dsa_ops()
     clip: float = _opt(0.0, "clip the meta-gradient's norm to this multiple of its running "
                             "mean (0: no clipping)")
     ema: float = _opt(0.0, "evaluate and save an exponential moving average of the distilled "
@@ -131,18 +177,13 @@ class DistillConfig:
                               "score the distilled set on them at every --eval-every "
                               "evaluation, and save the best-scoring iterate instead of the "
                               "last (0: the last)")
-    backend: str = _opt("auto", "where every net of the command runs: auto (compiled CPU "
-                                "kernels where they apply: the LeNet kernel for the "
-                                "meta-gradient and held-out nets, the fused ConvNet for the "
-                                "converge protocol; else PyTorch), pytorch (no compiled code), "
-                                "compiled (insist on the LeNet kernel for the meta-gradient)",
-                        ("auto", "pytorch", "compiled"))
+    backend: str = _backend()
     backgrad_keep_every: int = _opt(
         1, "backgrad: keep every k-th weight and recompute the rest (0: k = ceil(sqrt(T)))")
     outer_chunk: int = _opt(512, "real images per chunk of the outer gradient (memory/speed)")
     # run
-    seed: int = _opt(0, "random seed (same seed -> same result on CPU)")
-    device: str = _opt("auto", "cpu, cuda, cuda:N, or auto (CUDA when present)")
+    seed: int = _seed()
+    device: str = _device()
     eval_every: int = _opt(0, "evaluate fresh nets every this many epochs (0: only at the end)")
     eval_nets: int = _opt(20, "fresh nets trained on the distilled data per evaluation")
     stop_accuracy: float = _opt(0.0, "stop at the first --eval-every evaluation whose mean "
@@ -163,11 +204,7 @@ class DistillConfig:
 
     def validate(self) -> None:
         """Raise a one-line DistillError for a setting that cannot work."""
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise DistillError(f"--{f.name.replace('_', '-')} must be one of "
-                                   f"{', '.join(choices)}, got {getattr(self, f.name)!r}")
+        check_choices(self)
         positive = ["steps", "distill_epochs", "images_per_class", "downscale", "epochs",
                     "batch_size", "decay_epochs", "outer_chunk",
                     "eval_nets", "checkpoint_every", "expert_epochs", "max_start_epoch"]
@@ -255,21 +292,295 @@ class DistillConfig:
         return cls(**values)
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Settings from a file: a run's meta.json (its "config"; a run folder means its
-    meta.json), or a JSON, TOML or YAML (with PyYAML) table of DistillConfig fields."""
+@dataclass(frozen=True)
+class ConvergeSettings:
+    """Training of the held-out nets (defaults: the published recipe)."""
+
+    epochs: int = 1000  # passes over the flat set
+    lr: float = 0.01  # SGD lr, multiplied by 0.1 after half the epochs
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256  # images per minibatch (the whole set when it is smaller)
+    nets_per_batch: int = 0  # nets trained together on stacked parameters (0: auto)
+    test_every: int = 0  # test accuracy on the learning curve every this many epochs (0: end)
+    channels_last: bool = False  # memory format of conv inputs (measured in benchmarks/)
+    bfloat16: bool = False  # convolutions and matmuls under bfloat16 autocast (benchmarks/)
+
+    def check(self) -> None:
+        """One-line errors for settings that cannot work."""
+        if self.nets_per_batch < 0:
+            raise DistillError(f"--nets-per-batch must be 0 (auto) or more, "
+                               f"got {self.nets_per_batch}")
+        if self.bfloat16 and self.nets_per_batch > 1:  # vmap's batched ops ignore autocast
+            raise DistillError("--bf16 trains one net at a time (autocast does not reach "
+                               "stacked nets); drop --nets-per-batch or --bf16")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise DistillError(f"--{name.replace('_', '-')} must be at least 1, "
+                                   f"got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise DistillError(f"--lr must be positive, got {self.lr}")
+        for name in ("momentum", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise DistillError(f"--{name.replace('_', '-')} must be 0 or more, "
+                                   f"got {getattr(self, name)}")
+        if self.test_every < 0:
+            raise DistillError(f"--test-every must be 0 (at the end) or more, "
+                               f"got {self.test_every}")
+
+
+@dataclass(frozen=True)
+class ExpertSchedule:
+    """How an expert trains (defaults: MTT's for MNIST-sized data)."""
+
+    epochs: int = 50  # passes over the real training set, weights kept after each
+    lr: float = 0.01  # plain SGD, no momentum, no weight decay
+    batch_size: int = 256
+    dsa: bool = True  # DSA on every real minibatch
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise DistillError(f"--epochs and --batch-size must be at least 1 and --lr positive, "
+                               f"got {self.epochs}, {self.batch_size}, {self.lr}")
+
+
+RECIPE = ConvergeSettings()
+CONVERGE = "converge protocol"  # the --help group of its flags
+
+
+@dataclass
+class ConvergeTraining:
+    """The converge protocol's training flags, shared by evaluate and baseline (defaults: the
+    published recipe); --epochs, --lr and --model are each command's own."""
+
+    momentum: float = _opt(RECIPE.momentum, "SGD momentum", section=CONVERGE)
+    weight_decay: float = _opt(RECIPE.weight_decay, "SGD weight decay", section=CONVERGE)
+    batch_size: int = _opt(RECIPE.batch_size, "images per minibatch", section=CONVERGE)
+    nets_per_batch: int = _opt(RECIPE.nets_per_batch, "nets trained together on stacked "
+                               "parameters (0: 10 on CUDA, 1 on the CPU, where batching convs "
+                               "does not pay)", section=CONVERGE)
+    test_every: int = _opt(RECIPE.test_every, "test accuracy on the learning curve every this "
+                           "many epochs (0: at the end only)", section=CONVERGE)
+    channels_last: bool = _opt(RECIPE.channels_last, "channels-last conv inputs",
+                               section=CONVERGE)
+    bf16: bool = _opt(RECIPE.bfloat16, "convolutions and matmuls under bfloat16 autocast, one "
+                      "net at a time: faster on CPUs with AVX512-BF16, much slower where "
+                      "bfloat16 is emulated (docs/performance.md)", section=CONVERGE)
+    dsa: bool = _opt(False, "differentiable siamese augmentation of the images (DSA)",
+                     section=CONVERGE)
+    dsa_ops: str = _dsa_ops(CONVERGE)
+    curve: str | None = _opt(None, "write the learning curve picture here (a .png path)",
+                             kind=str, section=CONVERGE)
+
+    def converge_settings(self, epochs: int | None, lr: float | None) -> ConvergeSettings:
+        """The protocol's training, ``epochs`` and ``lr`` (None: the recipe's) added."""
+        return ConvergeSettings(
+            RECIPE.epochs if epochs is None else epochs, RECIPE.lr if lr is None else lr,
+            self.momentum, self.weight_decay, self.batch_size, self.nets_per_batch,
+            self.test_every, self.channels_last, self.bf16)
+
+
+SCORES = "scores beside the accuracy"
+PROTOCOLS = ("few-step", "converge")
+
+
+@dataclass
+class EvaluateConfig(ConvergeTraining):
+    """Settings of `evaluate`, stored in each saved evaluation (RUN/evaluations/NAME.json)."""
+
+    stored_file: ClassVar[str] = ""  # a saved evaluation is a file, under "config"
+    stored_key: ClassVar[str] = "config"
+    protocol: str = _opt("few-step", "few-step: the paper's GD steps with the learned lrs; "
+                         "converge: minibatch SGD to convergence on the images as a flat set",
+                         PROTOCOLS)
+    nets: int | None = _opt(None, "held-out nets (default: 200 few-step, 5 converge)", kind=int)
+    lr: float | None = _opt(None, "few-step: constant lr instead of the learned ones; "
+                            "converge: SGD lr (default: 0.01, x0.1 halfway)", kind=float)
+    epochs: int | None = _opt(None, "passes over the steps (default: as distilled) or the "
+                              "flat set (converge, default: 1000)", kind=int)
+    data_root: str | None = _data_root(None)
+    pool: str | None = _opt(None, "the pool folder instead of the stored one "
+                            "(pretrained-random)", kind=str)
+    device: str = _device()
+    backend: str = _backend()
+    model: str | None = _opt(None, "converge: architecture of the fresh nets (default: the "
+                             "artifact's); e.g. convnet, resnet18, vgg11 (`datadistill list`)",
+                             kind=str)
+    init_scheme: str = _opt(CONVERGE_INIT, "converge: initialization of the fresh nets "
+                            "(`default`: PyTorch's own, as published)")
+    plain: bool = _opt(False, "only the accuracy and the majority-class rate: skip the "
+                       "hard-label, other-augmentation and random-real runs and the scores",
+                       section=SCORES)
+    full_data_accuracy: float | None = _opt(
+        None, "the whole training set's accuracy (a fraction) under this evaluation, for "
+              "DD-Ranking's HLR and LRS (e.g. from `datadistill baseline --method full "
+              "--protocol converge`)", kind=float, section=SCORES)
+    full_data: bool = _opt(False, "converge: compute that accuracy here (the same nets trained "
+                           "on the whole training set; costly)", section=SCORES)
+    lr_search: bool = _opt(False, "converge: pick the lr from 0.25x-4x the lr by accuracy on "
+                           "held-out training images (never the test split)", section=SCORES)
+
+
+BASELINE_METHODS = ("random", "optimized", "kmeans", "average", "herding", "knn-random",
+                    "knn-kmeans")
+NOT_LIKE = "the setting when not --like a run"  # the --help group of a baseline's own setting
+
+
+def _as_distill(name: str) -> Any:
+    """A baseline's setting: DistillConfig's field ``name``, its default and help."""
+    f = DistillConfig.__dataclass_fields__[name]
+    return _opt(f.default, f.metadata["help"], f.metadata["choices"], section=NOT_LIKE)
+
+
+@dataclass
+class BaselineConfig(ConvergeTraining):
+    """Settings of `baseline`, stored in its meta.json under "baseline_config"."""
+
+    stored_file: ClassVar[str] = "meta.json"
+    stored_key: ClassVar[str] = "baseline_config"
+    method: str = _opt("", "full: the whole training set (--protocol converge)",
+                       (*BASELINE_METHODS, "full"), required=True)
+    like: str | None = _opt(None, "a distill run folder: take its dataset, model, init, steps "
+                            "and learned lrs", kind=str)
+    protocol: str = _opt("few-step", "few-step: the paper's lr x epochs grid; converge: fresh "
+                         "nets trained to convergence on the steps x images-per-class images "
+                         "per class as one flat set (method full: the whole training set)",
+                         PROTOCOLS)
+    nets: int | None = _opt(None, "held-out nets for the final figure (default: 200 few-step, "
+                            "5 converge)", kind=int)
+    epochs: int | None = _opt(None, "converge: passes (default: 1000)", kind=int)
+    lr: float | None = _opt(None, "converge: SGD lr (default: 0.01)", kind=float)
+    search_nets: int = _opt(20, "held-out nets per grid cell")
+    sets: int = _opt(10, "random draws (optimized real, k-NN)")
+    dataset: str = _as_distill("dataset")
+    data_root: str = _as_distill("data_root")
+    model: str = _as_distill("model")
+    init_scheme: str | None = _opt(None, f"default: {DistillConfig.init_scheme}; converge: "
+                                   f"{CONVERGE_INIT}", kind=str, section=NOT_LIKE)
+    pool: str = _as_distill("pool")
+    steps: int = _as_distill("steps")
+    distill_epochs: int = _as_distill("distill_epochs")
+    images_per_class: int = _as_distill("images_per_class")
+    downscale: int = _as_distill("downscale")
+    minibatch: int = _as_distill("minibatch")
+    seed: int = _as_distill("seed")
+    device: str = _as_distill("device")
+    backend: str = _backend()
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of `pretrain`, stored in the pool's manifest.json under "config"."""
+
+    stored_file: ClassVar[str] = "manifest.json"
+    stored_key: ClassVar[str] = "config"
+    dataset: str = _trained_dataset()
+    arch: str = _arch()
+    models: int = _opt(0, "models in the pool", required=True)
+    held_out: int | None = _opt(None, "models kept for evaluation only (default: 1 in 11, as "
+                                "the paper's 2000+200)", kind=int)
+    epochs: int | None = _opt(None, "default: the dataset's recommended schedule", kind=int)
+    lr: float | None = _opt(None, "Adam lr (default: recommended)", kind=float)
+    decay_epochs: int | None = _opt(None, "lr x0.1 every this many epochs (default: "
+                                    "recommended)", kind=int)
+    batch_size: int = _opt(128, "images per minibatch")
+    group: int = _opt(10, "models trained together in one batch")
+    init_scheme: str = _opt("xavier-normal", "weight initialization scheme")
+    seed: int = _seed()
+    data_root: str = _data_root()
+    device: str = _device()
+    backend: str = _backend()
+
+
+@dataclass
+class PoolImportConfig:
+    """Settings of `pool-import`, stored in the pool's manifest.json under "config"."""
+
+    stored_file: ClassVar[str] = "manifest.json"
+    stored_key: ClassVar[str] = "config"
+    dataset: str = _opt("", "dataset the models classify", required=True)
+    arch: str = _arch()
+    held_out: int | None = _opt(None, "models kept for evaluation only (default: 1 in 11)",
+                                kind=int)
+    data_root: str = _data_root()
+    device: str = _device()
+    backend: str = _backend()
+
+
+EXPERT = ExpertSchedule()
+
+
+@dataclass
+class ExpertsConfig:
+    """Settings of `experts`, stored in experts.json under "config"."""
+
+    stored_file: ClassVar[str] = "experts.json"
+    stored_key: ClassVar[str] = "config"
+    dataset: str = _trained_dataset()
+    arch: str = _arch()
+    experts: int = _opt(0, "nets to train", required=True)
+    epochs: int = _opt(EXPERT.epochs, "epochs each, weights kept after every one")
+    lr: float = _opt(EXPERT.lr, "plain SGD lr")
+    batch_size: int = _opt(EXPERT.batch_size, "images per minibatch")
+    dsa: bool = _opt(EXPERT.dsa, "DSA on every real minibatch (as MTT)")
+    init_scheme: str = _opt(CONVERGE_INIT, "weight initialization scheme")
+    seed: int = _seed()
+    data_root: str = _data_root()
+    device: str = _device()
+    backend: str = _backend()
+
+    @property
+    def schedule(self) -> ExpertSchedule:
+        return ExpertSchedule(self.epochs, self.lr, self.batch_size, self.dsa)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a setting: ``images_per_class`` -> ``--images-per-class``."""
+    return "--" + name.replace("_", "-")
+
+
+def check_choices(settings: Any) -> None:
+    """Refuse a setting outside its field's choices, naming them."""
+    for f in fields(settings):
+        choices, value = f.metadata.get("choices"), getattr(settings, f.name)
+        if choices and value not in choices:
+            raise DistillError(f"{flag(f.name)} must be one of {', '.join(choices)}, "
+                               f"got {value!r}")
+
+
+def settings_of(cls: type[Settings], values: dict[str, Any]) -> Settings:
+    """``cls`` of ``values`` (a file's settings and the flags given), refusing unknown names,
+    values outside the choices and a required setting not given."""
+    check_known(values, cls)
+    settings = cls(**values)
+    for f in fields(cls):
+        if f.metadata.get("required") and f.name not in values:
+            raise DistillError(f"{flag(f.name)} is required (or --config FILE of stored "
+                               "settings)")
+    check_choices(settings)
+    return settings
+
+
+def read_config_file(path: str | Path, cls: type = DistillConfig) -> dict[str, Any]:
+    """Settings of ``cls`` from a file: where its command stores them (``cls.stored_key`` of
+    a JSON file such as a run's meta.json; a folder means its ``cls.stored_file``), or a
+    JSON, TOML or YAML (with PyYAML) table of ``cls``'s fields."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "meta.json"
+    if path.is_dir() and cls.stored_file:
+        path = path / cls.stored_file
     if not path.is_file():
-        raise DistillError(f"--config {path}: no such file; pass a run's meta.json or a "
-                           ".toml / .yaml / .json file of settings")
+        raise DistillError(f"--config {path}: no such file; pass the file a command stored "
+                           "its settings in or a .toml / .yaml / .json file of settings")
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
             values = json.loads(path.read_text())
-            if isinstance(values, dict) and isinstance(values.get("config"), dict):
-                values = values["config"]  # a run's meta.json
+            if isinstance(values, dict) and isinstance(values.get(cls.stored_key), dict):
+                values = values[cls.stored_key]  # a stored file: meta.json, a manifest, ...
+            elif isinstance(values, dict) and any(isinstance(v, dict) for v in values.values()):
+                raise DistillError(f"--config {path} holds no {cls.__name__} settings (a file "
+                                   "of another command, or written before they were stored); "
+                                   "give them as flags")
         elif suffix == ".toml":
             values = tomllib.loads(path.read_text())
         elif suffix in (".yaml", ".yml"):
@@ -281,13 +592,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise DistillError(f"--config {path} cannot be read: {_one_line(exc)}") from None
     if not isinstance(values, dict):
         raise DistillError(f"--config {path} must hold a table of settings "
-                           f"(DistillConfig field = value), got {type(values).__name__}")
+                           f"({cls.__name__} field = value), got {type(values).__name__}")
     values = {str(name): value for name, value in values.items()}
     try:
-        check_known(values)
+        check_known(values, cls)
     except DistillError as exc:
         raise DistillError(f"--config {path}: {exc}") from None
-    return {name: _typed(name, value, path) for name, value in values.items()}
+    return {name: _typed(cls, name, value, path) for name, value in values.items()}
 
 
 def _read_yaml(path: Path) -> Any:
@@ -302,9 +613,13 @@ def _read_yaml(path: Path) -> Any:
         raise DistillError(f"--config {path} cannot be read: {_one_line(exc)}") from None
 
 
-def _typed(name: str, value: Any, path: Path) -> Any:
-    """``value`` as the type of the field's default (an int is a fine float)."""
-    kind = type(getattr(DistillConfig(), name))
+def _typed(cls: type, name: str, value: Any, path: Path) -> Any:
+    """``value`` as the field's type (an int is a fine float; None where None is the
+    default)."""
+    f = cls.__dataclass_fields__[name]
+    kind = f.metadata["kind"]
+    if value is None and f.default is None:
+        return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
@@ -318,9 +633,9 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def check_known(settings: dict[str, Any]) -> None:
-    """Refuse a setting that is not a DistillConfig field, naming the closest one."""
-    known = [f.name for f in fields(DistillConfig)]
+def check_known(settings: dict[str, Any], cls: type = DistillConfig) -> None:
+    """Refuse a setting that is not a field of ``cls``, naming the closest one."""
+    known = [f.name for f in fields(cls)]
     for name in sorted(settings):
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
