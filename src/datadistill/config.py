@@ -12,7 +12,8 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from functools import partial
+from typing import Any, Callable, ClassVar, TypeVar
 
 from .errors import DistillError
 
@@ -30,25 +31,37 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, *,
                                             "required": required, "section": section})
 
 
-def _data_root(default: str | None = "data") -> Any:
+def _in(section: str) -> Callable[..., Any]:
+    """``_opt`` for the fields of one section (a --help group)."""
+    return partial(_opt, section=section)
+
+
+DATA, INIT, METHOD = "data and model", "initial weights p(θ0)", "method and objective"
+DISTILLED, OUTER, RUN = "distilled data", "outer optimization", "run"
+_data, _init, _method, _distilled, _outer, _run = map(_in, (DATA, INIT, METHOD, DISTILLED, OUTER,
+                                                           RUN))
+
+
+def _data_root(default: str | None = "data", section: str | None = None) -> Any:
     return _opt(default, "torchvision data root for mnist / fashion-mnist / cifar10"
-                + (" (default: the stored one)" if default is None else ""), kind=str)
+                + (" (default: the stored one)" if default is None else ""), kind=str,
+                section=section)
 
 
-def _device() -> Any:
-    return _opt("auto", "cpu, cuda, cuda:N, or auto (CUDA when present)")
+def _device(section: str | None = None) -> Any:
+    return _opt("auto", "cpu, cuda, cuda:N, or auto (CUDA when present)", section=section)
 
 
-def _seed() -> Any:
-    return _opt(0, "random seed (same seed -> same result on CPU)")
+def _seed(section: str | None = None) -> Any:
+    return _opt(0, "random seed (same seed -> same result on CPU)", section=section)
 
 
-def _backend() -> Any:
+def _backend(section: str | None = None) -> Any:
     return _opt("auto", "where every net of the command runs: auto (compiled CPU kernels where "
                         "they apply: the LeNet kernel for the meta-gradient and held-out nets, "
                         "the fused ConvNet for the converge protocol; else PyTorch), pytorch "
                         "(no compiled code), compiled (insist on the LeNet kernel for the "
-                        "meta-gradient)", BACKENDS)
+                        "meta-gradient)", BACKENDS, section=section)
 
 
 def _dsa_ops(section: str | None = None) -> Any:
@@ -70,136 +83,134 @@ class DistillConfig:
 
     stored_file: ClassVar[str] = "meta.json"  # where a run folder keeps them, under "config"
     stored_key: ClassVar[str] = "config"
-    # data and model
-    dataset: str = _opt("mnist-5k", "registered dataset name")
-    data_root: str = _data_root()
-    download: bool = _opt(False, "let torchvision download missing files (needs the internet)")
-    model: str = _opt("", "architecture (default: the dataset's, e.g. lenet for MNIST)")
-    # initial weights p(θ0)
-    init: str = _opt("random", "distribution of initial weights",
-                     ("random", "fixed", "pretrained-random", "pretrained-fixed"))
-    init_scheme: str = _opt("xavier-normal", "weight initialization scheme (biases are zero)")
-    pool: str = _opt("", "pool folder of trained models, for the pretrained-* inits")
-    weights: str = _opt("", "pretrained-fixed: a state dict file instead of a pool (e.g. "
-                            "torchvision's AlexNet); a last layer of another size starts at 0, bias 1")
-    nets_per_iteration: int = _opt(
+    dataset: str = _data("mnist-5k", "registered dataset name")
+    data_root: str = _data_root(section=DATA)
+    download: bool = _data(False, "let torchvision download missing files (needs the internet)")
+    model: str = _data("", "architecture (default: the dataset's, e.g. lenet for MNIST)")
+    init: str = _init("random", "distribution of initial weights",
+                      ("random", "fixed", "pretrained-random", "pretrained-fixed"))
+    init_scheme: str = _init("xavier-normal", "weight initialization scheme (biases are zero)")
+    pool: str = _init("", "pool folder of trained models, for the pretrained-* inits")
+    weights: str = _init("", "pretrained-fixed: a state dict file instead of a pool (e.g. "
+                             "torchvision's AlexNet); a last layer of another size starts at 0, "
+                             "bias 1")
+    nets_per_iteration: int = _init(
         0, "initial weights sampled per meta-iteration, averaged (0: one per process, and at "
            "least 4 for pretrained-random)")
-    # method and objective
-    method: str = _opt("unroll", "distillation method (`datadistill list`): unroll (the "
-                                 "paper's unrolled inner steps), dm (distribution matching), "
-                                 "dc or dsa (gradient matching), mtt (trajectory "
-                                 "matching), krr, frepo or kip (kernel regression)")
-    match_outer_loop: int = _opt(0, "dc/dsa: matches per net drawn, the net trained on the "
-                                    "synthetic set between them (0: DC's for --images-per-class"
-                                    " 1, 10, 20, 30, 40, 50: 1, 10, 20, 30, 40, 50)")
-    match_inner_loop: int = _opt(0, "dc/dsa: epochs of SGD on the synthetic set between two "
-                                    "matches (0: DC's: 1, 50, 25, 20, 15, 10)")
-    match_net_lr: float = _opt(0.01, "dc/dsa: SGD lr of the net trained between matches; "
-                                     "frepo: of the pool's nets")
-    experts: str = _opt("", "mtt: folder of expert trajectories (`datadistill experts`)")
-    expert_epochs: int = _opt(2, "mtt: M, the expert epochs the N synthetic steps should match")
-    max_start_epoch: int = _opt(20, "mtt: the expert epoch t an unroll starts at is drawn "
-                                    "below this")
-    ridge: float = _opt(1e-6, "krr/frepo/kip: the kernel ridge, a fraction of the synthetic "
-                              "kernel's mean diagonal")
-    online_models: int = _opt(10, "frepo: nets in the online pool whose embeddings give the "
-                                  "kernel")
-    online_steps: int = _opt(100, "frepo: SGD steps a pool net takes on the synthetic set "
-                                  "(one per use, at --match-net-lr) before a fresh net replaces it")
-    objective: str = _opt("task", "final loss: the task's labels, or an attack (class K -> T)",
-                          ("task", "attack"))
-    attack_class: int = _opt(-1, "attack: the class K whose images should be misclassified")
-    target_class: int = _opt(-1, "attack: the class T they should be classified as")
-    # distilled data
-    steps: int = _opt(10, "distilled GD steps, each with its own batch of images")
-    distill_epochs: int = _opt(3, "passes over the distilled steps (inner steps = steps x epochs)")
-    images_per_class: int = _opt(1, "distilled images per class in each step")
-    images_per_step: int = _opt(0, "images in each step, their classes going round from step "
-                                   "to step; may be fewer than the classes (0: classes x "
-                                   "--images-per-class)")
-    downscale: int = _opt(1, "store each distilled image at 1/F of the images' side, F x F "
-                             "as many per class (the same pixels), each enlarged bilinearly "
-                             "to full size whenever a net trains on it (IDC's "
-                             "multi-formation); 1: full-size images")
-    labels: str = _opt("fixed", "labels of the distilled images: fixed classes (the paper), "
-                                "learned soft labels (label logits trained with the images, "
-                                "targets their softmax) or direct (learned label vectors used "
-                                "as the targets themselves, unconstrained, starting one-hot)",
-                       ("fixed", "learned", "direct"))
-    distill_lr: float = _opt(0.02, "initial value of every learned inner learning rate")
-    lr_per_step: bool = _opt(True, "one learned inner lr per inner step (the paper); "
-                                   "--no-lr-per-step: one learned lr for all steps (as RaT-BPTT)")
-    image_init: str = _opt("noise", "starting images: standard-normal noise (the paper), "
-                                    "random real training images, k-means centroids or herded "
-                                    "real images of each slot's class",
-                           ("noise", "real", "kmeans", "herding"))
-    init_from: str = _opt("", "start the learned images, labels and lrs from another run's "
-                              "last iterate (its folder, with checkpoint.safetensors) instead "
-                              "of --image-init, e.g. to go on with another --model or "
-                              "--window; the layout must match theirs")
-    # outer optimization
-    epochs: int = _opt(400, "passes over the real training set")
-    iterations: int = _opt(0, "meta-iterations to run in all, whatever the data's size, in "
-                              "place of --epochs (0: --epochs passes)")
-    batch_size: int = _opt(1024, "real images per meta-iteration")
-    lr: float = _opt(0.01, "learning rate of the outer optimiser (images, learning rates)")
-    optimizer: str = _opt("adam", "outer optimiser: adam (betas 0.5, 0.999) or sgd "
-                                  "(momentum 0.5, as DC, DSA and DM optimise their images)",
-                          ("adam", "sgd"))
-    label_lr: float = _opt(0.0, "outer learning rate of learned or direct labels (0: --lr)")
-    lr_lr: float = _opt(0.0, "outer learning rate of the learned inner lrs (0: --lr), e.g. "
-                             "MTT's 1e-5 beside an image lr of 100 or more")
-    label_confidence: float = _opt(0.9, "learned labels start with this probability on their "
-                                        "class, the rest spread evenly")
-    decay_epochs: int = _opt(40, "multiply the Adam lr by --decay-factor every this many epochs")
-    decay_factor: float = _opt(0.5, "lr decay factor")
-    backward: str = _opt("full", "reverse pass through the inner steps", ("full", "backgrad"))
-    momentum: float = _opt(0.0, "heavy-ball momentum of the inner steps, in distillation and "
-                                "evaluation alike (torch.optim.SGD's; 0: plain GD, the paper)")
-    minibatch: int = _opt(0, "images per inner step drawn anew from its batch each "
-                             "meta-iteration (a flat set: --steps 1); 0: the whole batch")
-    window: int = _opt(0, "truncated backpropagation: only this many consecutive inner steps "
-                          "keep a graph, the steps before run without one (0: all steps)")
-    window_at_end: bool = _opt(False, "end the window at the last step instead of at a step "
-                                      "drawn uniformly each meta-iteration (random-start "
-                                      "truncation, RaT-BPTT)")
-    dsa: bool = _opt(False, "augment the distilled images at every inner step of distillation "
-                            "with DSA, differentiably, a new draw each meta-iteration (as DC/DSA "
-                            "and RaT-BPTT distil); evaluations stay unaugmented")
-    dsa_ops: str = _dsa_ops()
-    clip: float = _opt(0.0, "clip the meta-gradient's norm to this multiple of its running "
-                            "mean (0: no clipping)")
-    ema: float = _opt(0.0, "evaluate and save an exponential moving average of the distilled "
-                           "tensors over the meta-iterations, from their start, with this "
-                           "decay (e.g. 0.99); 0: the last iterate")
-    validation: int = _opt(0, "hold this many random training images out of distillation, "
-                              "score the distilled set on them at every --eval-every "
-                              "evaluation, and save the best-scoring iterate instead of the "
-                              "last (0: the last)")
-    backend: str = _backend()
-    backgrad_keep_every: int = _opt(
+    method: str = _method("unroll", "distillation method (`datadistill list`): unroll (the "
+                                    "paper's unrolled inner steps), dm (distribution matching), "
+                                    "dc or dsa (gradient matching), mtt (trajectory "
+                                    "matching), krr, frepo or kip (kernel regression)")
+    match_outer_loop: int = _method(0, "dc/dsa: matches per net drawn, the net trained on the "
+                                       "synthetic set between them (0: DC's for --images-per-class"
+                                       " 1, 10, 20, 30, 40, 50: 1, 10, 20, 30, 40, 50)")
+    match_inner_loop: int = _method(0, "dc/dsa: epochs of SGD on the synthetic set between two "
+                                       "matches (0: DC's: 1, 50, 25, 20, 15, 10)")
+    match_net_lr: float = _method(0.01, "dc/dsa: SGD lr of the net trained between matches; "
+                                        "frepo: of the pool's nets")
+    experts: str = _method("", "mtt: folder of expert trajectories (`datadistill experts`)")
+    expert_epochs: int = _method(2, "mtt: M, the expert epochs the N synthetic steps should match")
+    max_start_epoch: int = _method(20, "mtt: the expert epoch t an unroll starts at is drawn "
+                                       "below this")
+    ridge: float = _method(1e-6, "krr/frepo/kip: the kernel ridge, a fraction of the synthetic "
+                                 "kernel's mean diagonal")
+    online_models: int = _method(10, "frepo: nets in the online pool whose embeddings give the "
+                                     "kernel")
+    online_steps: int = _method(100, "frepo: SGD steps a pool net takes on the synthetic set "
+                                     "(one per use, at --match-net-lr) before a fresh net "
+                                     "replaces it")
+    objective: str = _method("task", "final loss: the task's labels, or an attack (class K -> T)",
+                             ("task", "attack"))
+    attack_class: int = _method(-1, "attack: the class K whose images should be misclassified")
+    target_class: int = _method(-1, "attack: the class T they should be classified as")
+    steps: int = _distilled(10, "distilled GD steps, each with its own batch of images")
+    distill_epochs: int = _distilled(3, "passes over the distilled steps (inner steps = steps x "
+                                        "epochs)")
+    images_per_class: int = _distilled(1, "distilled images per class in each step")
+    images_per_step: int = _distilled(0, "images in each step, their classes going round from step "
+                                         "to step; may be fewer than the classes (0: classes x "
+                                         "--images-per-class)")
+    downscale: int = _distilled(1, "store each distilled image at 1/F of the images' side, F x F "
+                                   "as many per class (the same pixels), each enlarged bilinearly "
+                                   "to full size whenever a net trains on it (IDC's "
+                                   "multi-formation); 1: full-size images")
+    labels: str = _distilled(
+        "fixed", "labels of the distilled images: fixed classes (the paper), learned soft labels "
+                 "(label logits trained with the images, targets their softmax) or direct "
+                 "(learned label vectors used as the targets themselves, unconstrained, starting "
+                 "one-hot)", ("fixed", "learned", "direct"))
+    distill_lr: float = _distilled(0.02, "initial value of every learned inner learning rate")
+    lr_per_step: bool = _distilled(True, "one learned inner lr per inner step (the paper); "
+                                         "--no-lr-per-step: one learned lr for all steps (as "
+                                         "RaT-BPTT)")
+    image_init: str = _distilled(
+        "noise", "starting images: standard-normal noise (the paper), random real training "
+                 "images, k-means centroids or herded real images of each slot's class",
+        ("noise", "real", "kmeans", "herding"))
+    init_from: str = _distilled("", "start the learned images, labels and lrs from another run's "
+                                    "last iterate (its folder, with checkpoint.safetensors) "
+                                    "instead of --image-init, e.g. to go on with another --model "
+                                    "or --window; the layout must match theirs")
+    epochs: int = _outer(400, "passes over the real training set")
+    iterations: int = _outer(0, "meta-iterations to run in all, whatever the data's size, in "
+                                "place of --epochs (0: --epochs passes)")
+    batch_size: int = _outer(1024, "real images per meta-iteration")
+    lr: float = _outer(0.01, "learning rate of the outer optimiser (images, learning rates)")
+    optimizer: str = _outer("adam", "outer optimiser: adam (betas 0.5, 0.999) or sgd "
+                                    "(momentum 0.5, as DC, DSA and DM optimise their images)",
+                            ("adam", "sgd"))
+    label_lr: float = _outer(0.0, "outer learning rate of learned or direct labels (0: --lr)")
+    lr_lr: float = _outer(0.0, "outer learning rate of the learned inner lrs (0: --lr), e.g. "
+                               "MTT's 1e-5 beside an image lr of 100 or more")
+    label_confidence: float = _outer(0.9, "learned labels start with this probability on their "
+                                          "class, the rest spread evenly")
+    decay_epochs: int = _outer(40, "multiply the Adam lr by --decay-factor every this many epochs")
+    decay_factor: float = _outer(0.5, "lr decay factor")
+    backward: str = _outer("full", "reverse pass through the inner steps", ("full", "backgrad"))
+    momentum: float = _outer(0.0, "heavy-ball momentum of the inner steps, in distillation and "
+                                  "evaluation alike (torch.optim.SGD's; 0: plain GD, the paper)")
+    minibatch: int = _outer(0, "images per inner step drawn anew from its batch each "
+                               "meta-iteration (a flat set: --steps 1); 0: the whole batch")
+    window: int = _outer(0, "truncated backpropagation: only this many consecutive inner steps "
+                            "keep a graph, the steps before run without one (0: all steps)")
+    window_at_end: bool = _outer(False, "end the window at the last step instead of at a step "
+                                        "drawn uniformly each meta-iteration (random-start "
+                                        "truncation, RaT-BPTT)")
+    dsa: bool = _outer(False, "augment the distilled images at every inner step of distillation "
+                              "with DSA, differentiably, a new draw each meta-iteration (as DC/DSA "
+                              "and RaT-BPTT distil); evaluations stay unaugmented")
+    dsa_ops: str = _dsa_ops(section=OUTER)
+    clip: float = _outer(0.0, "clip the meta-gradient's norm to this multiple of its running "
+                              "mean (0: no clipping)")
+    ema: float = _outer(0.0, "evaluate and save an exponential moving average of the distilled "
+                             "tensors over the meta-iterations, from their start, with this "
+                             "decay (e.g. 0.99); 0: the last iterate")
+    validation: int = _outer(0, "hold this many random training images out of distillation, "
+                                "score the distilled set on them at every --eval-every "
+                                "evaluation, and save the best-scoring iterate instead of the "
+                                "last (0: the last)")
+    backend: str = _backend(section=OUTER)
+    backgrad_keep_every: int = _outer(
         1, "backgrad: keep every k-th weight and recompute the rest (0: k = ceil(sqrt(T)))")
-    outer_chunk: int = _opt(512, "real images per chunk of the outer gradient (memory/speed)")
-    # run
-    seed: int = _seed()
-    device: str = _device()
-    eval_every: int = _opt(0, "evaluate fresh nets every this many epochs (0: only at the end)")
-    eval_nets: int = _opt(20, "fresh nets trained on the distilled data per evaluation")
-    stop_accuracy: float = _opt(0.0, "stop at the first --eval-every evaluation whose mean "
+    outer_chunk: int = _outer(512, "real images per chunk of the outer gradient (memory/speed)")
+    seed: int = _seed(section=RUN)
+    device: str = _device(section=RUN)
+    eval_every: int = _run(0, "evaluate fresh nets every this many epochs (0: only at the end)")
+    eval_nets: int = _run(20, "fresh nets trained on the distilled data per evaluation")
+    stop_accuracy: float = _run(0.0, "stop at the first --eval-every evaluation whose mean "
                                      "accuracy (with --validation: on the held-out images) "
                                      "reaches this fraction (0: run every epoch)")
-    checkpoint_every: int = _opt(1, "write a checkpoint every this many epochs")
-    progress: bool = _opt(True, "show a progress bar, the meta-iterations to run and an "
+    checkpoint_every: int = _run(1, "write a checkpoint every this many epochs")
+    progress: bool = _run(True, "show a progress bar, the meta-iterations to run and an "
                                 "estimate of their time")
-    final_checks: str = _opt("auto", "after the run: few-step (--eval-nets fresh nets on the "
+    final_checks: str = _run("auto", "after the run: few-step (--eval-nets fresh nets on the "
                                      "set's steps and lrs, and as many random real images on "
                                      "the lr grid), converge (--eval-nets fresh nets of the "
                                      "run's model trained to convergence on the set, the "
                                      "protocol's 1000 epochs, DSA with --dsa), none, or auto "
                                      "(few-step for unroll, none for the matching methods)",
                              ("auto", "few-step", "converge", "none"))
-    log_dir: str = _opt("", "write TensorBoard scalars and image grids to this folder "
+    log_dir: str = _run("", "write TensorBoard scalars and image grids to this folder "
                             "(meta-loss, lrs, meta-gradient norm, evaluations; off when empty)")
 
     def validate(self) -> None:
