@@ -8,116 +8,53 @@ import os
 import shlex
 import statistics
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from .baselines.run import METHODS as BASELINE_METHODS
 from .baselines.run import SETTINGS as BASELINE_SETTINGS
-from .config import DistillConfig, read_config_file
-from .converge import CONVERGE_INIT, ConvergeSettings
-from .experts import ExpertSchedule
+from .config import (CONVERGE_INIT, BaselineConfig, DistillConfig, EvaluateConfig, ExpertsConfig,
+                     PoolImportConfig, PretrainConfig, flag, read_config_file, settings_of)
 from .distributed import init_from_env, leave_process_group
 from .errors import DistillError
 
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per DistillConfig field; only flags given on the command line are set."""
-    defaults = DistillConfig()
-    for f in fields(DistillConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_text = f"{f.metadata['help']} (default: {default})"
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, type=type(default), choices=f.metadata.get("choices"),
-                                default=argparse.SUPPRESS, help=help_text)
-
-
-PROTOCOLS = ("few-step", "converge")
 OVERWRITE_HELP = "replace the run in --out (its files go only once the new ones are written)"
 
 
-def _add_where_flags(parser: argparse.ArgumentParser) -> None:
-    """Where a command that trains nets finds its data and runs them."""
-    parser.add_argument("--data-root", default="data")
-    parser.add_argument("--device", default="auto")
-    _add_backend_flag(parser)
+def _add_settings_flags(parser: argparse.ArgumentParser, cls: type, stored: str) -> None:
+    """--config FILE (``stored``: where the command keeps its settings) and one flag per
+    field of the settings dataclass ``cls``, listed under its section; only flags given on
+    the command line are set, and they override the file's."""
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help=f"settings from {stored}, or a .toml / .yaml / .json file of "
+                             f"{cls.__name__} fields; flags given here override them")
+    groups: dict[str, Any] = {}
+    for f in fields(cls):
+        section = f.metadata["section"]
+        if section and section not in groups:
+            groups[section] = parser.add_argument_group(section)
+        target = groups.get(section, parser)
+        shown = (" (required)" if f.metadata["required"] else
+                 "" if f.default is None else f" (default: {f.default})")
+        if f.metadata["kind"] is bool:
+            target.add_argument(flag(f.name), action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=f.metadata["help"] + shown)
+        else:
+            target.add_argument(flag(f.name), type=f.metadata["kind"],
+                                choices=f.metadata["choices"], default=argparse.SUPPRESS,
+                                help=f.metadata["help"] + shown)
 
 
-def _add_backend_flag(parser: argparse.ArgumentParser) -> None:
-    """--backend, meaning what distill's means: where every net of the command runs."""
-    field = DistillConfig.__dataclass_fields__["backend"]
-    parser.add_argument("--backend", default=field.default, choices=field.metadata["choices"],
-                        help=f"{field.metadata['help']} (default: {field.default})")
+def _settings(args: argparse.Namespace, cls: type) -> dict:
+    """The settings of ``cls`` that --config's file and the flags given hold (flags win)."""
+    given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    return {**read_config_file(args.config, cls), **given} if args.config else given
 
 
-
-
-def _add_converge_flags(parser: argparse.ArgumentParser) -> None:
-    """The converge protocol's settings (defaults: the published recipe); --epochs, --lr and
-    --model are the command's own."""
-    defaults = ConvergeSettings()
-    group = parser.add_argument_group("converge protocol")
-    group.add_argument("--momentum", type=float, default=defaults.momentum)
-    group.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    group.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                       help=f"images per minibatch (default: {defaults.batch_size})")
-    group.add_argument("--nets-per-batch", type=int, default=defaults.nets_per_batch,
-                       help="nets trained together on stacked parameters (0: 10 on CUDA, 1 on "
-                            "the CPU, where batching convs does not pay)")
-    group.add_argument("--test-every", type=int, default=defaults.test_every,
-                       help="test accuracy on the learning curve every this many epochs "
-                            "(0: at the end only)")
-    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                       default=defaults.channels_last, help="channels-last conv inputs")
-    group.add_argument("--bf16", action="store_true",
-                       help="convolutions and matmuls under bfloat16 autocast, one net at a "
-                            "time: faster on CPUs with AVX512-BF16, much slower where bfloat16 "
-                            "is emulated (docs/performance.md)")
-    group.add_argument("--dsa", action="store_true",
-                       help="differentiable siamese augmentation of the images (DSA)")
-    group.add_argument("--dsa-ops", default="",
-                       help="comma-separated DSA operations (default: color,crop,cutout,flip,"
-                            "scale,rotate; no flip for digits)")
-    group.add_argument("--curve", default=None, metavar="PNG",
-                       help="write the learning curve picture here")
-
-
-def _add_scoring_flags(parser: argparse.ArgumentParser) -> None:
-    """What evaluate reports beside the accuracy (docs/usage.md, DD-Ranking's scores)."""
-    group = parser.add_argument_group("scores beside the accuracy")
-    group.add_argument("--plain", action="store_true",
-                       help="only the accuracy and the majority-class rate: skip the hard-label, "
-                            "other-augmentation and random-real runs and the scores")
-    group.add_argument("--full-data-accuracy", type=float, default=None, metavar="X",
-                       help="the whole training set's accuracy (a fraction) under this "
-                            "evaluation, for DD-Ranking's HLR and LRS (e.g. from `datadistill "
-                            "baseline --method full --protocol converge`)")
-    group.add_argument("--full-data", action="store_true",
-                       help="converge: compute that accuracy here (the same nets trained on the "
-                            "whole training set; costly)")
-    group.add_argument("--lr-search", action="store_true",
-                       help="converge: pick the lr from 0.25x-4x the lr by accuracy on held-out "
-                            "training images (never the test split)")
-
-
-def _scoring(args: argparse.Namespace):
+def _scoring(config: EvaluateConfig):
     from .scorecard import Scoring
 
-    return Scoring(args.plain, args.full_data_accuracy, args.full_data, args.lr_search)
-
-
-def _converge_settings(args: argparse.Namespace) -> ConvergeSettings:
-    defaults = ConvergeSettings()
-    return ConvergeSettings(
-        epochs=defaults.epochs if args.epochs is None else args.epochs,
-        lr=defaults.lr if args.lr is None else args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size,
-        nets_per_batch=args.nets_per_batch, test_every=args.test_every,
-        channels_last=args.channels_last, bfloat16=args.bf16)
+    return Scoring(config.plain, config.full_data_accuracy, config.full_data, config.lr_search)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,111 +68,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/distilled", help="run folder (default: runs/distilled)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help="settings from a run's meta.json (or its folder), a .toml or a .yaml "
-                        "file of DistillConfig fields; flags given here override them")
-    _add_config_flags(p)
+    _add_settings_flags(p, DistillConfig, "a run's meta.json (or its folder)")
 
     p = sub.add_parser("evaluate", help="train fresh nets on an artifact's images and test them")
     p.add_argument("run", help="run folder written by distill, baseline or import, or a "
                                       "shipped set: zoo:NAME")
-    p.add_argument("--protocol", default="few-step", choices=PROTOCOLS,
-                   help="few-step: the paper's GD steps with the learned lrs (default); "
-                        "converge: minibatch SGD to convergence on the images as a flat set")
-    p.add_argument("--nets", type=int, default=None,
-                   help="held-out nets (default: 200 few-step, 5 converge)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="few-step: constant lr instead of the learned ones; converge: SGD lr "
-                        "(default: 0.01, x0.1 halfway)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="passes over the steps (default: as distilled) or the flat set "
-                        "(converge, default: 1000)")
-    p.add_argument("--data-root", default=None, help="override the stored data root")
-    p.add_argument("--pool", default=None, help="override the stored pool folder (pretrained-random)")
-    p.add_argument("--device", default="auto")
-    _add_backend_flag(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-save", action="store_true",
                    help="do not save the result to RUN/evaluations/ (a read-only run folder)")
-    p.add_argument("--model", default=None,
-                   help="converge: architecture of the fresh nets (default: the artifact's); "
-                        "e.g. convnet, resnet18, vgg11 (`datadistill list`)")
-    p.add_argument("--init-scheme", default=CONVERGE_INIT,
-                   help=f"converge: initialization of the fresh nets (default: {CONVERGE_INIT}, "
-                        "PyTorch's own, as published)")
-    _add_scoring_flags(p)
-    _add_converge_flags(p)
+    _add_settings_flags(p, EvaluateConfig, "a saved evaluation (RUN/evaluations/NAME.json)")
 
     p = sub.add_parser("baseline", help="real-image baselines with the paper's lr x epochs grid")
-    p.add_argument("--method", required=True, choices=(*BASELINE_METHODS, "full"),
-                   help="full: the whole training set (--protocol converge)")
-    p.add_argument("--like", default=None,
-                   help="a distill run folder: take its dataset, model, init, steps and learned lrs")
     p.add_argument("--out", required=True, help="folder for the baseline's artifact")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    p.add_argument("--protocol", default="few-step", choices=PROTOCOLS,
-                   help="few-step: the paper's lr x epochs grid (default); converge: fresh nets "
-                        "trained to convergence on the steps x images-per-class images per class "
-                        "as one flat set (method full: the whole training set)")
-    p.add_argument("--nets", type=int, default=None,
-                   help="held-out nets for the final figure (default: 200 few-step, 5 converge)")
-    p.add_argument("--epochs", type=int, default=None, help="converge: passes (default: 1000)")
-    p.add_argument("--lr", type=float, default=None, help="converge: SGD lr (default: 0.01)")
     p.add_argument("--json", action="store_true", help="converge: print the result as JSON")
-    _add_converge_flags(p)
-    p.add_argument("--search-nets", type=int, default=20, help="held-out nets per grid cell")
-    p.add_argument("--sets", type=int, default=10, help="random draws (optimized real, k-NN)")
-    for name in (n for n in BASELINE_SETTINGS if n not in ("init_scheme", "backend")):
-        default = getattr(DistillConfig(), name)
-        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
-                       help=f"when not --like (default: {default})")
-    p.add_argument("--init-scheme", default=None,
-                   help=f"when not --like (default: {DistillConfig().init_scheme}; converge: "
-                        f"{CONVERGE_INIT})")
-    _add_backend_flag(p)
+    _add_settings_flags(p, BaselineConfig, "a baseline's meta.json (or its folder)")
 
     p = sub.add_parser("pretrain", help="train a pool of models (pretrained-init settings, attacks)")
-    p.add_argument("--dataset", required=True, help="registered dataset to train on")
-    p.add_argument("--arch", default="", help="architecture (default: the dataset's)")
-    p.add_argument("--models", type=int, required=True, help="models in the pool")
     p.add_argument("--out", required=True, help="pool folder")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    p.add_argument("--held-out", type=int, default=None,
-                   help="models kept for evaluation only (default: 1 in 11, as the paper's 2000+200)")
-    p.add_argument("--epochs", type=int, default=None, help="default: the dataset's recommended schedule")
-    p.add_argument("--lr", type=float, default=None, help="Adam lr (default: recommended)")
-    p.add_argument("--decay-epochs", type=int, default=None, help="lr x0.1 every this many epochs")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--group", type=int, default=10, help="models trained together in one batch")
-    p.add_argument("--init-scheme", default="xavier-normal")
-    p.add_argument("--seed", type=int, default=0)
-    _add_where_flags(p)
+    _add_settings_flags(p, PretrainConfig, "a pool's manifest.json (or its folder)")
 
     p = sub.add_parser("experts", help="train expert trajectories for --method mtt")
-    p.add_argument("--dataset", required=True, help="registered dataset to train on")
-    p.add_argument("--arch", default="", help="architecture (default: the dataset's)")
-    p.add_argument("--experts", type=int, required=True, help="nets to train")
     p.add_argument("--out", required=True, help="experts folder (run again to go on)")
-    expert = ExpertSchedule()
-    p.add_argument("--epochs", type=int, default=expert.epochs,
-                   help=f"epochs each, weights kept after every one (default: {expert.epochs})")
-    p.add_argument("--lr", type=float, default=expert.lr,
-                   help=f"plain SGD lr (default: {expert.lr})")
-    p.add_argument("--batch-size", type=int, default=expert.batch_size)
-    p.add_argument("--dsa", action=argparse.BooleanOptionalAction, default=expert.dsa,
-                   help="DSA on every real minibatch (default: on, as MTT)")
-    p.add_argument("--init-scheme", default=CONVERGE_INIT)
-    p.add_argument("--seed", type=int, default=0)
-    _add_where_flags(p)
+    _add_settings_flags(p, ExpertsConfig, "an experts folder's experts.json (or the folder)")
 
     p = sub.add_parser("pool-import", help="make a pool of your own trained models (state dicts)")
     p.add_argument("folder", help="folder of *.safetensors / *.pt / *.pth state dicts, one architecture")
-    p.add_argument("--dataset", required=True, help="dataset the models classify")
-    p.add_argument("--arch", default="", help="architecture (default: the dataset's)")
     p.add_argument("--out", required=True, help="pool folder")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    p.add_argument("--held-out", type=int, default=None, help="models kept for evaluation only")
-    _add_where_flags(p)
+    _add_settings_flags(p, PoolImportConfig, "a pool's manifest.json (or its folder)")
 
     p = sub.add_parser("export", help="write a run's images, labels and normalisation as "
                                       "plain tensors (docs/exchange.md)")
@@ -282,10 +144,8 @@ def _distill(args: argparse.Namespace) -> None:
     from .distill import distill
     from .methods import METHODS
 
-    settings = {f.name: getattr(args, f.name) for f in fields(DistillConfig) if hasattr(args, f.name)}
-    if args.config:  # the file's settings, overridden by the flags given
-        settings = {**read_config_file(args.config), **settings}
-    result = distill(out=args.out, resume=args.resume, overwrite=args.overwrite, **settings)
+    result = distill(out=args.out, resume=args.resume, overwrite=args.overwrite,
+                     **_settings(args, DistillConfig))
     metrics = result.meta["metrics"]
     n_images = result.images.shape[0] * result.images.shape[1]
     if "final" in metrics:
@@ -307,22 +167,23 @@ def _distill(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    if args.protocol == "converge":
-        _evaluate_converge(args)
+    config = settings_of(EvaluateConfig, _settings(args, EvaluateConfig))
+    if config.protocol == "converge":
+        _evaluate_converge(args, config)
         return
     from .evaluate import evaluation_name
     from .scorecard import few_step_scored
 
-    _refuse_converge_flags(args, model=True)
-    scoring = _scoring(args)
+    _refuse_converge_flags(config, model=True)
+    scoring = _scoring(config)
     scoring.check("few-step")
     _check_saving(args)
-    nets = 200 if args.nets is None else args.nets
-    result = few_step_scored(args.run, scoring, nets=nets, lr=args.lr, epochs=args.epochs,
-                             data_root=args.data_root, device=args.device, pool=args.pool,
-                             backend=args.backend)
-    result = _saved(result, args, evaluation_name("few-step", lr=args.lr, epochs=args.epochs,
-                                                     plain=args.plain))
+    nets = 200 if config.nets is None else config.nets
+    result = few_step_scored(args.run, scoring, nets=nets, lr=config.lr, epochs=config.epochs,
+                             data_root=config.data_root, device=config.device,
+                             pool=config.pool, backend=config.backend)
+    result = _saved(result, args, config, evaluation_name(
+        "few-step", lr=config.lr, epochs=config.epochs, plain=config.plain))
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -341,35 +202,35 @@ def _evaluate(args: argparse.Namespace) -> None:
     _print_scores(result)
 
 
-def _refuse_converge_flags(args: argparse.Namespace, model: bool) -> None:
+def _refuse_converge_flags(config: EvaluateConfig | BaselineConfig, model: bool) -> None:
     """One line for a converge-protocol flag given to the few-step protocol (``--model`` is
     the converge protocol's only where ``model`` says so)."""
-    flags = (("--model", model and args.model), ("--dsa", args.dsa), ("--curve", args.curve),
-             ("--bf16", args.bf16))
+    flags = (("--model", model and config.model), ("--dsa", config.dsa),
+             ("--curve", config.curve), ("--bf16", config.bf16))
     given = [flag for flag, value in flags if value]
     if given:
         raise DistillError(f"{given[0]} belongs to the converge protocol; add "
                            "--protocol converge")
 
 
-def _evaluate_converge(args: argparse.Namespace) -> None:
+def _evaluate_converge(args: argparse.Namespace, config: EvaluateConfig) -> None:
     from .evaluate import evaluation_name
     from .scorecard import converge_scored
 
-    if args.curve:
-        check_png_path(args.curve)
-    scoring = _scoring(args)
+    if config.curve:
+        check_png_path(config.curve)
+    scoring = _scoring(config)
     scoring.check("converge")
     _check_saving(args)
-    result = converge_scored(args.run, scoring, nets=5 if args.nets is None else args.nets,
-                             model=args.model,
-                             settings=_converge_settings(args), dsa=args.dsa,
-                             dsa_ops=args.dsa_ops, init_scheme=args.init_scheme,
-                             data_root=args.data_root, device=args.device,
-                             backend=args.backend)
-    name = evaluation_name("converge", result["model"], args.dsa, args.lr, args.epochs,
-                           args.lr_search, args.plain)
-    _report_converge(_saved(result, args, name), args)
+    result = converge_scored(args.run, scoring, nets=5 if config.nets is None else config.nets,
+                             model=config.model,
+                             settings=config.converge_settings(config.epochs, config.lr),
+                             dsa=config.dsa, dsa_ops=config.dsa_ops,
+                             init_scheme=config.init_scheme, data_root=config.data_root,
+                             device=config.device, backend=config.backend)
+    name = evaluation_name("converge", result["model"], config.dsa, config.lr, config.epochs,
+                           config.lr_search, config.plain)
+    _report_converge(_saved(result, args, config, name), config.curve, args.json)
     if not args.json:
         _print_scores(result)
 
@@ -382,24 +243,24 @@ def _check_saving(args: argparse.Namespace) -> None:
         check_writable(args.run)
 
 
-def _saved(result: dict, args: argparse.Namespace, name: str) -> dict:
-    """The result with the command that made it; saved as RUN/evaluations/NAME.json unless
-    --no-save."""
+def _saved(result: dict, args: argparse.Namespace, config: EvaluateConfig, name: str) -> dict:
+    """The result with the command and the settings that made it (``evaluate --config``
+    reads them back); saved as RUN/evaluations/NAME.json unless --no-save."""
     from .evaluate import save_evaluation
 
-    record = {**result, "command": args.invocation}
+    record = {**result, "command": args.invocation, "config": asdict(config)}
     return record if args.no_save else save_evaluation(args.run, name, record)
 
 
-def _report_converge(result: dict, args: argparse.Namespace) -> None:
-    """Print a converge-protocol result (or its JSON) and draw its curve when asked."""
+def _report_converge(result: dict, curve: str | None, as_json: bool) -> None:
+    """Print a converge-protocol result (or its JSON) and draw its ``curve`` when asked."""
     after, settings = result["after"], result["settings"]
-    if args.curve:
+    if curve:
         from .plots import save_curve
 
-        save_curve(result["curve"], args.curve, f"{result['dataset']}, {result['images']} "
+        save_curve(result["curve"], curve, f"{result['dataset']}, {result['images']} "
                    f"images, {result['model']}, {after['nets']} nets")
-    if args.json:
+    if as_json:
         print(json.dumps(result, indent=2))
         return
     augment = "DSA " + ",".join(result["dsa"]) if result["dsa"] else "no augmentation"
@@ -473,71 +334,80 @@ def check_png_path(path: str) -> None:
 
 
 def _baseline(args: argparse.Namespace) -> None:
-    settings = {k: getattr(args, k) for k in BASELINE_SETTINGS}
-    converge = args.protocol == "converge"
-    settings["init_scheme"] = args.init_scheme or (
+    config = settings_of(BaselineConfig, _settings(args, BaselineConfig))
+    settings = {k: getattr(config, k) for k in BASELINE_SETTINGS}
+    converge = config.protocol == "converge"
+    settings["init_scheme"] = config.init_scheme or (
         CONVERGE_INIT if converge else DistillConfig().init_scheme)
     if converge:
         from .baselines.write import converge_baseline
 
-        if args.like:
+        if config.like:
             raise DistillError("--like takes a few-step run's setting; under --protocol "
                                "converge pass --dataset, --steps and --images-per-class")
-        if args.curve:
-            check_png_path(args.curve)
-        result = converge_baseline(args.method, args.out, settings, _converge_settings(args),
-                                   nets=5 if args.nets is None else args.nets, dsa=args.dsa,
-                                   dsa_ops=args.dsa_ops, overwrite=args.overwrite)
-        _report_converge(result, args)
+        if config.curve:
+            check_png_path(config.curve)
+        result = converge_baseline(config.method, args.out, settings,
+                                   config.converge_settings(config.epochs, config.lr),
+                                   nets=5 if config.nets is None else config.nets,
+                                   dsa=config.dsa, dsa_ops=config.dsa_ops,
+                                   stored=asdict(config), overwrite=args.overwrite)
+        _report_converge(result, config.curve, args.json)
         if not args.json:
             print(f"wrote {args.out}")
         return
-    if args.method == "full":
+    if config.method == "full":
         raise DistillError("--method full trains on the whole training set: add --protocol "
                            "converge")
-    _refuse_converge_flags(args, model=False)
+    _refuse_converge_flags(config, model=False)
     from .baselines.write import baseline_artifact
 
-    nets = 200 if args.nets is None else args.nets
-    report = baseline_artifact(args.method, args.out, like=args.like, nets=nets,
-                               search_nets=args.search_nets, sets=args.sets,
-                               settings=settings, overwrite=args.overwrite)
+    nets = 200 if config.nets is None else config.nets
+    report = baseline_artifact(config.method, args.out, like=config.like, nets=nets,
+                               search_nets=config.search_nets, sets=config.sets,
+                               settings=settings, stored=asdict(config),
+                               overwrite=args.overwrite)
     final, best = report["final"], report["best"]
-    print(f"{args.method}: {100 * final['accuracy_mean']:.2f}% ± {100 * final['accuracy_std']:.2f} "
-          f"(best {', '.join(f'{k} {v}' for k, v in best.items())}); wrote {args.out}")
+    print(f"{config.method}: {100 * final['accuracy_mean']:.2f}% ± "
+          f"{100 * final['accuracy_std']:.2f} (best "
+          f"{', '.join(f'{k} {v}' for k, v in best.items())}); wrote {args.out}")
 
 
 def _pretrain(args: argparse.Namespace) -> None:
     from .pools import DEFAULT_SCHEDULE, SCHEDULES, Schedule, pretrain
 
-    base = SCHEDULES.get(args.dataset, DEFAULT_SCHEDULE)
-    schedule = Schedule(args.epochs or base.epochs, args.lr or base.lr,
-                        args.decay_epochs or base.decay_epochs, base.decay_factor)
-    pool = pretrain(args.dataset, args.models, args.out, arch=args.arch, schedule=schedule,
-                    batch_size=args.batch_size, held_out=args.held_out,
-                    init_scheme=args.init_scheme, seed=args.seed, data_root=args.data_root,
-                    device=args.device, group=args.group, backend=args.backend,
-                    overwrite=args.overwrite)
+    config = settings_of(PretrainConfig, _settings(args, PretrainConfig))
+    base = SCHEDULES.get(config.dataset, DEFAULT_SCHEDULE)
+    schedule = Schedule(config.epochs or base.epochs, config.lr or base.lr,
+                        config.decay_epochs or base.decay_epochs, base.decay_factor)
+    pool = pretrain(config.dataset, config.models, args.out, arch=config.arch,
+                    schedule=schedule, batch_size=config.batch_size, held_out=config.held_out,
+                    init_scheme=config.init_scheme, seed=config.seed,
+                    data_root=config.data_root, device=config.device, group=config.group,
+                    backend=config.backend, settings=asdict(config), overwrite=args.overwrite)
     _print_pool(pool, args.out)
 
 
 def _experts(args: argparse.Namespace) -> None:
     from .experts import train_experts
 
-    files = train_experts(args.dataset, args.experts, args.out, arch=args.arch,
-                          schedule=ExpertSchedule(args.epochs, args.lr, args.batch_size, args.dsa),
-                          init_scheme=args.init_scheme, seed=args.seed, data_root=args.data_root,
-                          device=args.device, backend=args.backend)
-    print(f"{len(files)} experts of {args.epochs} epochs in {args.out}; distill with "
+    config = settings_of(ExpertsConfig, _settings(args, ExpertsConfig))
+    files = train_experts(config.dataset, config.experts, args.out, arch=config.arch,
+                          schedule=config.schedule, init_scheme=config.init_scheme,
+                          seed=config.seed, data_root=config.data_root, device=config.device,
+                          backend=config.backend, settings=asdict(config))
+    print(f"{len(files)} experts of {config.epochs} epochs in {args.out}; distill with "
           f"`--method mtt --experts {args.out}`")
 
 
 def _pool_import(args: argparse.Namespace) -> None:
     from .pools import import_pool
 
-    pool = import_pool(args.folder, args.dataset, args.out, arch=args.arch,
-                       held_out=args.held_out, data_root=args.data_root, device=args.device,
-                       backend=args.backend, overwrite=args.overwrite)
+    config = settings_of(PoolImportConfig, _settings(args, PoolImportConfig))
+    pool = import_pool(args.folder, config.dataset, args.out, arch=config.arch,
+                       held_out=config.held_out, data_root=config.data_root,
+                       device=config.device, backend=config.backend,
+                       settings=asdict(config), overwrite=args.overwrite)
     _print_pool(pool, args.out)
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .augment import DSA
-from .errors import DistillError
+from .config import ConvergeSettings
 from .functional import FunctionalModel, Params, num_nets
 from .init_distributions import InitDistribution, PooledInit
 from .kernels import float32_on_cpu
@@ -27,47 +27,9 @@ from .kernels.normpool import fused_convnet
 from .nets import TEST_CHUNK, EvalResult, test_nets
 from .progress import phase_bar
 
-CONVERGE_INIT = "default"  # the fresh nets of the published recipe start from PyTorch's init
 # images per forward/backward and per test chunk on the fused ConvNet path: a 32-channel
 # 32 x 32 activation of 64 images (8 MiB) stays in the cache (benchmarks/bench_converge.py)
 FUSED_MICROBATCH = FUSED_TEST_CHUNK = 64
-
-
-@dataclass(frozen=True)
-class ConvergeSettings:
-    """Training of the held-out nets (defaults: the published recipe)."""
-
-    epochs: int = 1000  # passes over the flat set
-    lr: float = 0.01  # SGD lr, multiplied by 0.1 after half the epochs
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256  # images per minibatch (the whole set when it is smaller)
-    nets_per_batch: int = 0  # nets trained together on stacked parameters (0: auto)
-    test_every: int = 0  # test accuracy on the learning curve every this many epochs (0: end)
-    channels_last: bool = False  # memory format of conv inputs (measured in benchmarks/)
-    bfloat16: bool = False  # convolutions and matmuls under bfloat16 autocast (benchmarks/)
-
-    def check(self) -> None:
-        """One-line errors for settings that cannot work."""
-        if self.nets_per_batch < 0:
-            raise DistillError(f"--nets-per-batch must be 0 (auto) or more, "
-                               f"got {self.nets_per_batch}")
-        if self.bfloat16 and self.nets_per_batch > 1:  # vmap's batched ops ignore autocast
-            raise DistillError("--bf16 trains one net at a time (autocast does not reach "
-                               "stacked nets); drop --nets-per-batch or --bf16")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise DistillError(f"--{name.replace('_', '-')} must be at least 1, "
-                                   f"got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise DistillError(f"--lr must be positive, got {self.lr}")
-        for name in ("momentum", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise DistillError(f"--{name.replace('_', '-')} must be 0 or more, "
-                                   f"got {getattr(self, name)}")
-        if self.test_every < 0:
-            raise DistillError(f"--test-every must be 0 (at the end) or more, "
-                               f"got {self.test_every}")
 
 
 @dataclass

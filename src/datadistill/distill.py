@@ -17,18 +17,17 @@ from tqdm import tqdm
 
 from .artifacts import CHECKPOINT_FILE, Distilled, after_saving, load_tensors, run_meta
 from .augment import dsa_for
-from .config import DistillConfig, check_known
+from .config import CONVERGE_INIT, ConvergeSettings, DistillConfig, check_known
 from .data import Dataset, check_downscale, hold_out, load_dataset, relabel
 from .distributed import World, current
 from .errors import DistillError
-from .converge import CONVERGE_INIT, ConvergeSettings
 from .evaluate import Evaluation, converge_report, evaluate_steps, schedule
 from .floor import few_step_floor, random_real_set
 from .functional import FunctionalModel
-from .init_distributions import FixedInit, InitDistribution, RandomInit, initial_parameters
+from .init_distributions import InitDistribution, RandomInit
 from .methods import METHODS
 from .models import build_model
-from .pools import check_pool_fits, load_pool, load_pretrained
+from .pools import initial_weights
 from .resize import resize_images, shrunk_size, stored_count
 from .runfolder import writes_run_folder
 from .runstate import RunState, method_state
@@ -103,7 +102,7 @@ def distill(
     fmodel = FunctionalModel(module, config.backend)  # the backend of every net this run trains
     data_gen = generator(config.seed, "data")
     init_gen = generator(config.seed, "init")
-    init_dist, eval_dist, fixed_params = _init_distributions(config, module, data, init_gen)
+    init_dist, eval_dist, fixed_params = initial_weights(config.to_dict(), module, data, init_gen)
     world = current()  # under torchrun: this rank trains its share of the nets per iteration
     n_nets = config.nets_per_draw(world.size)
     config = replace(config, nets_per_iteration=n_nets)  # stored resolved: resumes draw alike
@@ -309,31 +308,6 @@ def _distilled_steps(config: DistillConfig, data: Dataset,
         return steps
     return steps.with_tensors({name: start_from[name].to(tensor).requires_grad_()
                                for name, tensor in steps.learnable().items()})
-
-
-def _init_distributions(config: DistillConfig, module: nn.Module, data: Dataset,
-                        init_gen: torch.Generator
-                        ) -> tuple[InitDistribution, InitDistribution, dict | None]:
-    """p(θ0) to distill with, the one to evaluate on, and the fixed weights (if any).
-
-    Random init is evaluated on fresh draws, a pool on its held-out models, a fixed init
-    (random or pretrained) on itself.
-    """
-    if config.init == "fixed":
-        fixed = initial_parameters(module, config.init_scheme, init_gen)
-        return FixedInit(fixed), FixedInit(fixed), fixed
-    if config.init == "random":
-        random_init = RandomInit(module, config.init_scheme)
-        return random_init, random_init, None
-    if config.init == "pretrained-fixed" and config.weights:
-        fixed = load_pretrained(module, config.weights)
-        return FixedInit(fixed), FixedInit(fixed), fixed
-    pool = load_pool(config.pool)
-    check_pool_fits(pool, data, module)
-    if config.init == "pretrained-fixed":
-        fixed = pool.model(pool.manifest["distill"][0])
-        return FixedInit(fixed), FixedInit(fixed), fixed
-    return pool.split("distill"), pool.split("held_out"), None
 
 
 def _class_layout(config: DistillConfig, num_classes: int) -> torch.Tensor:

@@ -26,10 +26,10 @@ from .data import Dataset, is_known_dataset, load_dataset
 from .distributed import World, current
 from .errors import DistillError
 from .functional import FunctionalModel, Params
-from .init_distributions import FixedInit, InitDistribution, PooledInit, RandomInit
+from .init_distributions import FixedInit, InitDistribution, PooledInit
 from .models import build_model
 from .nets import EvalResult, Step, schedule, test_nets, train_nets
-from .pools import check_pool_fits, load_pool
+from .pools import initial_weights
 from .progress import phase_bar
 from .runtime import generator, resolve_device
 from .scores import majority_class_rate
@@ -208,15 +208,8 @@ def build_context(config: dict[str, Any], dataset: str, model: str | None,
     data = (data or load_dataset(dataset, data_root or config["data_root"])).to(dev)
     module = (module or build_model(model or data.default_model, data.image_shape,
                                     data.num_classes)).to(dev)
-    init: InitDistribution
-    if fixed is not None:
-        init = FixedInit(fixed)
-    elif config.get("init") == "pretrained-random":
-        models = load_pool(pool or config["pool"])
-        check_pool_fits(models, data, module)
-        init = models.split("held_out")
-    else:
-        init = RandomInit(module, config["init_scheme"])
+    _, init, _ = initial_weights(config, module, data, generator(config["seed"], "init"), fixed,
+                                 pool)
     return data, FunctionalModel(module, backend), init
 
 

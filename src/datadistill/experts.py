@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .artifacts import atomic_write, load_tensors, save_tensors
 from .augment import dsa_for
+from .config import ExpertSchedule
 from .data import Dataset, load_dataset
 from .distributed import current
 from .errors import DistillError
@@ -33,21 +34,6 @@ from .runtime import generator, resolve_device
 
 MANIFEST = "experts.json"
 EXPERT_FILE = "expert-{}.safetensors"
-
-
-@dataclass(frozen=True)
-class ExpertSchedule:
-    """How an expert trains (defaults: MTT's for MNIST-sized data)."""
-
-    epochs: int = 50  # passes over the real training set, weights kept after each
-    lr: float = 0.01  # plain SGD, no momentum, no weight decay
-    batch_size: int = 256
-    dsa: bool = True  # DSA on every real minibatch
-
-    def check(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise DistillError(f"--epochs and --batch-size must be at least 1 and --lr positive, "
-                               f"got {self.epochs}, {self.batch_size}, {self.lr}")
 
 
 @dataclass(frozen=True)
@@ -75,8 +61,10 @@ class Experts:
 def train_experts(dataset: str, experts: int, out: str | Path, arch: str = "",
                   schedule: ExpertSchedule = ExpertSchedule(), init_scheme: str = "default",
                   seed: int = 0, data_root: str | None = "data", device: str = "auto",
-                  backend: str = "auto", progress: bool = True) -> list[Path]:
-    """Train ``experts`` nets into ``out`` (those already there are kept); returns the files."""
+                  backend: str = "auto", progress: bool = True,
+                  settings: dict[str, Any] | None = None) -> list[Path]:
+    """Train ``experts`` nets into ``out`` (those already there are kept); returns the files.
+    ``settings`` (the command's, ``ExpertsConfig``) are stored in experts.json."""
     if experts < 1:
         raise DistillError(f"--experts must be at least 1, got {experts}")
     schedule.check()
@@ -88,7 +76,7 @@ def train_experts(dataset: str, experts: int, out: str | Path, arch: str = "",
     fmodel = FunctionalModel(module, backend)
     manifest = {"dataset": data.name, "arch": arch, "image_shape": list(data.image_shape),
                 "init_scheme": init_scheme, "seed": seed, "schedule": asdict(schedule)}
-    _check_manifest(out, manifest)
+    _check_manifest(out, manifest, settings)
     files = [out / EXPERT_FILE.format(k) for k in range(experts)]
     world = current()
     todo = [k for k in world.share(experts) if not files[k].is_file()]
@@ -104,8 +92,10 @@ def train_experts(dataset: str, experts: int, out: str | Path, arch: str = "",
     return files
 
 
-def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    """Write the manifest, or refuse a folder whose experts were trained otherwise."""
+def _check_manifest(out: Path, manifest: dict[str, Any], settings: dict[str, Any] | None
+                    ) -> None:
+    """Write the manifest (with the latest command's ``settings``), or refuse a folder whose
+    experts were trained otherwise."""
     path = out / MANIFEST
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -113,8 +103,10 @@ def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
         if differ:
             raise DistillError(f"{out} holds experts trained with other {', '.join(differ)}; "
                                "choose another --out or the same settings")
-    else:
-        atomic_write(path, (json.dumps(manifest, indent=2) + "\n").encode())
+        if settings is None:
+            return
+    record = manifest if settings is None else {**manifest, "config": settings}
+    atomic_write(path, (json.dumps(record, indent=2) + "\n").encode())
 
 
 def _trajectory(fmodel: FunctionalModel, params: Params, data: Dataset,

@@ -21,7 +21,8 @@ from .data import Dataset, crop_flip, load_dataset
 from .distributed import current
 from .errors import DistillError
 from .functional import FunctionalModel, Params, num_nets
-from .init_distributions import PooledInit, RandomInit
+from .init_distributions import (FixedInit, InitDistribution, PooledInit, RandomInit,
+                                 initial_parameters)
 from .models import build_model
 from .nets import test_nets
 from .runfolder import writes_run_folder
@@ -144,9 +145,10 @@ def pretrain(dataset: str, models: int, out: str | Path, arch: str = "",
              schedule: Schedule | None = None, batch_size: int = 128, held_out: int | None = None,
              init_scheme: str = "xavier-normal", seed: int = 0, data_root: str | None = "data",
              device: str = "auto", group: int = 10, progress: bool = True,
-             backend: str = "auto") -> Pool:
+             backend: str = "auto", settings: dict[str, Any] | None = None) -> Pool:
     """Train ``models`` networks on ``dataset`` (``group`` at a time, batched) into a pool,
-    their test pass run by ``backend``."""
+    their test pass run by ``backend``; ``settings`` (the command's, ``PretrainConfig``) are
+    stored in the manifest."""
     if models < 2:
         raise DistillError(f"--models must be at least 2 (distill + held-out), got {models}")
     for name, value in (("--group", group), ("--batch-size", batch_size)):
@@ -184,7 +186,13 @@ def pretrain(dataset: str, models: int, out: str | Path, arch: str = "",
                 "decay_epochs": schedule.decay_epochs, "decay_factor": schedule.decay_factor,
                 "batch_size": batch_size, "models_per_group": group}
     return _save_pool(out, params, data, arch, world.sum_(accuracies).tolist(), held_out,
-                      seed=seed, init_scheme=init_scheme, training=training)
+                      seed=seed, init_scheme=init_scheme, training=training,
+                      **_stored(settings))
+
+
+def _stored(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest's record of the command's settings, when given."""
+    return {} if settings is None else {"config": settings}
 
 
 def _save_pool(out: str | Path, params: Params, data: Dataset, arch: str,
@@ -236,9 +244,11 @@ def load_pretrained(module: torch.nn.Module, path: str | Path) -> Params:
 @writes_run_folder
 def import_pool(folder: str | Path, dataset: str, out: str | Path, arch: str = "",
                 held_out: int | None = None, data_root: str | None = "data",
-                device: str = "auto", backend: str = "auto") -> Pool:
+                device: str = "auto", backend: str = "auto",
+                settings: dict[str, Any] | None = None) -> Pool:
     """Make a pool of a folder of state dicts (``*.safetensors``, or ``*.pt``/``*.pth`` read
-    with ``weights_only=True``) of one architecture; their test accuracy is measured."""
+    with ``weights_only=True``) of one architecture; their test accuracy is measured.
+    ``settings`` (the command's, ``PoolImportConfig``) are stored in the manifest."""
     files = sorted(p for p in Path(folder).glob("*") if p.suffix in (".safetensors", ".pt", ".pth"))
     if len(files) < 2:
         raise DistillError(f"{folder} holds {len(files)} state dict files (*.safetensors, *.pt, "
@@ -259,4 +269,32 @@ def import_pool(folder: str | Path, dataset: str, out: str | Path, arch: str = "
     params = {n: torch.stack([s[n] for s in states]).to(dev) for n in shapes}
     accuracies = _accuracies(FunctionalModel(module, backend), params, data)
     return _save_pool(out, params, data, arch, accuracies, held_out,
-                      files=[p.name for p in files])
+                      files=[p.name for p in files], **_stored(settings))
+
+
+def initial_weights(config: dict[str, Any], module: torch.nn.Module, data: Dataset,
+                    gen: torch.Generator, stored: Params | None = None, pool: str | None = None
+                    ) -> tuple[InitDistribution, InitDistribution, Params | None]:
+    """p(θ0) of a setting (DistillConfig's fields): the one to distill with, the one to
+    evaluate on, and the fixed weights (if any).
+
+    ``stored`` weights (an artifact's fixed init) are themselves; a fixed init is drawn from
+    ``gen`` (random) or loaded (pretrained) and evaluated on itself; random init is evaluated
+    on fresh draws, a pool (``pool`` overrides the stored folder) on its held-out models.
+    """
+    init = config.get("init", "random")
+    if stored is None and init == "fixed":
+        stored = initial_parameters(module, config["init_scheme"], gen)
+    elif stored is None and init == "pretrained-fixed" and config.get("weights"):
+        stored = load_pretrained(module, config["weights"])
+    if stored is not None:
+        return FixedInit(stored), FixedInit(stored), stored
+    if init == "random":
+        random_init = RandomInit(module, config["init_scheme"])
+        return random_init, random_init, None
+    models = load_pool(pool or config["pool"])
+    check_pool_fits(models, data, module)
+    if init == "pretrained-fixed":
+        fixed = models.model(models.manifest["distill"][0])
+        return FixedInit(fixed), FixedInit(fixed), fixed
+    return models.split("distill"), models.split("held_out"), None

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..config import BASELINE_METHODS as METHODS  # noqa: F401 (`baseline --method` names)
 from ..data import Dataset, relabel
 from ..errors import DistillError
 from ..evaluate import GRID_EPOCHS, EvalResult, best_of_grid, schedule, schedule_evaluator
@@ -19,7 +20,6 @@ from ..runtime import generator
 from ..selectors import baseline_images
 from .knn import knn_accuracy
 
-METHODS = ("random", "optimized", "kmeans", "average", "herding", "knn-random", "knn-kmeans")
 # the DistillConfig fields a baseline takes as flags when not --like a run
 SETTINGS = ("dataset", "data_root", "model", "init_scheme", "pool", "steps", "distill_epochs",
             "images_per_class", "downscale", "minibatch", "seed", "device", "backend")

@@ -23,13 +23,15 @@ from .run import run_baseline
 @writes_run_folder
 def baseline_artifact(method: str, out: str | Path, like: str | Path | None = None,
                       nets: int = 200, search_nets: int = 20, sets: int = 10,
-                      settings: dict[str, Any] | None = None) -> dict[str, Any]:
+                      settings: dict[str, Any] | None = None,
+                      stored: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a baseline and write its artifact into ``out``; returns the report.
 
     The setting is a distillation run's (``like``) or ``settings`` (DistillConfig fields), and
     the grid's passes are ``grid_epochs`` of it (inner steps around T for a flat set); a
     ``pool`` there evaluates on its held-out models (pretrained-random) and, with ``like``,
-    replaces the run's pool folder.
+    replaces the run's pool folder. ``stored``: the command's settings (``BaselineConfig``),
+    kept in meta.json as "baseline_config".
     """
     for name, value in (("--nets", nets), ("--search-nets", search_nets), ("--sets", sets)):
         if value < 1:
@@ -70,7 +72,8 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
             epochs=grid_epochs(config.steps, config.distill_epochs), momentum=config.momentum,
             downscale=config.downscale)
     meta = run_meta(config.to_dict(), data, model_meta,
-                    {"final": report["final"], "baseline": report}, baseline=method)
+                    {"final": report["final"], "baseline": report}, baseline=method,
+                    **_stored(stored))
     artifact = Distilled(images.cpu(), labels.cpu(), torch.tensor(lrs, dtype=torch.float32),
                          None, meta)
     artifact.save(out)
@@ -79,6 +82,11 @@ def baseline_artifact(method: str, out: str | Path, like: str | Path | None = No
 
         after_saving(report, "picture", lambda: save_picture(artifact, data, out).name)
     return report
+
+
+def _stored(stored: dict[str, Any] | None) -> dict[str, Any]:
+    """meta.json's record of the command's settings, when given."""
+    return {} if stored is None else {"baseline_config": stored}
 
 
 def _floor_like(reference: Distilled, data, fmodel, init, config: DistillConfig, nets: int):
@@ -101,13 +109,14 @@ def _floor_like(reference: Distilled, data, fmodel, init, config: DistillConfig,
 @writes_run_folder
 def converge_baseline(method: str, out: str | Path, settings: dict[str, Any],
                       converge: ConvergeSettings, nets: int = 5, dsa: bool = False,
-                      dsa_ops: str = "") -> dict[str, Any]:
+                      dsa_ops: str = "", stored: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
     """A floor or ceiling under the converge protocol: fresh nets trained to convergence on
     ``method``'s real images (steps x images-per-class per class, one flat set) or, for
     ``full``, on the whole training set. Writes the images (not for ``full``) and meta.json
     into ``out``; returns the report. With ``downscale`` F in the settings: F x F times as
     many real images per class, each stored at 1/F of its side and enlarged back (IDC's
-    multi-formed floors)."""
+    multi-formed floors); ``stored`` as for ``baseline_artifact``."""
     if nets < 1:
         raise DistillError(f"--nets must be at least 1, got {nets}")
     if method.startswith("knn-") or method == "optimized":
@@ -132,7 +141,8 @@ def converge_baseline(method: str, out: str | Path, settings: dict[str, Any],
     report = converge_report(data, fmodel, init, images.reshape(-1, *data.image_shape),
                              labels.reshape(-1), nets, converge, dsa, dsa_ops, config.seed, model)
     meta = run_meta(config.to_dict(), data, {"name": model, "class": type(fmodel.module).__name__},
-                    {"final": report["after"], "converge": report}, baseline=method)
+                    {"final": report["after"], "converge": report}, baseline=method,
+                    **_stored(stored))
     if method == "full":
         atomic_write(Path(out) / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     else:
