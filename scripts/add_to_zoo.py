@@ -53,9 +53,12 @@ def main() -> None:
     digest = artifact_digest(args.run)
     for name in (ARTIFACT_FILE, META_FILE):
         shutil.copy(args.run / name, folder / name)
-    for record in sorted((args.run / EVALUATIONS).glob("*.json")):
-        if json.loads(record.read_text()).get("artifact_sha256") == digest:
-            shutil.copy(record, folder / EVALUATIONS / record.name)
+    for path in sorted((args.run / EVALUATIONS).glob("*.json")):
+        record = json.loads(path.read_text())
+        if record.get("artifact_sha256") == digest:  # an evaluation of this very set
+            record["run"] = f"zoo:{args.name}"
+            record["command"] = record["command"].replace(str(args.run), f"zoo:{args.name}")
+            (folder / EVALUATIONS / path.name).write_text(json.dumps(record, indent=2) + "\n")
     check = shlex.split(args.check)
     card = {"summary": args.summary,
             "check": {"args": check, "accuracy": quick_check(folder, check),

@@ -45,8 +45,9 @@ def test_lrs_and_ars_against_hand_computed_values():
 
 def _setting(data, labels: torch.Tensor, images: torch.Tensor, epochs: int = 30):
     """A converge-protocol setting of a small MLP on ``images`` with ``labels``."""
-    _, fmodel, init = build_context({"init": "random", "init_scheme": "default"}, data.name,
-                                    "mlp", None, None, "cpu", data, None, None)
+    config = {"init": "random", "init_scheme": "default", "seed": 0}
+    _, fmodel, init = build_context(config, data.name, "mlp", None, None, "cpu", data, None,
+                                    None)
     settings = ConvergeSettings(epochs=epochs, lr=0.05, batch_size=32)
     return ConvergeSetting(data, fmodel, init, images, labels, 2, settings, False, "", 0, "mlp")
 
