@@ -218,7 +218,8 @@ class DistillConfig:
         check_choices(self)
         positive = ["steps", "distill_epochs", "images_per_class", "downscale", "epochs",
                     "batch_size", "decay_epochs", "outer_chunk",
-                    "eval_nets", "checkpoint_every", "expert_epochs", "max_start_epoch"]
+                    "eval_nets", "checkpoint_every", "expert_epochs", "max_start_epoch",
+                    "online_models", "online_steps"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise DistillError(f"--{name.replace('_', '-')} must be at least 1, "
@@ -277,7 +278,7 @@ class DistillConfig:
         if not 0 < self.label_confidence < 1:
             raise DistillError(f"--label-confidence is a probability in (0, 1), got "
                                f"{self.label_confidence}")
-        for name in ("distill_lr", "lr", "decay_factor"):
+        for name in ("distill_lr", "lr", "decay_factor", "ridge"):
             if not getattr(self, name) > 0:
                 raise DistillError(f"--{name.replace('_', '-')} must be positive, "
                                    f"got {getattr(self, name)}")

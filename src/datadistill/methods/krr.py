@@ -74,9 +74,6 @@ class KernelRegression(Method):
     def check(cls, config: Any) -> None:
         refuse_unrolled_settings(config, cls.name, "solves its inner problem in closed form",
                                  allowed=("labels",))
-        if not config.ridge > 0:
-            raise DistillError(f"--ridge must be positive (a fraction of the kernel's mean "
-                               f"diagonal, e.g. 1e-6), got {config.ridge}")
 
     def __init__(self, config: Any, fmodel: FunctionalModel, steps: DistilledSteps,
                  data: Dataset, probe: Params) -> None:
@@ -166,10 +163,6 @@ class FeatureRegressionPool(KernelRegression):
     @classmethod
     def check(cls, config: Any) -> None:
         super().check(config)
-        for flag in ("online_models", "online_steps"):
-            if getattr(config, flag) < 1:
-                raise DistillError(f"--{flag.replace('_', '-')} must be at least 1, "
-                                   f"got {getattr(config, flag)}")
         if not config.match_net_lr > 0:
             raise DistillError(f"--match-net-lr must be positive, got {config.match_net_lr}")
         if config.nets_per_draw() > config.online_models:
